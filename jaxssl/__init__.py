@@ -1,0 +1,1 @@
+"""jaxssl: self-supervised learning in JAX/Flax."""
