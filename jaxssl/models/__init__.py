@@ -1,0 +1,46 @@
+"""Flax Linen backbones and heads; `build_encoder` makes an encoder from a model config."""
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxssl.models.heads import PredictionHead, ProjectionHead
+from jaxssl.models.resnet import ResNet
+from jaxssl.models.vit import ViT, decode_variant
+
+ENCODERS = {'vit': ViT, 'resnet': ResNet}
+
+__all__ = ['ENCODERS', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
+           'decode_variant']
+
+
+def _module_fields(cls) -> list[str]:
+  # 'parent' and 'name' are Linen bookkeeping, not architecture.
+  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+
+
+def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
+  """Builds ViT or ResNet from {'name': 'vit'|'resnet', **module fields}.
+
+  E.g. {'name': 'vit', 'variant': 'mu/4', 'pool': 'gap'} or
+  {'name': 'resnet', 'depth': 18, 'stem': 'cifar', 'width': 16}. Accepts a dict or an
+  ml_collections ConfigDict; unknown names or fields raise ValueError (a typo in a config must
+  not silently fall back to a default).
+  """
+  config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  name = config.pop('name', None)
+  if name not in ENCODERS:
+    raise ValueError(f'Unknown encoder name {name!r}; set model.name to one of '
+                     f'{sorted(ENCODERS)}.')
+  cls = ENCODERS[name]
+  valid = _module_fields(cls)
+  unknown = sorted(set(config) - set(valid))
+  if unknown:
+    raise ValueError(f'Unknown field(s) {unknown} for encoder {name!r}; valid fields: {valid}.')
+  # Configs round-trip through JSON as lists; module fields that are shapes want tuples.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+  if 'dtype' in kwargs:  # Configs name dtypes as strings ('bfloat16').
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  return cls(**kwargs)
