@@ -1,0 +1,31 @@
+"""Methods by name. A method is one module here; adding one needs no edit to the trainer.
+
+`get(name)` imports `jaxssl.methods.<name>` and returns its `Method` class; `build(config)`
+instantiates `config.method` with the config.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def available() -> list[str]:
+  """Names of the method modules in this package (every module defining `Method`)."""
+  names = []
+  for info in pkgutil.iter_modules(__path__):
+    if not info.name.startswith("_") and info.name != "common":
+      names.append(info.name)
+  return sorted(names)
+
+
+def get(name: str):
+  """Returns the `Method` class of method `name` (e.g. 'simclr')."""
+  if name not in available():
+    raise ValueError(f"Unknown method {name!r}; available methods: {', '.join(available())}. "
+                     "A new method is a module jaxssl/methods/<name>.py defining `Method`.")
+  return importlib.import_module(f"{__name__}.{name}").Method
+
+
+def build(config):
+  """Instantiates the method named by `config.method`."""
+  return get(config.method)(config)

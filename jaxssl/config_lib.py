@@ -1,0 +1,143 @@
+"""Shared config pieces: the base ConfigDict every method config extends, durations, checks.
+
+Method configs live in `configs/<method>.py` (outside the package, big_vision style) and build
+on `base_config()`; everything is locked, so a misspelt key fails instead of being ignored.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every method; `configs/<method>.py` fills in and overrides."""
+  c = ml_collections.ConfigDict()
+  c.method = ""
+  c.seed = 0
+  c.batch_size = 256  # global, over all hosts and devices
+  # Duration: exactly one of these (see `total_steps`).
+  c.total_steps = config_dict.placeholder(int)
+  c.total_epochs = config_dict.placeholder(float)
+  c.total_examples = config_dict.placeholder(int)
+  c.log_every_steps = 20
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist5k"
+  c.data.split = "train"
+  c.data.data_dir = config_dict.placeholder(str)  # default: $JAXSSL_DATA_DIR or ~/.cache
+  c.data.worker_count = 0  # Grain worker processes (0 = in the main process)
+  c.data.image_size = 28
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.base_lr = 1e-3  # at batch 256; scaled by lr_scaling
+  c.optim.lr_scaling = "linear"
+  c.optim.warmup_steps = 100
+  c.optim.end_lr_factor = 0.0
+  c.optim.weight_decay = 0.05
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.momentum = 0.9
+  c.optim.grad_clip_norm = 0.0
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = "fsdp"  # a preset of jaxssl.parallel.RULES or explicit pairs
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.keep_every = config_dict.placeholder(int)
+  c.checkpoint.async_save = True
+  return c
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """The run's length in steps from whichever of steps / epochs / examples is set."""
+  given = {k: config[k] for k in ("total_steps", "total_epochs", "total_examples")
+           if config[k] is not None}
+  if len(given) != 1:
+    raise ValueError(
+        "Set exactly one of config.total_steps, config.total_epochs, config.total_examples; "
+        f"got {given or 'none'}.")
+  (key, value), = given.items()
+  if key == "total_steps":
+    return int(value)
+  examples = value * num_train_examples if key == "total_epochs" else value
+  return max(1, math.ceil(examples / config.batch_size))
+
+
+def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
+  """Loads `configs/x.py[:arg]` the way `config_flags` does (used for error messages/tests)."""
+  path, _, arg = path_and_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_jaxssl_config", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"Config file {path!r} not found.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
+  """Fails with one clear line for `--config.x.y=...` naming a key the config lacks.
+
+  `config_flags` would raise a bare KeyError/AttributeError deep inside flag parsing; this
+  runs first and lists the valid keys at that level.
+  """
+  file_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag_name}=")), None)
+  if file_arg is None:
+    return
+  config = load_config_file(file_arg)
+  for a in argv:
+    m = re.match(rf"--{flag_name}\.([\w.]+)(=|$)", a)
+    if not m:
+      continue
+    node, walked = config, []
+    for key in m.group(1).split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        where = "config" + "".join(f".{w}" for w in walked)
+        raise ValueError(f"Unknown config key {where}.{key} (from {a!r}); valid keys in "
+                         f"{where}: {', '.join(valid)}.")
+      node, walked = node[key], walked + [key]
+
+
+# Backbones by short name; `image_size` lets small-image presets pick a sensible patch size.
+BACKBONES = {
+    # Tests: two blocks, width 32.
+    "vit_test": dict(name="vit", width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=2,
+                     pool="gap"),
+    # CPU default for 28x28 digits/clothes: 16 tokens of 7x7, width 128, 4 blocks (~0.8M).
+    "vit_mnist": dict(name="vit", width=128, depth=4, mlp_dim=256, num_heads=4,
+                      patch_size=7, pool="gap"),
+    "vit_mu4": dict(name="vit", variant="mu/4", pool="gap"),
+    "vit_ti16": dict(name="vit", variant="Ti/16", pool="gap"),
+    "vit_s16": dict(name="vit", variant="S/16", pool="gap"),
+    "vit_b16": dict(name="vit", variant="B/16", pool="gap"),
+    "resnet18_small": dict(name="resnet", depth=18, stem="cifar", width=16),
+    "resnet18": dict(name="resnet", depth=18, stem="cifar", width=64),
+    "resnet50": dict(name="resnet", depth=50, stem="imagenet", width=64),
+}
+
+
+def backbone(name: str, *, image_size: int) -> ml_collections.ConfigDict:
+  """The `config.model` section for backbone `name` (see BACKBONES)."""
+  if name not in BACKBONES:
+    raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+  spec = dict(BACKBONES[name])
+  if spec.get("patch_size") and image_size % spec["patch_size"]:
+    raise ValueError(f"Backbone {name!r} has patch size {spec['patch_size']}, which does not "
+                     f"divide data.image_size={image_size}; pick another backbone or size.")
+  return ml_collections.ConfigDict(spec)
+
+
+def simclr_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5,
+                   jitter_strength=0.5, jitter_prob=0.8) -> ml_collections.ConfigDict:
+  """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate."""
+  return ml_collections.ConfigDict(dict(
+      crop_scale=tuple(crop_scale), flip_prob=flip_prob, blur_prob=blur_prob,
+      jitter_strength=jitter_strength, jitter_prob=jitter_prob))

@@ -1,0 +1,66 @@
+"""Pieces several methods share: applying a Flax model with its BatchNorm state, and the
+encoder + projection-head module."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxssl import models
+
+
+class EncoderWithHead(nn.Module):
+  """Backbone followed by a projection MLP. Returns (projection, backbone features)."""
+  encoder: nn.Module
+  head: nn.Module
+
+  def __call__(self, images, *, train: bool = False):
+    features, _ = self.encoder(images, train=train)
+    return self.head(features, train=train), features
+
+  def encode(self, images):
+    return self.encoder(images, train=False)[0]
+
+
+def build_encoder_with_head(config) -> EncoderWithHead:
+  head = config.head
+  return EncoderWithHead(
+      encoder=models.build_encoder(config.model),
+      head=models.ProjectionHead(hidden_dim=head.hidden_dim, out_dim=head.out_dim,
+                                 num_layers=head.num_layers, use_bn=head.use_bn))
+
+
+def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):
+  """Initialises `module`; returns (params, model_state) with model_state the non-param
+  collections (BatchNorm statistics), an empty dict when there are none."""
+  variables = module.init(rng, *args, **kwargs)
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  return params, model_state
+
+
+def apply_model(module: nn.Module, params: Any, model_state: dict, *args, train: bool,
+                method=None, **kwargs):
+  """Applies `module`; in training returns the updated BatchNorm statistics too.
+
+  Returns (output, new_model_state). BatchNorm statistics are computed over the global batch:
+  under jit with a sharded batch, XLA inserts the cross-device reduction.
+  """
+  variables = {"params": params, **model_state}
+  if train and model_state:
+    out, updates = module.apply(variables, *args, train=train, mutable=list(model_state),
+                                method=method, **kwargs)
+    return out, {**model_state, **updates}
+  kw = dict(kwargs)
+  if method is None:
+    kw["train"] = train
+  return module.apply(variables, *args, method=method, **kw), model_state
+
+
+def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:
+  """Collapse monitors logged by every method: std of normalised embeddings and RankMe."""
+  from jaxssl.losses import monitoring  # pylint: disable=g-import-not-at-top
+  z = jax.lax.stop_gradient(z.astype(jnp.float32))
+  return {"embedding_std": monitoring.embedding_std(z), "rankme": monitoring.rankme(z)}

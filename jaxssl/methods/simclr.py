@@ -1,0 +1,56 @@
+"""SimCLR (Chen et al. 2020): two augmented views, encoder + projection MLP, NT-Xent.
+
+Batch: {'view1': [B, H, W, C], 'view2': [B, H, W, C]} float32, made by `train_transform`.
+Config section `config.simclr`: temperature. Evaluation uses the encoder's pre-projection
+features, as the paper does (section 4.2).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from jaxssl import losses
+from jaxssl.data import augment
+from jaxssl.methods import common
+
+
+class Method:
+  """SimCLR: init / loss_fn / post_update / encode over plain pytrees."""
+  batch_keys = ("view1", "view2")
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = common.build_encoder_with_head(config)
+    self.temperature = config.simclr.temperature
+
+  def train_transform(self, info):
+    """Per-example transform making the two views (seeded by Grain per element)."""
+    aug = augment.SimCLRAugment(mean=info.mean, std=info.std,
+                                output_size=self.config.data.image_size,
+                                **self.config.augment.to_dict())
+    return augment.TwoViews(aug, aug)
+
+  def init(self, rng, batch):
+    params, model_state = common.init_variables(self.model, rng, batch["view1"], train=False)
+    return params, {"model_state": model_state}
+
+  def loss_fn(self, params, aux, batch, rng, step):
+    del rng, step  # SimCLR's randomness is all in the data augmentation.
+    n = batch["view1"].shape[0]
+    images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    # One forward over both views: BatchNorm statistics span 2N images, as in the paper's
+    # global BN.
+    (z, _), model_state = common.apply_model(self.model, params, aux["model_state"], images,
+                                             train=True)
+    loss, metrics = losses.nt_xent(z[:n], z[n:], temperature=self.temperature)
+    metrics.update(common.collapse_metrics(z[:n]))
+    return loss, (metrics, {**aux, "model_state": model_state})
+
+  def post_update(self, state):
+    return state
+
+  def encode(self, params, aux, images):
+    """Frozen backbone features [B, D] for the eval job."""
+    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
+                                method=common.EncoderWithHead.encode)
+    return out

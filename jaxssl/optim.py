@@ -1,0 +1,62 @@
+"""Optimizers and learning-rate schedules, built from `config.optim` with optax."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("adamw", "lars", "sgd")
+SCALINGS = ("linear", "sqrt", "none")
+
+
+def decay_mask(params: Any) -> Any:
+  """True for weights that get weight decay (and LARS trust-ratio adaptation).
+
+  Biases and normalisation scales/offsets (every parameter of rank <= 1) are excluded, as in
+  SimCLR (Chen et al. 2020, appendix B.1) and most ViT recipes.
+  """
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def peak_learning_rate(optim_config: ml_collections.ConfigDict, global_batch_size: int) -> float:
+  """base_lr scaled by batch size: linear (lr x B/256, Goyal et al. 2017) or sqrt (SimCLR LARS)."""
+  if optim_config.lr_scaling not in SCALINGS:
+    raise ValueError(f"optim.lr_scaling={optim_config.lr_scaling!r}; choose one of {SCALINGS}.")
+  ratio = global_batch_size / 256.0
+  factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim_config.lr_scaling]
+  return optim_config.base_lr * factor
+
+
+def make_schedule(optim_config: ml_collections.ConfigDict, global_batch_size: int,
+                  total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then cosine decay to `end_lr_factor` x peak."""
+  peak = peak_learning_rate(optim_config, global_batch_size)
+  warmup = min(int(optim_config.warmup_steps), max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=peak * optim_config.end_lr_factor)
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  """AdamW, LARS or SGD with momentum; optional global-norm clipping first."""
+  name = optim_config.name
+  if name == "adamw":
+    tx = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
+                     weight_decay=optim_config.weight_decay, mask=decay_mask)
+  elif name == "lars":
+    # You et al. 2017; optax applies decay then the trust ratio ||w|| / ||g + wd w||.
+    tx = optax.lars(schedule, weight_decay=optim_config.weight_decay,
+                    weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                    momentum=optim_config.momentum)
+  elif name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(optim_config.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=optim_config.momentum))
+  else:
+    raise ValueError(f"Unknown optimizer optim.name={name!r}; choose one of {OPTIMIZERS}.")
+  if optim_config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  return tx

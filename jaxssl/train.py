@@ -1,0 +1,145 @@
+r"""Pretraining entry point: one linear trainer for every method.
+
+  python -m jaxssl.train --config=configs/simclr.py:mnist5k --workdir=/tmp/simclr
+
+Order (big_vision style): distributed init -> config checks -> mesh -> data -> method ->
+abstract state + shardings -> jit(init) -> restore latest good checkpoint (state and data
+iterator) -> jit(step) -> loop {step, log, checkpoint} -> final checkpoint. Re-running the same
+command resumes where the last checkpoint left off.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+from jaxssl import checkpoint
+from jaxssl import config_lib
+from jaxssl import methods
+from jaxssl import metrics as metrics_lib
+from jaxssl import optim
+from jaxssl import parallel
+from jaxssl import state as state_lib
+from jaxssl import step as step_lib
+from jaxssl.data import datasets
+from jaxssl.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file[:preset].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for multi-process runs "
+                                   "(auto-detected on TPU pods and SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _batch_spec(dataset, method) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global shapes of the model inputs, from one element of a throwaway iterator."""
+  example = next(iter(dataset))
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype)
+          for k, v in example.items() if k in method.batch_keys}
+
+
+def _check_batch(config, mesh, rules) -> None:
+  divisor = parallel.batch_divisor(mesh, rules)
+  if config.batch_size % divisor or config.batch_size % jax.process_count():
+    raise ValueError(
+        f"batch_size={config.batch_size} must be divisible by the batch's mesh shards "
+        f"({divisor}) and the process count ({jax.process_count()}); change "
+        "config.batch_size or config.mesh.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_at_step: int | None = None) -> dict[str, float]:
+  """Trains (or resumes) `config` in `workdir`; returns the last logged metrics.
+
+  `stop_at_step` ends this run early (after checkpointing) without changing the schedule,
+  so a later call continues the same run.
+  """
+  method = methods.build(config)  # fails first on an unknown method name
+  mesh = parallel.make_mesh(config.mesh)
+  rules = parallel.get_rules(config.sharding_rules)
+  _check_batch(config, mesh, rules)
+  data_dir = config.data.data_dir or datasets.default_data_dir()
+
+  # ---------------------------------------------------------------- data
+  info = datasets.get_info(config.data.name, data_dir)
+  num_steps = config_lib.total_steps(config, info.split_sizes[config.data.split])
+  source = datasets.get_source(config.data.name, config.data.split, data_dir)
+  dataset = pipeline.make_train_dataset(source, method.train_transform(info),
+                                        global_batch_size=config.batch_size, seed=config.seed)
+  batch_spec = _batch_spec(dataset, method)
+  data_iter = pipeline.make_train_iterator(dataset, worker_count=config.data.worker_count)
+
+  # ---------------------------------------------------------------- state
+  schedule = optim.make_schedule(config.optim, config.batch_size, num_steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+  _, abstract, shardings = state_lib.abstract_and_shardings(method, tx, batch_spec, mesh, rules,
+                                                            config.seed)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                 keep_every=config.checkpoint.keep_every,
+                                 async_save=config.checkpoint.async_save)
+  checkpoint.write_config(workdir, config)
+  checkpoint.write_input_spec(workdir, batch_spec)
+  start_step, state = ckpt.restore_latest_good(abstract, shardings, data_iter)
+  if state is None:
+    state, _ = state_lib.create_train_state(method, tx, batch_spec, mesh, rules, config.seed)
+    start_step = 0
+    logging.info("Starting from scratch: %s params", f"{state_lib.count_params(state.params):,}")
+  else:
+    logging.info("Resumed from step %d of %d in %s", start_step, num_steps, ckpt.directory)
+
+  # ---------------------------------------------------------------- loop
+  train_step = step_lib.make_train_step(method, tx, shardings, mesh, rules,
+                                        lr_schedule=schedule)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = metrics_lib.Progress(num_steps, config.batch_size, start_step)
+  last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+  logged: dict[str, float] = {}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for step in range(start_step + 1, last_step + 1):
+      local = next(data_iter)
+      batch = pipeline.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
+      state, step_metrics = train_step(state, batch)
+      if step % config.log_every_steps == 0 or step == last_step or step == start_step + 1:
+        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        scalars.update(progress.update(step))
+        writer.write(step, scalars)
+        metrics_lib.log_progress(progress, step, scalars)
+        logged = scalars
+      if step % config.checkpoint.every_steps == 0 or step == last_step:
+        ckpt.save(step, state, data_iter)
+  ckpt.close()
+  writer.close()
+  return logged
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metrics_lib.quiet_library_logs()
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+def run() -> None:
+  """Console script `jaxssl-train`."""
+  try:
+    config_lib.check_overrides(sys.argv)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
