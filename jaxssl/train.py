@@ -30,14 +30,19 @@ from jaxssl import step as step_lib
 from jaxssl.data import datasets
 from jaxssl.data import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file[:preset].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 for multi-process runs "
-                                   "(auto-detected on TPU pods and SLURM).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined when the entry point runs, not at import, so train and evaluate import together.
+  config_flags.DEFINE_config_file("config", None, "Method config file[:preset].",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 for multi-process runs "
+                      "(auto-detected on TPU pods and SLURM).")
+  flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def _batch_spec(dataset, method) -> dict[str, jax.ShapeDtypeStruct]:
@@ -126,10 +131,11 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics_lib.quiet_library_logs()
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train(_CONFIG.value, _WORKDIR.value)
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  train(FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:
@@ -138,6 +144,7 @@ def run() -> None:
     config_lib.check_overrides(sys.argv)
   except ValueError as e:
     sys.exit(f"error: {e}")
+  _define_flags()
   app.run(main)
 
 
