@@ -27,14 +27,16 @@ def get_config(arg: str = "mnist5k"):
 
   if preset == "mnist5k":
     c.data.name = "mnist5k"
+    c.data.worker_count = 1  # augmentation in one worker process, overlapped with the step
     c.batch_size = 256
-    c.total_steps = 600
-    c.optim.warmup_steps = 50
+    c.total_steps = 400  # 25 epochs of the 4k train split
+    c.optim.warmup_steps = 40
     c.log_every_steps = 50
     c.checkpoint.every_steps = 200
     backbone = backbone or "vit_mnist"
   elif preset == "fashion_mnist":
     c.data.name = "fashion_mnist"
+    c.data.worker_count = 1
     c.batch_size = 256
     c.total_epochs = 10.0
     c.optim.warmup_steps = 200
