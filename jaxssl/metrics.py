@@ -100,12 +100,16 @@ class _LibraryInfoFilter:
 
   def filter(self, record) -> bool:
     import logging as std_logging  # pylint: disable=g-import-not-at-top
+    if "OpenCV is not installed" in str(record.msg):
+      return False  # TFDS falls back to PIL, which is all we need for PNG decoding.
     return record.levelno >= std_logging.WARNING or not any(
         part in record.pathname for part in self._NOISY)
 
 
 def quiet_library_logs() -> None:
   """Keeps stdout readable: progress lines, not checkpoint-library chatter."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())

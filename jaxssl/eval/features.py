@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -67,7 +68,10 @@ class Encoder:
       for local in pipeline.make_eval_batches(source, transform, batch_size=batch_size):
         images = pipeline.global_batch({"image": local["image"]}, sharding)["image"]
         out = np.asarray(jax.device_get(self._encode(variables, images)), np.float32)
-        valid = np.asarray(local["valid"], bool)
-        feats.append(out[:len(valid)][valid])
-        labels.append(np.asarray(local["label"])[valid])
+        # Features come back replicated for the whole global batch; host p holds the p-th
+        # contiguous block of it, so gathering labels/valid in process order lines them up.
+        valid = np.asarray(multihost_utils.process_allgather(local["valid"], tiled=True), bool)
+        label = np.asarray(multihost_utils.process_allgather(local["label"], tiled=True))
+        feats.append(out[valid])
+        labels.append(label[valid])
     return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
