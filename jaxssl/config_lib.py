@@ -141,3 +141,16 @@ def simclr_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5,
   return ml_collections.ConfigDict(dict(
       crop_scale=tuple(crop_scale), flip_prob=flip_prob, blur_prob=blur_prob,
       jitter_strength=jitter_strength, jitter_prob=jitter_prob))
+
+
+def run_app(main, define_flags) -> None:
+  """Runs an absl entry point: clear errors for unknown `--config.*` keys first, then the
+  flags (defined only now, so several entry-point modules can be imported together)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    check_overrides(sys.argv)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  define_flags()
+  app.run(main)

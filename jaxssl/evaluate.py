@@ -12,7 +12,6 @@ trainer deletes, and exits once the run's final step is evaluated. Re-running sk
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import app
@@ -160,12 +159,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console script `jaxssl-eval`."""
-  try:
-    config_lib.check_overrides(sys.argv)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  _define_flags()
-  app.run(main)
+  config_lib.run_app(main, _define_flags)
 
 
 if __name__ == "__main__":

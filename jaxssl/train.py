@@ -9,7 +9,6 @@ command resumes where the last checkpoint left off.
 """
 from __future__ import annotations
 
-import sys
 
 from absl import app
 from absl import flags
@@ -140,12 +139,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """Console script `jaxssl-train`."""
-  try:
-    config_lib.check_overrides(sys.argv)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  _define_flags()
-  app.run(main)
+  config_lib.run_app(main, _define_flags)
 
 
 if __name__ == "__main__":

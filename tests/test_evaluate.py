@@ -3,9 +3,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
 

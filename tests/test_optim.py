@@ -1,6 +1,5 @@
 """Optimizers and schedules."""
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest

@@ -8,6 +8,8 @@ scalar and `metrics` a dict of scalars.
 import jax
 import jax.numpy as jnp
 
+from jaxssl.losses import checks
+
 # Added to logits that must never win a softmax (a view's similarity to
 # itself). A large finite number rather than -inf: exp underflows to exactly 0
 # either way, but -inf would turn `0 * logit` terms (e.g. an entropy) into NaN.
@@ -25,17 +27,6 @@ def _l2_normalize(x, eps=1e-12):
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
   return x / jnp.maximum(norm, eps)
 
-
-def _check_pair(name_a, a, name_b, b):
-  if a.ndim != 2 or a.shape != b.shape:
-    raise ValueError(
-        f"{name_a} and {name_b} must both be [batch, dim] with the same shape; "
-        f"got {name_a}.shape={a.shape} and {name_b}.shape={b.shape}. Flatten "
-        "any extra axes and pair the two views row by row.")
-  if a.shape[0] < 2:
-    raise ValueError(
-        f"a contrastive loss needs at least 2 examples for negatives; got a "
-        f"batch of {a.shape[0]}. Increase the batch size.")
 
 
 def _cross_entropy_with_diagonal_labels(logits):
@@ -75,7 +66,7 @@ def nt_xent(z1, z2, *, temperature=0.1):
     when embeddings are uninformative, near 0 when every positive is found).
   """
   z1, z2 = _upcast(z1), _upcast(z2)
-  _check_pair("z1", z1, "z2", z2)
+  checks.check_paired("z1", z1, "z2", z2, needs="contrastive negatives")
   n = z1.shape[0]
   z = _l2_normalize(jnp.concatenate([z1, z2], axis=0))
   logits = z @ z.T / temperature
@@ -132,7 +123,7 @@ def info_nce(q, k, *, temperature=0.2):
     'logits_pos' (mean positive logit).
   """
   q, k = _upcast(q), _upcast(k)
-  _check_pair("q", q, "k", k)
+  checks.check_paired("q", q, "k", k, needs="contrastive negatives")
   logits = _l2_normalize(q) @ _l2_normalize(k).T / temperature
   loss = jnp.mean(_cross_entropy_with_diagonal_labels(logits)) * (
       2.0 * temperature)
@@ -161,7 +152,7 @@ def clip(img, txt, logit_scale):
     batch), 'logits_pos' and 'logit_scale'.
   """
   img, txt = _upcast(img), _upcast(txt)
-  _check_pair("img", img, "txt", txt)
+  checks.check_paired("img", img, "txt", txt, needs="contrastive negatives")
   logit_scale = _upcast(logit_scale)
   if logit_scale.ndim != 0:
     raise ValueError(
@@ -202,7 +193,7 @@ def siglip(img, txt, t, b):
     'logits_neg' (mean logits of matching / non-matching pairs), 't', 'b'.
   """
   img, txt = _upcast(img), _upcast(txt)
-  _check_pair("img", img, "txt", txt)
+  checks.check_paired("img", img, "txt", txt, needs="contrastive negatives")
   t, b = _upcast(t), _upcast(b)
   if t.ndim != 0 or b.ndim != 0:
     raise ValueError(

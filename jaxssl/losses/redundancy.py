@@ -7,23 +7,14 @@ all-gathers / SyncBatchNorm do by hand.
 """
 import jax.numpy as jnp
 
+from jaxssl.losses import checks
+
 
 def _upcast(x):
   """Casts to float32, or keeps float64 (used by the float64 gradient tests)."""
   x = jnp.asarray(x)
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
-
-def _check_pair(z1, z2):
-  if z1.ndim != 2 or z1.shape != z2.shape:
-    raise ValueError(
-        "z1 and z2 must both be [batch, dim] with the same shape; got "
-        f"z1.shape={z1.shape} and z2.shape={z2.shape}. Pair the two views' "
-        "embeddings row by row.")
-  if z1.shape[0] < 2:
-    raise ValueError(
-        f"batch statistics need at least 2 examples; got a batch of "
-        f"{z1.shape[0]}. Increase the batch size.")
 
 
 def _sum_off_diagonal_squares(matrix):
@@ -79,7 +70,7 @@ def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
     per-dimension std over both branches; 0 means collapse).
   """
   z1, z2 = _upcast(z1), _upcast(z2)
-  _check_pair(z1, z2)
+  checks.check_paired("z1", z1, "z2", z2, needs="batch statistics")
   invariance = jnp.mean(jnp.square(z1 - z2))
   variance1, std1 = _variance_term(z1, eps, gamma)
   variance2, std2 = _variance_term(z2, eps, gamma)
@@ -125,7 +116,7 @@ def barlow_twins(z1, z2, *, lambda_=5e-3, eps=1e-5):
     two views agree perfectly).
   """
   z1, z2 = _upcast(z1), _upcast(z2)
-  _check_pair(z1, z2)
+  checks.check_paired("z1", z1, "z2", z2, needs="batch statistics")
   n = z1.shape[0]
   corr = _batch_standardize(z1, eps).T @ _batch_standardize(z2, eps) / n
   diagonal = jnp.diagonal(corr)

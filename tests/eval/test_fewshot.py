@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 
 from jaxssl.eval import fewshot
+from synthetic import gaussian_blobs
+
 
 
 def _blobs(num_train, num_test, dim, num_classes, seed, spread=2.0):
-  rng = np.random.default_rng(seed)
-  centers = rng.normal(size=(num_classes, dim))
-  train_y = np.repeat(np.arange(num_classes), num_train // num_classes)
-  test_y = rng.integers(0, num_classes, num_test)
-  train_x = centers[train_y] + spread * rng.normal(size=(train_y.size, dim))
-  test_x = centers[test_y] + spread * rng.normal(size=(num_test, dim))
-  return (train_x.astype(np.float32), train_y, test_x.astype(np.float32),
-          test_y)
+  return gaussian_blobs(num_train, num_test, dim, num_classes, seed, spread,
+                        balanced_train=True)
 
 
 def _numpy_ridge(sample_x, sample_y, test_x, num_classes, l2_reg):

@@ -3,17 +3,9 @@ import numpy as np
 import pytest
 
 from jaxssl.eval import knn
+from synthetic import gaussian_blobs
 
 
-def _blobs(num_train, num_test, dim, num_classes, seed, spread=1.0):
-  rng = np.random.default_rng(seed)
-  centers = rng.normal(size=(num_classes, dim))
-  train_y = rng.integers(0, num_classes, num_train)
-  test_y = rng.integers(0, num_classes, num_test)
-  train_x = centers[train_y] + spread * rng.normal(size=(num_train, dim))
-  test_x = centers[test_y] + spread * rng.normal(size=(num_test, dim))
-  return (train_x.astype(np.float32), train_y, test_x.astype(np.float32),
-          test_y)
 
 
 def _brute_force_ranked(train_x, train_y, test_x, num_classes, k, temperature,
@@ -36,7 +28,7 @@ def _brute_force_ranked(train_x, train_y, test_x, num_classes, k, temperature,
 def test_matches_brute_force(chunk_size):
   # 77 test points: chunk 32 leaves a padded last chunk of 13, chunk 1000 is
   # one chunk larger than the test set.
-  train_x, train_y, test_x, test_y = _blobs(300, 77, 16, 6, seed=0, spread=2.0)
+  train_x, train_y, test_x, test_y = gaussian_blobs(300, 77, 16, 6, seed=0, spread=2.0)
   k, temperature = 20, 0.07
   expected = _brute_force_ranked(train_x, train_y, test_x, 6, k, temperature,
                                  num_ranked=5)
@@ -55,7 +47,7 @@ def test_matches_brute_force(chunk_size):
 
 def test_small_temperature_and_k_one():
   # exp(1 / 0.005) overflows float32; the max-subtracted votes must not.
-  train_x, train_y, test_x, test_y = _blobs(200, 50, 8, 4, seed=1, spread=1.5)
+  train_x, train_y, test_x, test_y = gaussian_blobs(200, 50, 8, 4, seed=1, spread=1.5)
   for k, temperature in ((1, 0.07), (7, 0.005)):
     expected = _brute_force_ranked(train_x, train_y, test_x, 4, k,
                                    temperature, num_ranked=1)[:, 0]
@@ -69,7 +61,7 @@ def test_small_temperature_and_k_one():
 
 def test_invariant_to_feature_scale():
   # Cosine similarity: rescaling any feature vector changes nothing.
-  train_x, train_y, test_x, test_y = _blobs(150, 40, 8, 5, seed=2, spread=1.5)
+  train_x, train_y, test_x, test_y = gaussian_blobs(150, 40, 8, 5, seed=2, spread=1.5)
   rng = np.random.default_rng(3)
   scaled_train = train_x * rng.uniform(0.1, 10.0, (150, 1)).astype(np.float32)
   scaled_test = test_x * rng.uniform(0.1, 10.0, (40, 1)).astype(np.float32)
@@ -94,14 +86,14 @@ def test_duplicate_neighbours_tie_to_lower_index():
     [(dict(k=0), "k=0"), (dict(k=1000), "k=1000"),
      (dict(temperature=0.0), "temperature"), (dict(chunk_size=0), "chunk")])
 def test_bad_arguments(kwargs, message):
-  train_x, train_y, test_x, test_y = _blobs(20, 5, 4, 3, seed=0)
+  train_x, train_y, test_x, test_y = gaussian_blobs(20, 5, 4, 3, seed=0)
   with pytest.raises(ValueError, match=message):
     knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=3,
                      **kwargs)
 
 
 def test_bad_inputs_are_rejected():
-  train_x, train_y, test_x, test_y = _blobs(20, 5, 4, 3, seed=0)
+  train_x, train_y, test_x, test_y = gaussian_blobs(20, 5, 4, 3, seed=0)
   nan_test = test_x.copy()
   nan_test[2, 1] = np.nan
   with pytest.raises(ValueError, match="test_x has 1 NaN"):

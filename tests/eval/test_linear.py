@@ -7,6 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from jaxssl.eval import linear
+from synthetic import gaussian_blobs
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +20,6 @@ def digits():
           y[test])
 
 
-def _blobs(num_train, num_test, dim, num_classes, seed, spread):
-  rng = np.random.default_rng(seed)
-  centers = rng.normal(size=(num_classes, dim))
-  train_y = rng.integers(0, num_classes, num_train)
-  test_y = rng.integers(0, num_classes, num_test)
-  train_x = centers[train_y] + spread * rng.normal(size=(num_train, dim))
-  test_x = centers[test_y] + spread * rng.normal(size=(num_test, dim))
-  return (train_x.astype(np.float32), train_y, test_x.astype(np.float32),
-          test_y)
 
 
 def _numpy_objective_and_grad(w, b, x, y, weight_decay):
@@ -104,8 +96,8 @@ def test_probe_matches_sklearn_on_digits(digits):
   assert metrics["top1"] >= sklearn_top1(1.0) - 0.015
 
 
-def test_probe_matches_sklearn_on_blobs():
-  train_x, train_y, test_x, test_y = _blobs(2000, 1000, 32, 8, seed=0,
+def test_probe_matches_sklearn_ongaussian_blobs():
+  train_x, train_y, test_x, test_y = gaussian_blobs(2000, 1000, 32, 8, seed=0,
                                             spread=3.0)
   metrics = linear.linear_probe(train_x, train_y, test_x, test_y,
                                 num_classes=8, weight_decays=(1e-2, 1e-4))
@@ -185,7 +177,7 @@ def test_bad_inputs_raise(change, message):
      (dict(holdout_fraction=0.0), "holdout_fraction"),
      (dict(holdout_fraction=1.0), "holdout_fraction")])
 def test_bad_arguments_raise(kwargs, message):
-  train_x, train_y, test_x, test_y = _blobs(40, 5, 3, 2, seed=0, spread=1.0)
+  train_x, train_y, test_x, test_y = gaussian_blobs(40, 5, 3, 2, seed=0, spread=1.0)
   with pytest.raises(ValueError, match=message):
     linear.linear_probe(train_x, train_y, test_x, test_y, num_classes=2,
                         **kwargs)
