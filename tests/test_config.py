@@ -13,6 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 PRESETS = {"simclr.py": ("mnist5k", "fashion_mnist", "imagenet", "test",
                          "fashion_mnist,resnet18", "test,resnet18_small"),
+           "mae.py": ("fashion_mnist", "imagenet", "test", "fashion_mnist,vit_mu4",
+                      "test,vit_mu4"),
            "eval.py": ("default", "fast", "test")}
 
 

@@ -7,12 +7,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models.heads import PredictionHead, ProjectionHead
+from jaxssl.models.mae_decoder import MAEDecoder
 from jaxssl.models.resnet import ResNet
 from jaxssl.models.vit import ViT, decode_variant
 
 ENCODERS = {'vit': ViT, 'resnet': ResNet}
 
-__all__ = ['ENCODERS', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
+__all__ = ['ENCODERS', 'MAEDecoder', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
            'decode_variant']
 
 

@@ -71,7 +71,7 @@ def posemb_sincos_2d(grid_h: int, grid_w: int, width: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
 
 
-def _layer_norm(dtype, name=None):
+def layer_norm(dtype, name=None):
   return nn.LayerNorm(
       epsilon=_LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
@@ -164,11 +164,11 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    y = _layer_norm(self.dtype)(x)
+    y = layer_norm(self.dtype)(x)
     y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype)(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
-    y = _layer_norm(self.dtype)(x)
+    y = layer_norm(self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                  deterministic=self.deterministic, dtype=self.dtype)(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
@@ -309,7 +309,7 @@ class ViT(nn.Module):
                     name=f'block_{i}')(x)
       blocks.append(x)
 
-    x = _layer_norm(jnp.float32, name='encoder_norm')(x.astype(jnp.float32))
+    x = layer_norm(jnp.float32, name='encoder_norm')(x.astype(jnp.float32))
     tokens = x[:, -num_tokens:]
     out = x[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)
     aux = dict(pre_logits=out, tokens=tokens, blocks=tuple(blocks),
