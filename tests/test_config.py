@@ -15,6 +15,10 @@ PRESETS = {"simclr.py": ("mnist5k", "fashion_mnist", "imagenet", "test",
                          "fashion_mnist,resnet18", "test,resnet18_small"),
            "mae.py": ("fashion_mnist", "imagenet", "test", "fashion_mnist,vit_mu4",
                       "test,vit_mu4"),
+           "byol.py": ("fashion_mnist", "imagenet", "test", "test,resnet18_small"),
+           "moco_v3.py": ("fashion_mnist", "imagenet", "test"),
+           "vicreg.py": ("fashion_mnist", "imagenet", "test", "test,resnet18_small"),
+           "barlow_twins.py": ("fashion_mnist", "imagenet", "test", "test,resnet18_small"),
            "eval.py": ("default", "fast", "test")}
 
 

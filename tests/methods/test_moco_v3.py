@@ -1,0 +1,144 @@
+"""MoCo v3 method: symmetric InfoNCE of queries against momentum keys, heads, stop-gradient,
+momentum schedule, encode, one train run with the eval handoff."""
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxssl import config_lib
+from jaxssl import methods
+from jaxssl import train as train_lib
+from jaxssl.data import datasets
+from jaxssl.eval import features as features_lib
+from jaxssl.methods import byol
+from jaxssl.state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(arg="test"):
+  return config_lib.load_config_file(os.path.join(ROOT, f"configs/moco_v3.py:{arg}"))
+
+
+def _batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32) for k in ("view1", "view2")}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  method = methods.build(_config())
+  batch = _batch()
+  params, aux = jax.jit(lambda rng: nn.unbox(method.init(rng, batch)))(jax.random.PRNGKey(0))
+  return method, batch, params, aux
+
+
+def _ctr64(q, k, temperature):
+  """Independent float64 MoCo v3 `contrastive_loss`: 2T x CE(q.k^T / T, arange)."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+  logits = q @ k.T / temperature
+  logits -= logits.max(-1, keepdims=True)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return -np.mean(np.diag(log_probs)) * 2 * temperature
+
+
+def test_heads_follow_the_paper(setup):
+  method, _, params, aux = setup
+  assert methods.get("moco_v3").__name__ == "Method"
+  assert method.temperature == 0.2 and method.base_momentum == 0.99
+  # Projector: 3 Dense layers, BN on the hidden ones, a final BN without scale/bias.
+  assert set(params["projector"]) == {"dense_0", "bn_0", "dense_1", "bn_1", "dense_2"}
+  assert set(aux["model_state"]["batch_stats"]["projector"]) == {"bn_0", "bn_1", "bn_2"}
+  assert params["projector"]["dense_2"]["kernel"].shape == (32, 16)
+  # Predictor: 2 layers back to the projection size; no predictor in the momentum encoder.
+  assert set(params["predictor"]) == {"dense_0", "bn_0", "dense_1"}
+  assert params["predictor"]["dense_1"]["kernel"].shape == (32, 16)
+  assert set(aux["teacher"]) == {"encoder", "projector"}
+
+
+def test_loss_is_symmetric_info_nce_of_queries_and_momentum_keys(setup):
+  method, batch, params, aux = setup
+  teacher = jax.tree.map(lambda x: x * 0.9 + 0.01, aux["teacher"])
+  aux = {**aux, "teacher": teacher}
+  loss, (metrics, _) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+
+  def forward(variables, state, images, predict):
+    return method.model.apply({"params": variables, **state}, images, train=True,
+                              predict=predict, mutable=["batch_stats"])
+
+  (_, q1), state = forward(params, aux["model_state"], batch["view1"], True)
+  (_, q2), _ = forward(params, state, batch["view2"], True)
+  (k1, _), tstate = forward(teacher, aux["teacher_state"], batch["view1"], False)
+  (k2, _), _ = forward(teacher, tstate, batch["view2"], False)
+  want = _ctr64(q1, k2, 0.2) + _ctr64(q2, k1, 0.2)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert {"contrastive_acc", "logits_pos", "teacher_momentum", "embedding_std",
+          "rankme"} <= set(metrics)
+  assert 0.0 <= float(metrics["contrastive_acc"]) <= 1.0
+  assert float(metrics["teacher_momentum"]) == pytest.approx(0.99, abs=1e-7)
+
+
+def test_keys_are_stop_gradiented(setup):
+  method, batch, params, aux = setup
+  rng = jax.random.PRNGKey(1)
+
+  def loss(p, teacher):
+    return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
+
+  fixed, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(params,
+                                                                 byol.target_part(params))
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
+  tied = jax.jit(jax.grad(lambda p: loss(p, byol.target_part(p))))(params)
+  for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(fixed)):
+    np.testing.assert_allclose(t, f, rtol=1e-6, atol=1e-9)
+  for path, g in jax.tree_util.tree_flatten_with_path(fixed)[0]:
+    assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+  for part in ("encoder", "projector", "predictor"):
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(fixed[part])) > 0, part
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_post_update_moves_the_momentum_encoder_by_the_cosine_schedule(setup, step):
+  method, _, params, aux = setup
+  teacher = jax.tree.map(lambda x: x - 0.5, aux["teacher"])
+  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None,
+                     aux={**aux, "teacher": teacher}, rng=None)
+  new = method.post_update(state)
+  m = 1 - (1 - 0.99) * (math.cos(math.pi * step / 6) + 1) / 2  # adjust_moco_momentum, K = 6
+  assert m == pytest.approx({0: 0.99, 2: 0.9925}[step])
+  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(teacher),
+                       jax.tree.leaves(byol.target_part(params))):
+    want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_encode_uses_the_base_encoder(setup):
+  method, batch, params, aux = setup
+  feats = method.encode(params, aux, batch["view1"])
+  assert feats.shape == (8, 32)
+  direct, _ = method.model.encoder.apply({"params": params["encoder"]}, batch["view1"])
+  np.testing.assert_allclose(feats, direct, rtol=1e-6)
+
+
+def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
+  config = _config()
+  config.data.data_dir = data_dir
+  workdir = str(tmp_path / "moco_v3")
+  logged = train_lib.train(config, workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert rows[-1]["step"] == 6
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  assert {"train/contrastive_acc", "train/rankme"} <= set(logged)
+  encoder = features_lib.Encoder(workdir)
+  info = datasets.get_info("digits", data_dir)
+  feats, _ = encoder.features(encoder.random_init(),
+                              datasets.get_source("digits", "test[:40]", data_dir), info,
+                              batch_size=16)
+  assert feats.shape == (40, 32) and np.all(np.isfinite(feats))

@@ -1,0 +1,118 @@
+"""VICReg method: loss from per-view expander outputs (float64 eq. 6), symmetry, gradients,
+encode, one train run with the eval handoff."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxssl import config_lib
+from jaxssl import methods
+from jaxssl import train as train_lib
+from jaxssl.data import datasets
+from jaxssl.eval import features as features_lib
+from jaxssl.state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(arg="test"):
+  return config_lib.load_config_file(os.path.join(ROOT, f"configs/vicreg.py:{arg}"))
+
+
+def _batch(n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32) for k in ("view1", "view2")}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  method = methods.build(_config())
+  batch = _batch()
+  params, aux = jax.jit(lambda rng: nn.unbox(method.init(rng, batch)))(jax.random.PRNGKey(0))
+  return method, batch, params, aux
+
+
+def _vicreg64(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
+  """Independent float64 eq. 6 (invariance as alg. 1's mse_loss, unbiased statistics)."""
+  z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+  d = z1.shape[1]
+
+  def v(z):
+    return np.mean(np.maximum(0, 1 - np.sqrt(z.var(0, ddof=1) + eps)))
+
+  def c(z):
+    cov = np.cov(z, rowvar=False)  # unbiased
+    return (np.sum(cov ** 2) - np.sum(np.diag(cov) ** 2)) / d
+
+  return lam * np.mean((z1 - z2) ** 2) + mu * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
+
+
+def _expand(method, params, state, images):
+  (z, _), updates = method.model.apply({"params": params, **state}, images, train=True,
+                                       mutable=["batch_stats"])
+  return z, updates
+
+
+def test_loss_is_vicreg_of_per_view_expander_outputs(setup):
+  method, batch, params, aux = setup
+  assert method.coeffs == dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0)
+  loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+  # One BatchNorm batch per view, as the official code.
+  z1, state = _expand(method, params, aux["model_state"], batch["view1"])
+  z2, state = _expand(method, params, state, batch["view2"])
+  assert z1.shape == (8, 16)
+  np.testing.assert_allclose(float(loss), _vicreg64(z1, z2), rtol=1e-5)
+  assert {"invariance", "variance", "covariance", "expander_std", "embedding_std",
+          "rankme"} <= set(metrics)
+  want_std = 0.5 * (np.sqrt(np.var(np.asarray(z1, np.float64), 0, ddof=1) + 1e-4).mean()
+                    + np.sqrt(np.var(np.asarray(z2, np.float64), 0, ddof=1) + 1e-4).mean())
+  assert float(metrics["expander_std"]) == pytest.approx(want_std, rel=1e-5)
+  for g, w in zip(jax.tree.leaves(new_aux["model_state"]), jax.tree.leaves(state)):
+    np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_swapping_the_views_leaves_the_loss_unchanged_and_gradients_reach_everything(setup):
+  method, batch, params, aux = setup
+  swapped = {"view1": batch["view2"], "view2": batch["view1"]}
+
+  def loss(p, b):
+    return method.loss_fn(p, aux, b, jax.random.PRNGKey(1), 0)[0]
+
+  grad_fn = jax.jit(jax.value_and_grad(loss))
+  value, grads = grad_fn(params, batch)
+  np.testing.assert_allclose(float(value), float(grad_fn(params, swapped)[0]), rtol=1e-5)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+  for part in ("encoder", "head"):
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part])) > 0, part
+
+
+def test_post_update_is_identity_and_encode_skips_the_expander(setup):
+  method, batch, params, aux = setup
+  state = TrainState(step=jnp.int32(1), params=params, opt_state=None, aux=aux, rng=None)
+  assert method.post_update(state) is state
+  feats = method.encode(params, aux, batch["view1"])
+  assert feats.shape == (8, 32)  # vit_test width, not the expander's 16
+  direct, _ = method.model.encoder.apply({"params": params["encoder"]}, batch["view1"])
+  np.testing.assert_allclose(feats, direct, rtol=1e-6)
+
+
+def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
+  config = _config()
+  config.data.data_dir = data_dir
+  workdir = str(tmp_path / "vicreg")
+  logged = train_lib.train(config, workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert rows[-1]["step"] == 6
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  assert {"train/variance", "train/covariance", "train/rankme"} <= set(logged)
+  encoder = features_lib.Encoder(workdir)
+  info = datasets.get_info("digits", data_dir)
+  feats, _ = encoder.features(encoder.random_init(),
+                              datasets.get_source("digits", "test[:40]", data_dir), info,
+                              batch_size=16)
+  assert feats.shape == (40, 32) and np.all(np.isfinite(feats))
