@@ -15,17 +15,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
-import ml_collections
-
 from jaxssl import config_lib
-
-
-def _byol_augment(*, crop_scale, flip_prob):
-  """BYOL's asymmetric views, which Barlow Twins follows: blur and solarize probabilities are
-  (view 1, view 2) = (1.0, 0.1) and (0.0, 0.2)."""
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
-      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -35,7 +25,7 @@ def get_config(arg: str = "fashion_mnist"):
   # Eq. 1's off-diagonal weight (the official code uses 0.0051).
   c.barlow_twins = dict(lambda_=5e-3)
   c.head = dict(hidden_dim=8192, out_dim=8192, num_layers=3, use_bn=True)  # the projector
-  c.augment = _byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
+  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -54,7 +44,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = _byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment = config_lib.byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
     c.batch_size = 2048
     c.total_epochs = 1000.0
     c.optim.name = "lars"
@@ -67,17 +57,9 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.keep_every = 25_000
     backbone = backbone or "resnet50"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
-    c.augment = _byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
+    backbone = config_lib.tiny_test_preset(c, backbone)
+    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=3, use_bn=True)
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown barlow_twins preset {preset!r}; choose fashion_mnist, imagenet "
                      "or test.")

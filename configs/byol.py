@@ -13,20 +13,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
-import ml_collections
-
 from jaxssl import config_lib
-
-
-def _byol_augment(*, crop_scale, flip_prob):
-  """BYOL's asymmetric views (table 6): blur and solarize probabilities are (view 1, view 2).
-
-  Jitter strength 0.5 gives BYOL's brightness/contrast 0.4 and hue 0.1 (saturation 0.4 vs
-  BYOL's 0.2; only RGB images are affected).
-  """
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
-      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -36,7 +23,7 @@ def get_config(arg: str = "fashion_mnist"):
   # Paper defaults: tau_base 0.996; predictor Linear(4096)-BN-ReLU-Linear(256).
   c.byol = dict(base_momentum=0.996, predictor=dict(hidden_dim=4096, num_layers=2))
   c.head = dict(hidden_dim=4096, out_dim=256, num_layers=2, use_bn=True)  # the projector
-  c.augment = _byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
+  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -57,7 +44,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = _byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment = config_lib.byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
     c.batch_size = 4096
     c.total_epochs = 300.0
     c.optim.name = "lars"
@@ -70,18 +57,10 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.keep_every = 10000
     backbone = backbone or "resnet50"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
-    c.augment = _byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
+    backbone = config_lib.tiny_test_preset(c, backbone)
+    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=True)
     c.byol.predictor.hidden_dim = 32
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown byol preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)

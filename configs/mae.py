@@ -62,17 +62,9 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.keep_every = 25_000
     backbone = backbone or "vit_b16"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
+    backbone = config_lib.tiny_test_preset(c, backbone)
     c.augment = _mae_augment(flip_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
     c.mae.update(decoder_width=16, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32)
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown mae preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)

@@ -17,17 +17,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
 Backbones: see `jaxssl.config_lib.BACKBONES`. (The paper's ResNet recipe uses a 2-layer
 projector and T = 1.0: set config.head.num_layers and config.moco_v3.temperature.)
 """
-import ml_collections
-
 from jaxssl import config_lib
-
-
-def _byol_augment(*, crop_scale, flip_prob):
-  """BYOL's asymmetric views, which MoCo v3 follows: blur and solarize probabilities are
-  (view 1, view 2) = (1.0, 0.1) and (0.0, 0.2)."""
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
-      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -39,7 +29,7 @@ def get_config(arg: str = "fashion_mnist"):
                    predictor=dict(hidden_dim=4096, num_layers=2))
   # The projector: 3 layers for ViT, BN on hidden layers and a final BN without affine.
   c.head = dict(hidden_dim=4096, out_dim=256, num_layers=3, use_bn=True, final_bn=True)
-  c.augment = _byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
+  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -59,7 +49,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = _byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment = config_lib.byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
     c.batch_size = 4096
     c.total_epochs = 300.0
     c.optim.name = "adamw"
@@ -74,18 +64,10 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.keep_every = 10000
     backbone = backbone or "vit_s16"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
-    c.augment = _byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
+    backbone = config_lib.tiny_test_preset(c, backbone)
+    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=3, use_bn=True, final_bn=True)
     c.moco_v3.predictor.hidden_dim = 32
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown moco_v3 preset {preset!r}; choose fashion_mnist, imagenet or "
                      "test.")

@@ -62,18 +62,10 @@ def get_config(arg: str = "mnist5k"):
     c.checkpoint.keep_every = 10000
     backbone = backbone or "resnet50"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
+    backbone = config_lib.tiny_test_preset(c, backbone)
     c.augment = config_lib.simclr_augment(crop_scale=(0.5, 1.0), flip_prob=0.0,
                                           blur_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=True)
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown simclr preset {preset!r}; choose mnist5k, fashion_mnist, "
                      "imagenet or test.")

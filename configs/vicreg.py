@@ -13,17 +13,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
-import ml_collections
-
 from jaxssl import config_lib
-
-
-def _byol_augment(*, crop_scale, flip_prob):
-  """BYOL's asymmetric views, which VICReg follows: blur and solarize probabilities are
-  (view 1, view 2) = (1.0, 0.1) and (0.0, 0.2)."""
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
-      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -34,7 +24,7 @@ def get_config(arg: str = "fashion_mnist"):
   # i.e. std_coeff 12.5 in jaxssl.losses.vicreg's convention; see its docstring.)
   c.vicreg = dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0)
   c.head = dict(hidden_dim=8192, out_dim=8192, num_layers=3, use_bn=True)  # the expander
-  c.augment = _byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
+  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -53,7 +43,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = _byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment = config_lib.byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
     c.batch_size = 2048
     c.total_epochs = 1000.0
     c.optim.name = "lars"
@@ -66,17 +56,9 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.keep_every = 25_000
     backbone = backbone or "resnet50"
   elif preset == "test":
-    c.data.name = "digits"
-    c.data.image_size = 8
-    c.augment = _byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
-    c.batch_size = 16
-    c.total_steps = 6
+    backbone = config_lib.tiny_test_preset(c, backbone)
+    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=3, use_bn=True)
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    backbone = backbone or "vit_test"
   else:
     raise ValueError(f"Unknown vicreg preset {preset!r}; choose fashion_mnist, imagenet or "
                      "test.")

@@ -154,3 +154,25 @@ def run_app(main, define_flags) -> None:
     sys.exit(f"error: {e}")
   define_flags()
   app.run(main)
+
+
+def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.ConfigDict:
+  """BYOL's asymmetric view pair (Grill et al. 2020, table 6), also used by MoCo v3, VICReg and
+  Barlow Twins: blur and solarize probabilities are (view 1, view 2) = (1.0, 0.1), (0.0, 0.2)."""
+  return ml_collections.ConfigDict(dict(
+      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
+      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
+
+
+def tiny_test_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
+  """Applies the run settings every method's `test` preset shares (8x8 digits, batch 16,
+  6 steps, synchronous checkpoints every 3 steps); returns `backbone` or the test default."""
+  c.data.name = "digits"
+  c.data.image_size = 8
+  c.batch_size = 16
+  c.total_steps = 6
+  c.optim.warmup_steps = 2
+  c.log_every_steps = 2
+  c.checkpoint.every_steps = 3
+  c.checkpoint.async_save = False
+  return backbone or "vit_test"

@@ -13,7 +13,6 @@ standardisation. Evaluation uses the encoder's representation, before the projec
 """
 from __future__ import annotations
 
-import jax
 import ml_collections
 
 from jaxssl import losses
@@ -21,39 +20,19 @@ from jaxssl.methods import byol
 from jaxssl.methods import common
 
 
-class Method:
-  """Barlow Twins: init / loss_fn / post_update / encode over plain pytrees."""
-  batch_keys = ("view1", "view2")
+class Method(common.EncoderHeadMethod):
+  """Barlow Twins: encoder + projector, both views through the same weights."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    self.model = common.build_encoder_with_head(config)
+    super().__init__(config)
     self.lambda_ = config.barlow_twins.lambda_
 
   def train_transform(self, info):
     return byol.two_view_transform(self.config, info)
 
-  def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, batch["view1"], train=False)
-    return params, {"model_state": model_state}
-
   def loss_fn(self, params, aux, batch, rng, step):
     del step  # No schedule beyond the learning rate.
-    rng1, rng2 = jax.random.split(rng)
-    # One forward per view, as the official code: BatchNorm statistics are per view.
-    (z1, _), state = common.apply_model(self.model, params, aux["model_state"], batch["view1"],
-                                        train=True, rngs={"dropout": rng1})
-    (z2, _), state = common.apply_model(self.model, params, state, batch["view2"], train=True,
-                                        rngs={"dropout": rng2})
+    z1, z2, new_aux = self.project_views(params, aux, batch, rng)
     loss, metrics = losses.barlow_twins(z1, z2, lambda_=self.lambda_)
     metrics.update(common.collapse_metrics(z1))
-    return loss, (metrics, {**aux, "model_state": state})
-
-  def post_update(self, state):
-    return state
-
-  def encode(self, params, aux, images):
-    """Frozen encoder features [B, D] for the eval job (before the projector)."""
-    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
-                                method=common.EncoderWithHead.encode)
-    return out
+    return loss, (metrics, new_aux)

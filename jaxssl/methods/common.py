@@ -64,3 +64,38 @@ def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:
   from jaxssl.losses import monitoring  # pylint: disable=g-import-not-at-top
   z = jax.lax.stop_gradient(z.astype(jnp.float32))
   return {"embedding_std": monitoring.embedding_std(z), "rankme": monitoring.rankme(z)}
+
+
+class EncoderHeadMethod:
+  """Base of the methods that train one encoder + projection head on two views with no
+  teacher (SimCLR, VICReg, Barlow Twins): init, the per-view forward, no post-update, and
+  encoder features (before the head) for the eval job. Subclasses add `train_transform` and
+  `loss_fn`."""
+  batch_keys = ("view1", "view2")
+
+  def __init__(self, config):
+    self.config = config
+    self.model = build_encoder_with_head(config)
+
+  def init(self, rng, batch):
+    params, model_state = init_variables(self.model, rng, batch["view1"], train=False)
+    return params, {"model_state": model_state}
+
+  def project_views(self, params, aux, batch, rng):
+    """(z1, z2, new_aux): each view in its own forward, so BatchNorm statistics are per view
+    (as the official VICReg and Barlow Twins code)."""
+    rng1, rng2 = jax.random.split(rng)
+    (z1, _), state = apply_model(self.model, params, aux["model_state"], batch["view1"],
+                                 train=True, rngs={"dropout": rng1})
+    (z2, _), state = apply_model(self.model, params, state, batch["view2"], train=True,
+                                 rngs={"dropout": rng2})
+    return z1, z2, {**aux, "model_state": state}
+
+  def post_update(self, state):
+    return state
+
+  def encode(self, params, aux, images):
+    """Frozen encoder features [B, D] for the eval job (before the head)."""
+    out, _ = apply_model(self.model, params, aux["model_state"], images, train=False,
+                         method=EncoderWithHead.encode)
+    return out

@@ -14,13 +14,11 @@ from jaxssl.data import augment
 from jaxssl.methods import common
 
 
-class Method:
-  """SimCLR: init / loss_fn / post_update / encode over plain pytrees."""
-  batch_keys = ("view1", "view2")
+class Method(common.EncoderHeadMethod):
+  """SimCLR: encoder + projection MLP, both views in one BatchNorm batch."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    self.model = common.build_encoder_with_head(config)
+    super().__init__(config)
     self.temperature = config.simclr.temperature
 
   def train_transform(self, info):
@@ -29,10 +27,6 @@ class Method:
                                 output_size=self.config.data.image_size,
                                 **self.config.augment.to_dict())
     return augment.TwoViews(aug, aug)
-
-  def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, batch["view1"], train=False)
-    return params, {"model_state": model_state}
 
   def loss_fn(self, params, aux, batch, rng, step):
     del rng, step  # SimCLR's randomness is all in the data augmentation.
@@ -45,12 +39,3 @@ class Method:
     loss, metrics = losses.nt_xent(z[:n], z[n:], temperature=self.temperature)
     metrics.update(common.collapse_metrics(z[:n]))
     return loss, (metrics, {**aux, "model_state": model_state})
-
-  def post_update(self, state):
-    return state
-
-  def encode(self, params, aux, images):
-    """Frozen backbone features [B, D] for the eval job."""
-    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
-                                method=common.EncoderWithHead.encode)
-    return out
