@@ -41,15 +41,11 @@ def get_config(arg: str = "fashion_mnist"):
   c.optim.b2 = 0.95
 
   if preset == "fashion_mnist":
-    c.data.name = "fashion_mnist"
-    c.data.worker_count = 1
-    c.batch_size = 256
+    backbone = config_lib.fashion_mnist_preset(c, backbone)
     c.total_epochs = 10.0  # SimCLR's Fashion-MNIST budget: ~1 s/step on 2 shared CPU cores
     c.optim.warmup_steps = 235  # one epoch of 60k at batch 256
     c.mae.update(decoder_width=64, decoder_depth=2, decoder_heads=4, decoder_mlp_dim=256)
-    c.log_every_steps = 100
     c.checkpoint.every_steps = 1000
-    backbone = backbone or "vit_mnist"
   elif preset == "imagenet":
     c.data.name = "imagenet2012"
     c.data.image_size = 224

@@ -35,16 +35,9 @@ def get_config(arg: str = "fashion_mnist"):
   c.optim.weight_decay = 1e-4
 
   if preset == "fashion_mnist":
-    c.data.name = "fashion_mnist"
-    c.data.worker_count = 1
-    c.batch_size = 256
-    c.total_epochs = 10.0
+    backbone = config_lib.fashion_mnist_preset(c, backbone)
     c.head = dict(hidden_dim=512, out_dim=128, num_layers=3, use_bn=True, final_bn=True)
     c.moco_v3.predictor.hidden_dim = 512
-    c.optim.warmup_steps = 200
-    c.log_every_steps = 100
-    c.checkpoint.every_steps = 500
-    backbone = backbone or "vit_mnist"
   elif preset == "imagenet":
     c.data.name = "imagenet2012"
     c.data.image_size = 224

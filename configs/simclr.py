@@ -35,14 +35,7 @@ def get_config(arg: str = "mnist5k"):
     c.checkpoint.every_steps = 200
     backbone = backbone or "vit_mnist"
   elif preset == "fashion_mnist":
-    c.data.name = "fashion_mnist"
-    c.data.worker_count = 1
-    c.batch_size = 256
-    c.total_epochs = 10.0
-    c.optim.warmup_steps = 200
-    c.log_every_steps = 100
-    c.checkpoint.every_steps = 500
-    backbone = backbone or "vit_mnist"
+    backbone = config_lib.fashion_mnist_preset(c, backbone)
   elif preset == "imagenet":
     c.data.name = "imagenet2012"
     c.data.image_size = 224

@@ -164,6 +164,19 @@ def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.Conf
       blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
 
 
+def fashion_mnist_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
+  """Applies the run settings the methods' `fashion_mnist` presets share (the CPU benchmark:
+  batch 256, 10 epochs, one Grain worker); returns `backbone` or the default ViT."""
+  c.data.name = "fashion_mnist"
+  c.data.worker_count = 1
+  c.batch_size = 256
+  c.total_epochs = 10.0
+  c.optim.warmup_steps = 200
+  c.log_every_steps = 100
+  c.checkpoint.every_steps = 500
+  return backbone or "vit_mnist"
+
+
 def tiny_test_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
   """Applies the run settings every method's `test` preset shares (8x8 digits, batch 16,
   6 steps, synchronous checkpoints every 3 steps); returns `backbone` or the test default."""
