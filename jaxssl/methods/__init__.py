@@ -10,12 +10,11 @@ import pkgutil
 
 
 def available() -> list[str]:
-  """Names of the method modules in this package (every module defining `Method`)."""
-  names = []
-  for info in pkgutil.iter_modules(__path__):
-    if not info.name.startswith("_") and info.name != "common":
-      names.append(info.name)
-  return sorted(names)
+  """Names of the method modules in this package: every module defining `Method` (shared
+  pieces such as `common` and `ema` define none)."""
+  return sorted(info.name for info in pkgutil.iter_modules(__path__)
+                if not info.name.startswith("_")
+                and hasattr(importlib.import_module(f"{__name__}.{info.name}"), "Method"))
 
 
 def get(name: str):
