@@ -1,39 +1,31 @@
 """Barlow Twins method: loss from per-view projector outputs (float64 eq. 1), invariance of
 the loss to the projector's output bias, gradients, encode, one train run with the eval
 handoff."""
-import json
-import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxssl import config_lib
+import harness
+
 from jaxssl import methods
-from jaxssl import train as train_lib
-from jaxssl.data import datasets
-from jaxssl.eval import features as features_lib
 from jaxssl.state import TrainState
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(arg="test"):
-  return config_lib.load_config_file(os.path.join(ROOT, f"configs/barlow_twins.py:{arg}"))
+  return harness.load_config("barlow_twins", arg)
 
 
-def _batch(n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32) for k in ("view1", "view2")}
+_batch = harness.random_views
 
 
 @pytest.fixture(scope="module")
 def setup():
   method = methods.build(_config())
   batch = _batch()
-  params, aux = jax.jit(lambda rng: nn.unbox(method.init(rng, batch)))(jax.random.PRNGKey(0))
+  params, aux = harness.init_method(method, batch)
   return method, batch, params, aux
 
 
@@ -99,17 +91,8 @@ def test_post_update_is_identity_and_encode_skips_the_projector(setup):
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
-  config = _config()
-  config.data.data_dir = data_dir
   workdir = str(tmp_path / "barlow_twins")
-  logged = train_lib.train(config, workdir)
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert rows[-1]["step"] == 6
-  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  logged, _ = harness.train_test_preset(_config(), workdir, data_dir)
   assert {"train/on_diagonal", "train/off_diagonal", "train/rankme"} <= set(logged)
-  encoder = features_lib.Encoder(workdir)
-  info = datasets.get_info("digits", data_dir)
-  feats, _ = encoder.features(encoder.random_init(),
-                              datasets.get_source("digits", "test[:40]", data_dir), info,
-                              batch_size=16)
+  feats, _ = harness.eval_job_features(workdir, data_dir)
   assert feats.shape == (40, 32) and np.all(np.isfinite(feats))
