@@ -16,6 +16,10 @@ Backbones: see `jaxssl.config_lib.BACKBONES`.
 from jaxssl import config_lib
 
 
+# Preset arguments tests/test_config.py builds (every one must resolve and lock).
+PRESETS = ('fashion_mnist', 'imagenet', 'test', 'test,resnet18_small')
+
+
 def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()

@@ -8,6 +8,10 @@ used while watching a run on a small machine), `test` (tiny, for the test suite)
 import ml_collections
 
 
+# Preset arguments tests/test_config.py builds (every one must resolve and lock).
+PRESETS = ('default', 'fast', 'test')
+
+
 def get_config(arg: str = "default"):
   c = ml_collections.ConfigDict()
   c.dataset = ""  # empty: the training run's config.data.name

@@ -24,6 +24,10 @@ def _mae_augment(*, flip_prob):
   return ml_collections.ConfigDict(dict(crop_scale=(0.2, 1.0), flip_prob=flip_prob))
 
 
+# Preset arguments tests/test_config.py builds (every one must resolve and lock).
+PRESETS = ('fashion_mnist', 'imagenet', 'test', 'fashion_mnist,vit_mu4', 'test,vit_mu4')
+
+
 def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()

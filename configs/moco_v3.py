@@ -20,6 +20,10 @@ projector and T = 1.0: set config.head.num_layers and config.moco_v3.temperature
 from jaxssl import config_lib
 
 
+# Preset arguments tests/test_config.py builds (every one must resolve and lock).
+PRESETS = ('fashion_mnist', 'imagenet', 'test')
+
+
 def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()

@@ -14,6 +14,10 @@ Backbones: see `jaxssl.config_lib.BACKBONES`.
 from jaxssl import config_lib
 
 
+# Preset arguments tests/test_config.py builds (every one must resolve and lock).
+PRESETS = ('mnist5k', 'fashion_mnist', 'imagenet', 'test', 'fashion_mnist,resnet18', 'test,resnet18_small')
+
+
 def get_config(arg: str = "mnist5k"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
