@@ -55,3 +55,27 @@ def test_monitors_pass_no_gradient_and_check_shapes():
     losses.rankme(jnp.ones((1, 3)))
   with pytest.raises(ValueError, match=r"\[batch, dim\]"):
     losses.embedding_std(jnp.ones((4, 3, 2)))
+
+
+def _rankme_float64(z, eps=1e-7):
+  s = np.linalg.svd(np.asarray(z, np.float64), compute_uv=False)
+  p = s / s.sum() + eps
+  return np.exp(-np.sum(p * np.log(p)))
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (48, 96), (512, 128)])
+@pytest.mark.parametrize("spectrum", ["isotropic", "power_law", "collapsed_to_8"])
+def test_rankme_gram_path_matches_float64_svd(rng, shape, spectrum):
+  n, d = shape
+  k = min(n, d)
+  u, _ = np.linalg.qr(rng.normal(size=(n, k)))
+  v, _ = np.linalg.qr(rng.normal(size=(d, k)))
+  if spectrum == "isotropic":
+    s = rng.uniform(0.5, 1.5, size=k)
+  elif spectrum == "power_law":  # Heavy tail as in trained SSL embeddings: s_k ~ k^-1.
+    s = 1.0 / np.arange(1, k + 1)
+  else:  # Dimensional collapse: 8 directions with signal, the rest exactly zero.
+    s = np.concatenate([np.linspace(1.0, 0.1, 8), np.zeros(k - 8)])
+  z = (u * s) @ v.T
+  got = losses.rankme(jnp.asarray(z, jnp.float32))
+  np.testing.assert_allclose(got, _rankme_float64(z), rtol=2e-4)
