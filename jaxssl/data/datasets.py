@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxssl.data import image_text
+
 FASHION_MNIST_DIR_ENV = 'JAXSSL_FASHION_MNIST_DIR'
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 DATA_DIR_ENV = 'JAXSSL_DATA_DIR'
@@ -65,6 +67,8 @@ _EMBEDDED_INFO = {
                           (0.3055,), (0.3755,)),
     'fashion_mnist': DatasetInfo('fashion_mnist', 10, (28, 28, 1),
                                  {'train': 60000, 'test': 10000}, (0.2860,), (0.3530,)),
+    # Image-caption pairs (Debian tuxpaint-stamps-default); see jaxssl/data/image_text.py.
+    'tuxpaint_stamps': DatasetInfo(**image_text.TUXPAINT_INFO),
 }
 EMBEDDED_NAMES = tuple(_EMBEDDED_INFO)
 
@@ -214,7 +218,8 @@ class JaxsslFashionMnist(_EmbeddedBuilder):
     return load_fashion_mnist_arrays(self._source_dir)
 
 
-_BUILDERS = {cls.short_name: cls for cls in (JaxsslMnist5k, JaxsslDigits, JaxsslFashionMnist)}
+_BUILDERS = {cls.short_name: cls for cls in (JaxsslMnist5k, JaxsslDigits, JaxsslFashionMnist,
+                                              image_text.JaxsslTuxpaintStamps)}
 
 
 def _check_embedded(name: str) -> None:
