@@ -6,7 +6,18 @@ Layout of a workdir:
   <workdir>/checkpoints/<step>/state    TrainState (Orbax PyTree; restorable onto any mesh)
   <workdir>/checkpoints/<step>/data     Grain iterator state (one JSON file per process)
 Saves are asynchronous (training continues while arrays are written); Orbax writes to a
-temporary directory and renames on commit, so a reader never sees a half-written step.
+temporary directory and renames on commit, so a reader never sees a half-written step (a run
+killed mid-save leaves only a temporary directory, removed at the next start).
+
+Restoring onto another mesh or process count: the state is restored straight onto the new
+shardings. The Grain state is one file per process (`process_<i>-of-<n>.json`); when the
+process count differs it cannot be used, and the iterator is instead moved to element
+`step` (one local batch per step; the pipeline's global batch k is the same examples for any
+process count), with a warning.
+
+A step that fails to restore (truncated or corrupt files) is skipped with a warning, the
+previous one is restored, and the unreadable ones are moved to `<workdir>/checkpoints_unreadable`
+(kept for inspection; never deleted) so later saves of those steps do not collide.
 No pickle anywhere.
 """
 from __future__ import annotations
@@ -16,8 +27,10 @@ import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -80,8 +93,10 @@ class Checkpointer:
                async_save: bool = True, read_only: bool = False):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_every or None, create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only)
+        enable_async_checkpointing=async_save, read_only=read_only,
+        cleanup_tmp_directories=not read_only)
     self.directory = checkpoint_dir(workdir)
+    self.unreadable_directory = os.path.join(os.path.abspath(workdir), "checkpoints_unreadable")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:
@@ -98,33 +113,76 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
+  def _data_state_file(self, step: int) -> epath.Path:
+    return (epath.Path(self.directory) / str(step) / DATA /
+            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+
   def restore(self, step: int, abstract_state: Any, shardings: Any,
               data_iterator: grain.DatasetIterator | None) -> Any:
     """Restores the state (onto `shardings`) and, in place, the data iterator."""
     items = {STATE: ocp.args.StandardRestore(with_shardings(abstract_state, shardings))}
+    fast_forward = False
     if data_iterator is not None:
-      items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+      if self._data_state_file(step).exists():
+        items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+      else:
+        fast_forward = True
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if fast_forward:
+      logging.warning(
+          "Checkpoint step %d has no data-iterator state for process %d of %d (it was saved "
+          "with another process count); moving the input pipeline to batch %d instead, which "
+          "continues the same global example order.", step, jax.process_index(),
+          jax.process_count(), step)
+      grain.experimental.set_next_index(data_iterator, step)
     return restored[STATE]
 
   def restore_latest_good(self, abstract_state: Any, shardings: Any,
                           data_iterator: grain.DatasetIterator | None):
     """Restores the newest readable step, skipping (with a warning) any that fails to load.
 
-    Returns (step, state), or (None, None) when there is no checkpoint at all.
+    Steps newer than the restored one are moved to `checkpoints_unreadable/` (see the module
+    docstring). Returns (step, state), or (None, None) when there is no checkpoint at all;
+    raises when checkpoints exist but none can be read (e.g. the model config changed).
     """
     steps = self.all_steps()
+    unreadable = []
     for step in reversed(steps):
       try:
-        return step, self.restore(step, abstract_state, shardings, data_iterator)
+        state = self.restore(step, abstract_state, shardings, data_iterator)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d in %s could not be restored (%s: %s); "
-                        "trying the previous one.", step, self.directory, type(e).__name__, e)
+        logging.warning("Checkpoint at step %d (%s) could not be restored (%s: %s); "
+                        "trying the previous one.", step, os.path.join(self.directory,
+                                                                       str(step)),
+                        type(e).__name__, str(e)[:500])
+        unreadable.append(step)
+        continue
+      if unreadable:
+        logging.warning("Restored step %d instead of the newest step %d, which was unreadable.",
+                        step, unreadable[0])
+        self._set_aside(unreadable)
+      return step, state
     if steps:
       raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} could be "
-                         "restored; see the warnings above. Move the directory away to start "
-                         "afresh.")
+                         "restored; see the warnings above (a changed model config?). Move the "
+                         "directory away to start afresh.")
     return None, None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps out of the manager's directory (process 0; all wait)."""
+    if jax.process_index() == 0:
+      aside = epath.Path(self.unreadable_directory)  # epath: local disks and GCS alike
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target, suffix = aside / str(step), 0
+        while target.exists():
+          suffix += 1
+          target = aside / f"{step}.{suffix}"
+        (epath.Path(self.directory) / str(step)).rename(target)
+        logging.warning("Moved unreadable checkpoint step %d to %s.", step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxssl_checkpoint_set_aside")
+    self.manager.reload()
 
   def restore_params(self, step: int, abstract_params_aux: Any, shardings: Any) -> Any:
     """Partial restore of {'params', 'aux'} only (the eval job): the optimizer state, often

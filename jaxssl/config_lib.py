@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_epochs = config_dict.placeholder(float)
   c.total_examples = config_dict.placeholder(int)
   c.log_every_steps = 20
+  # NaN/inf loss or gradient: 'stop' (error naming the step and last good checkpoint) or
+  # 'skip' (the jitted step drops that update; see jaxssl/step.py).
+  c.nan_policy = "stop"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist5k"

@@ -6,9 +6,16 @@ Order (big_vision style): distributed init -> config checks -> mesh -> data -> m
 abstract state + shardings -> jit(init) -> restore latest good checkpoint (state and data
 iterator) -> jit(step) -> loop {step, log, checkpoint} -> final checkpoint. Re-running the same
 command resumes where the last checkpoint left off.
+
+Faults (see jaxssl/faults.py): config mistakes fail in `check_config`, before any data is read
+or anything compiles, with one line saying what to change; SIGTERM/SIGINT checkpoint at the
+next step boundary and return; a NaN/inf loss stops with an error naming the step and the last
+good checkpoint (or the update is skipped, config.nan_policy='skip'); an unreadable newest
+checkpoint is skipped for the previous one (jaxssl/checkpoint.py).
 """
 from __future__ import annotations
 
+import sys
 
 from absl import app
 from absl import flags
@@ -20,6 +27,7 @@ from ml_collections import config_flags
 
 from jaxssl import checkpoint
 from jaxssl import config_lib
+from jaxssl import faults
 from jaxssl import methods
 from jaxssl import metrics as metrics_lib
 from jaxssl import optim
@@ -51,6 +59,10 @@ def _batch_spec(dataset, method) -> dict[str, jax.ShapeDtypeStruct]:
           for k, v in example.items() if k in method.batch_keys}
 
 
+class ConfigError(ValueError):
+  """A config the trainer cannot run; the message says what to change."""
+
+
 def _check_batch(config, mesh, rules) -> None:
   divisor = parallel.batch_divisor(mesh, rules)
   if config.batch_size % divisor or config.batch_size % jax.process_count():
@@ -60,17 +72,38 @@ def _check_batch(config, mesh, rules) -> None:
         "config.batch_size or config.mesh.")
 
 
+def check_config(config: ml_collections.ConfigDict):
+  """Every check that needs no data and no compile: returns (method, mesh, rules).
+
+  Raises ConfigError with one line naming the setting to change: unknown method, mesh that
+  does not match the device count, unknown sharding rules, batch not divisible by the batch's
+  mesh shards or the process count, duration, nan_policy. (Unknown `--config.x` keys are
+  caught even earlier, by `config_lib.check_overrides`, before flags are parsed.)
+  """
+  try:
+    method = methods.build(config)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.get_rules(config.sharding_rules)
+    _check_batch(config, mesh, rules)
+    config_lib.total_steps(config, 1)  # exactly one duration is set
+    if config.nan_policy not in step_lib.NAN_POLICIES:
+      raise ValueError(f"config.nan_policy={config.nan_policy!r}; use one of "
+                       f"{step_lib.NAN_POLICIES}.")
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(str(e).strip("'\"")) from e
+  return method, mesh, rules
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_at_step: int | None = None) -> dict[str, float]:
   """Trains (or resumes) `config` in `workdir`; returns the last logged metrics.
 
   `stop_at_step` ends this run early (after checkpointing) without changing the schedule,
-  so a later call continues the same run.
+  so a later call continues the same run. So does a SIGTERM/SIGINT (see the module docstring).
   """
-  method = methods.build(config)  # fails first on an unknown method name
-  mesh = parallel.make_mesh(config.mesh)
-  rules = parallel.get_rules(config.sharding_rules)
-  _check_batch(config, mesh, rules)
+  method, mesh, rules = check_config(config)
   data_dir = config.data.data_dir or datasets.default_data_dir()
 
   # ---------------------------------------------------------------- data
@@ -102,27 +135,42 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ---------------------------------------------------------------- loop
   train_step = step_lib.make_train_step(method, tx, shardings, mesh, rules,
-                                        lr_schedule=schedule)
+                                        lr_schedule=schedule, nan_policy=config.nan_policy)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(num_steps, config.batch_size, start_step)
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+  nonfinite = faults.NonFiniteGuard(ckpt, enabled=config.nan_policy == "stop")
   logged: dict[str, float] = {}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    for step in range(start_step + 1, last_step + 1):
-      local = next(data_iter)
-      batch = pipeline.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
-      state, step_metrics = train_step(state, batch)
-      if step % config.log_every_steps == 0 or step == last_step or step == start_step + 1:
-        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        scalars.update(progress.update(step))
-        writer.write(step, scalars)
-        metrics_lib.log_progress(progress, step, scalars)
-        logged = scalars
-      if step % config.checkpoint.every_steps == 0 or step == last_step:
-        ckpt.save(step, state, data_iter)
-  ckpt.close()
-  writer.close()
+  try:
+    with faults.StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      for step in range(start_step + 1, last_step + 1):
+        local = next(data_iter)
+        batch = pipeline.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
+        state, step_metrics = train_step(state, batch)
+        nonfinite.push(step, step_metrics)
+        if step % config.log_every_steps == 0 or step == last_step or step == start_step + 1:
+          scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          scalars.update(progress.update(step))
+          writer.write(step, scalars)
+          metrics_lib.log_progress(progress, step, scalars)
+          logged = scalars
+        stopping = stop.should_stop(step)
+        if step % config.checkpoint.every_steps == 0 or step == last_step or stopping:
+          nonfinite.check_pending()  # never persist a diverged state
+          ckpt.save(step, state, data_iter)
+        if stopping:
+          ckpt.wait()
+          logging.warning("Stopped by %s after saving the checkpoint of step %d in %s; "
+                          "re-run the same command to continue.", stop.received, step,
+                          ckpt.directory)
+          break
+      nonfinite.check_pending()
+  finally:
+    ckpt.close()
+    writer.close()
+    if hasattr(data_iter, "close"):
+      data_iter.close()  # stops Grain worker processes
   return logged
 
 
@@ -134,7 +182,10 @@ def main(argv) -> None:
     raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  train(FLAGS.config, FLAGS.workdir)
+  try:
+    train(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    sys.exit(f"config error: {e}")
 
 
 def run() -> None:
