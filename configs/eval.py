@@ -19,14 +19,17 @@ def get_config(arg: str = "default"):
   c.train_split = "train"
   c.test_split = "test"
   c.batch_size = 512
-  c.protocols = ("linear", "knn", "fewshot")
+  # zeroshot / retrieval run only for image-text methods (clip, siglip); others skip them.
+  c.protocols = ("linear", "knn", "fewshot", "zeroshot", "retrieval")
   c.random_init = True  # also evaluate the run's step-0 encoder: the baseline
   c.poll_seconds = 10.0  # --watch: how often to look for new checkpoints
   c.linear = dict(weight_decays=(1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction=0.1, seed=0)
   c.knn = dict(k=20, temperature=0.07)
   c.fewshot = dict(shots=(1, 5, 10, 25), seeds=(0, 1, 2), l2_reg=2.0 ** 10)
+  # Class prompts (CLIP's prompt ensembling; '{}' is the class name) and retrieval recall@k.
+  c.zeroshot = dict(templates=("{}", "a picture of {}."), ks=(1, 5))
   if arg == "fast":
-    c.protocols = ("knn", "fewshot")
+    c.protocols = ("knn", "fewshot", "zeroshot", "retrieval")
   elif arg == "test":
     c.batch_size = 64
     c.linear = dict(weight_decays=(1e-4, 1e-2), holdout_fraction=0.2, seed=0)

@@ -29,6 +29,7 @@ from jaxssl.eval import fewshot
 from jaxssl.eval import knn
 from jaxssl.eval import linear
 from jaxssl.eval import report as report_lib
+from jaxssl.eval import zeroshot
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -51,9 +52,10 @@ PROTOCOLS = {
 
 
 def _check_protocols(eval_config) -> None:
-  unknown = set(eval_config.protocols) - set(PROTOCOLS)
+  known = set(PROTOCOLS) | set(zeroshot.PROTOCOLS)
+  unknown = set(eval_config.protocols) - known
   if unknown:
-    raise ValueError(f"Unknown eval protocols {sorted(unknown)}; choose from {sorted(PROTOCOLS)}.")
+    raise ValueError(f"Unknown eval protocols {sorted(unknown)}; choose from {sorted(known)}.")
 
 
 class EvalJob:
@@ -74,13 +76,27 @@ class EvalJob:
     self.final_step = config_lib.total_steps(
         train_config, train_info.split_sizes[train_config.data.split])
     self.report = report_lib.EvalReport(workdir)
+    # Image-text protocols (zero-shot, retrieval) only apply to runs with a text tower.
+    self.protocols = [p for p in eval_config.protocols if p not in zeroshot.PROTOCOLS
+                      or hasattr(self.encoder.method, "embed_texts")]
+    self.eval_name = name
 
   def _pending(self, step: int) -> list[str]:
     done = self.report.evaluated()
-    return [p for p in self.eval_config.protocols if (step, p) not in done]
+    return [p for p in self.protocols if (step, p) not in done]
 
   def evaluate_variables(self, step: int, variables) -> None:
     pending = self._pending(step)
+    image_text = [p for p in pending if p in zeroshot.PROTOCOLS]
+    if image_text:
+      results = zeroshot.evaluate_image_text(
+          self.encoder, variables, self.sources[self.eval_config.test_split], self.info,
+          class_names=zeroshot.class_names(self.eval_name, self.data_dir), protocols=image_text,
+          batch_size=self.eval_config.batch_size, **self.eval_config.zeroshot)
+      for protocol, result in results.items():
+        self.report.add(step, protocol, result)
+        logging.info("step %d %s: %s", step, protocol, {k: round(v, 4) for k, v in result.items()})
+    pending = [p for p in pending if p in PROTOCOLS]
     if not pending:
       return
     bs = self.eval_config.batch_size

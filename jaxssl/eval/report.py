@@ -12,7 +12,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 # The headline metric of each protocol: the column of the results table.
-HEADLINE = {"linear": "top1", "knn": "top1", "fewshot": "10shot_top1"}
+HEADLINE = {"linear": "top1", "knn": "top1", "fewshot": "10shot_top1", "zeroshot": "top1",
+            "retrieval": "img_to_txt_top1"}
 
 
 class EvalReport:
