@@ -32,6 +32,7 @@ import grain
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
@@ -84,6 +85,19 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings: Orbax restores straight onto them."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
+
+
+def read_state_numpy(workdir: str, step: int) -> Any:
+  """The saved train state of `step` as a tree of host NumPy arrays, whatever mesh or process
+  count saved it (for inspection and tests; the trainer restores onto its own shardings)."""
+  path = epath.Path(checkpoint_dir(workdir)) / str(step) / STATE
+  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as reader:
+    metadata = reader.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          metadata)
+    return jax.tree.map(np.asarray, reader.restore(path, target))
 
 
 class Checkpointer:

@@ -4,7 +4,10 @@
 #   launch/local_multiprocess.sh 2 2 python -m jaxssl.train --config=configs/simclr.py:test --workdir=/tmp/mp
 #
 # Each process gets --coordinator_address/--num_processes/--process_id appended; logs go to
-# $LOG_DIR/process_<i>.log (default: a temp dir, printed). Exits non-zero if any process fails.
+# $LOG_DIR/process_<i>.log (default: a temp dir, printed). Cross-process collectives on CPU use
+# gloo (JAX's default). SIGTERM/SIGINT sent to this script are forwarded to every process (the
+# trainer then checkpoints and exits); if one process fails the others are killed, since they
+# would otherwise wait forever in a collective. Exits non-zero if any process fails.
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS COMMAND..." >&2; exit 2
@@ -14,18 +17,33 @@ port=${COORDINATOR_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(
 log_dir=${LOG_DIR:-$(mktemp -d)}
 echo "logs: $log_dir" >&2
 pids=()
+forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 for ((i = 0; i < n; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
     "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$n" --process_id="$i" \
     >"$log_dir/process_$i.log" 2>&1 &
   pids+=($!)
 done
+declare -A live  # pid -> process index, for processes not yet reaped
+for i in "${!pids[@]}"; do live[${pids[$i]}]=$i; done
 status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; last lines of $log_dir/process_$i.log:" >&2
+while [ "${#live[@]}" -gt 0 ]; do
+  # `wait -n` returns when one process ends, or early when a trapped signal arrives (then
+  # done_pid is unset and we wait again).
+  unset done_pid; rc=0
+  wait -n -p done_pid "${!live[@]}" || rc=$?
+  [ -n "${done_pid:-}" ] || continue
+  i=${live[$done_pid]}; unset "live[$done_pid]"
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
+    echo "process $i failed (exit $rc); last lines of $log_dir/process_$i.log:" >&2
     tail -20 "$log_dir/process_$i.log" >&2
     status=1
+    # The others would block forever in their next collective with a dead peer.
+    [ "${#live[@]}" -gt 0 ] && kill -s KILL "${!live[@]}" 2>/dev/null || true
+  elif [ "$rc" -ne 0 ]; then
+    echo "process $i stopped (exit $rc)" >&2
   fi
 done
 exit $status

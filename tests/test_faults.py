@@ -14,7 +14,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxssl import checkpoint
@@ -44,11 +43,7 @@ def _config(data_dir, **overrides):
 
 
 def _state_at(workdir, step):
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  restored = ckpt.manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  ckpt.close()
-  return jax.tree.map(np.asarray, restored)
+  return checkpoint.read_state_numpy(workdir, step)
 
 
 def _assert_bitwise_equal(a, b):
