@@ -132,6 +132,12 @@ def backbone(name: str, *, image_size: int) -> ml_collections.ConfigDict:
   if name not in BACKBONES:
     raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
   spec = dict(BACKBONES[name])
+  # Mixed precision switch: 'bfloat16' runs convolutions, matmuls and activations of the
+  # encoder, heads and decoders in bfloat16 while parameters, optimizer state and BatchNorm
+  # statistics stay float32 (master weights, cast per layer); normalisation statistics,
+  # attention softmax, pooled outputs and every loss compute in float32. E.g.
+  # `--config.model.dtype=bfloat16`.
+  spec.setdefault("dtype", "float32")
   if spec.get("patch_size") and image_size % spec["patch_size"]:
     raise ValueError(f"Backbone {name!r} has patch size {spec['patch_size']}, which does not "
                      f"divide data.image_size={image_size}; pick another backbone or size.")

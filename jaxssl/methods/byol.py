@@ -81,10 +81,12 @@ def build_online_network(config: ml_collections.ConfigDict,
   `predictor` (hidden_dim, num_layers) mapping back to the projector's output size."""
   return OnlineNetwork(
       encoder=models.build_encoder(config.model),
-      projector=models.ProjectionHead(**config.head.to_dict()),
+      projector=models.ProjectionHead(**config.head.to_dict(),
+                                      dtype=models.compute_dtype(config.model)),
       predictor=models.PredictionHead(hidden_dim=predictor.hidden_dim,
                                       out_dim=config.head.out_dim,
-                                      num_layers=predictor.num_layers, use_bn=True))
+                                      num_layers=predictor.num_layers, use_bn=True,
+                                      dtype=models.compute_dtype(config.model)))
 
 
 def target_part(tree: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def build_encoder_with_head(config) -> EncoderWithHead:
   return EncoderWithHead(
       encoder=models.build_encoder(config.model),
       head=models.ProjectionHead(hidden_dim=head.hidden_dim, out_dim=head.out_dim,
-                                 num_layers=head.num_layers, use_bn=head.use_bn))
+                                 num_layers=head.num_layers, use_bn=head.use_bn,
+                                 dtype=models.compute_dtype(config.model)))
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):

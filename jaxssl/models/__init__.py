@@ -14,7 +14,24 @@ from jaxssl.models.vit import ViT, decode_variant
 ENCODERS = {'vit': ViT, 'resnet': ResNet}
 
 __all__ = ['ENCODERS', 'MAEDecoder', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
-           'decode_variant']
+           'compute_dtype', 'decode_variant']
+
+
+def compute_dtype(model_config: Mapping[str, Any]):
+  """The compute dtype `model.dtype` names ('float32' or 'bfloat16'; default float32).
+
+  Heads and decoders built next to the encoder take it too, so one config switch makes the
+  whole forward mixed precision while every parameter stays float32 (the master weights).
+  """
+  name = model_config.get('dtype', 'float32')
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    dtype = None
+  if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    raise ValueError(f"model.dtype={name!r} is not a compute dtype; use 'float32' or "
+                     "'bfloat16' (parameters stay float32 either way).")
+  return dtype
 
 
 def _module_fields(cls) -> list[str]:
@@ -43,5 +60,5 @@ def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
   # Configs round-trip through JSON as lists; module fields that are shapes want tuples.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
   if 'dtype' in kwargs:  # Configs name dtypes as strings ('bfloat16').
-    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+    kwargs['dtype'] = compute_dtype(kwargs)
   return cls(**kwargs)
