@@ -84,6 +84,7 @@ class MlpBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Any = jnp.float32
+  gelu_approximate: bool = True  # tanh GELU (big_vision); False: exact erf GELU (timm, DINO)
 
   @nn.compact
   def __call__(self, x):
@@ -95,7 +96,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.xavier_uniform(), ('embed', 'mlp')),
         bias_init=nn.with_logical_partitioning(bias_init, ('mlp',)))(x)
-    x = nn.gelu(x)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
     x = nn.Dropout(rate=self.dropout)(x, deterministic=self.deterministic)
     return nn.Dense(
@@ -160,6 +161,7 @@ class EncoderBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Any = jnp.float32
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -170,7 +172,8 @@ class EncoderBlock(nn.Module):
     x = x + y
     y = layer_norm(self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
-                 deterministic=self.deterministic, dtype=self.dtype)(y)
+                 deterministic=self.deterministic, dtype=self.dtype,
+                 gelu_approximate=self.gelu_approximate)(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -192,6 +195,8 @@ class ViT(nn.Module):
     dtype: compute dtype; parameters are always float32. The final LayerNorm runs in float32
       so `out` and aux['tokens'] are float32.
     remat: rematerialize each block in the backward pass (memory for compute).
+    gelu_approximate: tanh-approximated GELU (big_vision's default); False gives the exact erf
+      GELU of PyTorch/timm checkpoints (DINO, DINOv2, MAE), needed to reproduce them exactly.
   """
   variant: str | None = None
   width: int | None = None
@@ -205,6 +210,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  gelu_approximate: bool = True
 
   def arch(self) -> dict[str, Any]:
     """The resolved architecture: the variant's table entry with explicit fields on top."""
@@ -306,7 +312,7 @@ class ViT(nn.Module):
       # Explicit names: the parameter tree is the same with and without remat.
       x = block_cls(mlp_dim=arch['mlp_dim'], num_heads=arch['num_heads'],
                     dropout=self.dropout, deterministic=not train, dtype=self.dtype,
-                    name=f'block_{i}')(x)
+                    gelu_approximate=self.gelu_approximate, name=f'block_{i}')(x)
       blocks.append(x)
 
     x = layer_norm(jnp.float32, name='encoder_norm')(x.astype(jnp.float32))
