@@ -15,6 +15,7 @@ fi
 n=$1; d=$2; shift 2
 port=${COORDINATOR_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 log_dir=${LOG_DIR:-$(mktemp -d)}
+mkdir -p "$log_dir"
 echo "logs: $log_dir" >&2
 pids=()
 forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }

@@ -1,11 +1,14 @@
 """Multi-process training through jax.distributed: 2 processes x 2 simulated CPU devices on
-127.0.0.1 (launch/local_multiprocess.sh, gloo collectives) against 1 process x 4 devices, and
-a restart of the 2-process run's checkpoint by a single process."""
+127.0.0.1 (launch/local_multiprocess.sh, gloo collectives) against 1 process x 4 devices, a
+restart of the 2-process run's checkpoint by a single process, and the eval job's feature
+extraction over 2 processes."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from jaxssl import checkpoint
 from jaxssl import config_lib
 from jaxssl import train as train_lib
 from jaxssl.data import datasets
+from jaxssl.eval import features as features_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
@@ -119,3 +123,60 @@ def test_single_process_resumes_a_two_process_checkpoint(runs, tmp_path, data_di
                              rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                _params(workdir), _params(runs["multi"][0]))
+
+
+@pytest.mark.slow
+def test_eval_features_gathered_over_two_processes_match_one_process(runs, tmp_path, data_dir):
+  """The eval job's sharded feature extraction with 2 processes (each holding a contiguous
+  block of every global batch, the last one padded) returns the 1-process features in
+  dataset order, labels included."""
+  out = str(tmp_path / "features.npz")
+  worker = os.path.join(ROOT, "tests", "eval_features_worker.py")
+  result = subprocess.run(
+      ["bash", LAUNCHER, "2", "2", sys.executable, worker, runs["multi"][0], "6", data_dir, out],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, LOG_DIR=str(tmp_path / "logs")))
+  logs = "".join(open(os.path.join(tmp_path, "logs", f)).read()[-2000:]
+                 for f in sorted(os.listdir(tmp_path / "logs")))
+  assert result.returncode == 0, result.stderr[-2000:] + logs
+  multi = np.load(out)
+  assert int(multi["process_count"]) == 2
+
+  encoder = features_lib.Encoder(runs["multi"][0])
+  variables = encoder.restore(checkpoint.Checkpointer(runs["multi"][0], read_only=True), 6)
+  source = datasets.get_source("digits", "test[:40]", data_dir)
+  feats, labels = encoder.features(variables, source, datasets.get_info("digits", data_dir),
+                                   batch_size=16)
+  assert multi["features"].shape == feats.shape == (40, feats.shape[1])
+  np.testing.assert_array_equal(multi["labels"], labels)
+  np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(40)])
+  np.testing.assert_allclose(multi["features"], feats, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_the_same_checkpointed_step(tmp_path, data_dir):
+  """SIGTERM to the launcher reaches both processes; JAX's preemption sync service makes them
+  agree on one step, both take part in its checkpoint and exit 0."""
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, JAXSSL_TEST_STEP_DELAY="1.0", LOG_DIR=str(tmp_path / "logs"))
+  os.makedirs(env["LOG_DIR"])
+  proc = subprocess.Popen(["bash", LAUNCHER, "2", "2", sys.executable,
+                           *_trainer_args(workdir, data_dir)],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and open(metrics).read().strip()):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=240)
+  logs = [open(os.path.join(env["LOG_DIR"], f"process_{p}.log")).read() for p in (0, 1)]
+  assert proc.returncode == 0, out + "".join(l[-2000:] for l in logs)
+  steps = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
+  assert steps and steps[-1] < 6, steps
+  for log in logs:
+    assert (f"Stopped by preemption notice after saving the checkpoint of step {steps[-1]}"
+            in log), log[-2000:]
+  data = os.path.join(checkpoint.checkpoint_dir(workdir), str(steps[-1]), "data")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))
