@@ -1,0 +1,219 @@
+r"""SimCLR + ResNet-18 throughput: jaxssl vs the PyTorch peer (lightly + torchvision), same run.
+
+  python benchmarks/vs_pytorch.py --torch_python=/tmp/torchvenv/bin/python
+  python benchmarks/vs_pytorch.py --image_size=112 --batch_size=32 --steps=5   # quick CPU run
+
+The peer needs its own environment (torch is not a jaxssl requirement):
+
+  python3 -m venv /tmp/torchvenv
+  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly
+
+Both sides train the same thing on the same machine, one after the other in one invocation:
+ResNet-18 (ImageNet stem, torchvision layout) + SimCLR projection head 512-2048-128 (Linear
+-> BN -> ReLU -> Linear), NT-Xent at T=0.1 over both views of the batch (one forward over 2N
+images, so BatchNorm sees both views), LARS (momentum 0.9, weight decay 1e-6), float32, the
+same batch and image size, and the same SimCLR augmentations (random resized crop
+(0.08, 1), flip 0.5, colour jitter 0.8 at the config's strength, grayscale 0.2, blur 0.5 with
+sigma in (0.1, 2)) on the same random uint8 source images: ours `SimCLRAugment` in Grain
+workers, the peer's `lightly.transforms.SimCLRTransform` in DataLoader workers (same count).
+Reported: the step alone on a fixed batch (median), and a data-fed loop (examples/s).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see benchmarks/throughput.py
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TEMPERATURE, LR, WEIGHT_DECAY = 0.1, 0.3, 1e-6
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--source_size", type=int, default=256)
+  p.add_argument("--steps", type=int, default=10, help="timed steps (median for the step)")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+  p.add_argument("--jitter_strength", type=float, default=None,
+                 help="default: configs/simclr.py:imagenet's augment.jitter_strength")
+  p.add_argument("--torch_python", default="/tmp/torchvenv/bin/python",
+                 help="python of the environment with torch, torchvision and lightly")
+  p.add_argument("--role", choices=["ours", "peer", "both"], default="both")
+  p.add_argument("--json", default="/tmp/jaxssl_vs_pytorch.json")
+  return p.parse_args(argv)
+
+
+def source_images(n, side):
+  """The same random uint8 RGB images on both sides (seeded)."""
+  return np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8)
+
+
+def median_seconds(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+# ------------------------------------------------------------------------------- ours (JAX)
+def run_ours(args):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  sys.path.insert(0, os.path.join(root, "benchmarks"))
+  from jaxssl import config_lib  # pylint: disable=g-import-not-at-top
+  from jaxssl.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  import throughput  # pylint: disable=g-import-not-at-top  (StepRunner: the real trainer step)
+  flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
+
+  config = config_lib.load_config_file(os.path.join(root, "configs/simclr.py:imagenet"))
+  config.batch_size = args.batch_size
+  config.data.image_size = args.image_size
+  config.model = ml_collections.ConfigDict(dict(name="resnet", depth=18, stem="imagenet",
+                                                width=64, dtype="float32"))
+  config.simclr.temperature = TEMPERATURE
+  config.optim.name, config.optim.weight_decay = "lars", WEIGHT_DECAY
+  config.total_epochs, config.total_steps = None, 1000
+  if args.jitter_strength is not None:
+    config.augment.jitter_strength = args.jitter_strength
+  images = source_images(4 * args.batch_size, args.source_size)
+  source = [{"image": im, "label": np.int32(0)} for im in images]
+  info = datasets.DatasetInfo(name="synthetic", num_classes=1000,
+                              image_shape=images.shape[1:], split_sizes={"train": len(source)},
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  runner = throughput.StepRunner(config, source, info)
+  step_s = runner.median_step_seconds(args.warmup, args.steps)
+  loop_s, wait = runner.fed_loop(
+      pipeline.make_train_dataset(source, runner.transform, global_batch_size=args.batch_size,
+                                  seed=1), args.workers, args.steps)
+  return dict(framework=f"jaxssl (jax {jax.__version__})", step_s=step_s, loop_s=loop_s,
+              data_wait_fraction=wait, augment=config.augment.to_dict())
+
+
+# ------------------------------------------------------------------------------- the peer
+def run_peer(args):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  from lightly.loss import NTXentLoss  # pylint: disable=g-import-not-at-top
+  from lightly.models.modules.heads import SimCLRProjectionHead  # pylint: disable=g-import-not-at-top
+  from lightly.transforms.simclr_transform import SimCLRTransform  # pylint: disable=g-import-not-at-top
+  from lightly.utils.lars import LARS  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  backbone = torchvision.models.resnet18()
+  backbone.fc = torch.nn.Identity()
+  model = torch.nn.Sequential(backbone, SimCLRProjectionHead(512, 2048, 128, num_layers=2))
+  model.train()
+  criterion = NTXentLoss(temperature=TEMPERATURE)
+  optimizer = LARS(model.parameters(), lr=LR * args.batch_size / 256, momentum=0.9,
+                   weight_decay=WEIGHT_DECAY)
+  transform = SimCLRTransform(input_size=args.image_size, cj_strength=args.jitter_strength,
+                              min_scale=0.08, random_gray_scale=0.2, gaussian_blur=0.5,
+                              sigmas=(0.1, 2.0), hf_prob=0.5)
+
+  class Images(torch.utils.data.Dataset):
+    def __init__(self, arrays):
+      self.arrays = arrays
+
+    def __len__(self):
+      return len(self.arrays)
+
+    def __getitem__(self, i):
+      return transform(Image.fromarray(self.arrays[i]))
+
+  loader = torch.utils.data.DataLoader(
+      Images(source_images(4 * args.batch_size, args.source_size)), batch_size=args.batch_size,
+      shuffle=True, drop_last=True, num_workers=args.workers,
+      persistent_workers=args.workers > 0)
+
+  def step(views):
+    x0, x1 = views
+    z0, z1 = model(torch.cat([x0, x1])).chunk(2)  # one forward: BN over both views, as ours
+    loss = criterion(z0, z1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+  fixed = next(iter(loader))
+  for _ in range(args.warmup):
+    step(fixed)
+  step_s = median_seconds(lambda: step(fixed), args.steps)
+
+  def batches():
+    while True:
+      yield from loader
+  it = batches()
+  next(it)  # worker start-up
+  waited, start = 0.0, time.perf_counter()
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    views = next(it)
+    waited += time.perf_counter() - t0
+    step(views)
+  loop_total = time.perf_counter() - start
+  return dict(framework=f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+              f"lightly", torch_threads=torch.get_num_threads(), step_s=step_s,
+              loop_s=loop_total / args.steps, data_wait_fraction=waited / loop_total)
+
+
+def main():
+  args = parse_args()
+  if args.role == "peer":
+    print("PEER_RESULT " + json.dumps(run_peer(args)))
+    return
+  ours = run_ours(args)
+  print(f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed",
+        flush=True)
+  if args.role == "ours":
+    print(json.dumps(ours))
+    return
+  if args.jitter_strength is None:
+    args.jitter_strength = ours["augment"]["jitter_strength"]
+  command = [args.torch_python, os.path.abspath(__file__), "--role=peer"] + [
+      f"--{k}={getattr(args, k)}" for k in ("batch_size", "image_size", "source_size",
+                                            "steps", "warmup", "workers", "jitter_strength")]
+  try:
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  except (FileNotFoundError, subprocess.CalledProcessError) as e:
+    sys.exit(f"The PyTorch peer did not run ({e}; {getattr(e, 'stderr', '')[-2000:]}).\n"
+             "Install it in a separate venv:\n  python3 -m venv /tmp/torchvenv\n"
+             "  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly\n"
+             "and pass --torch_python=/tmp/torchvenv/bin/python.")
+  peer = json.loads(out.split("PEER_RESULT ", 1)[1].splitlines()[0])
+
+  b = args.batch_size
+  rows = [("jaxssl", ours), ("lightly/torch", peer)]
+  print(f"\nSimCLR ResNet-18, batch {b} x 2 views, {args.image_size}px, float32, "
+        f"{args.workers} loader workers; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n")
+  print("| | step alone (s) | examples/s | data-fed loop (s/step) | examples/s | data wait |")
+  print("|---|---|---|---|---|---|")
+  for name, r in rows:
+    print(f"| {name} | {r['step_s']:.2f} | {b / r['step_s']:.1f} | {r['loop_s']:.2f} | "
+          f"{b / r['loop_s']:.1f} | {100 * r['data_wait_fraction']:.0f}% |")
+  ratio_step, ratio_loop = peer["step_s"] / ours["step_s"], peer["loop_s"] / ours["loop_s"]
+  print(f"\nours / peer examples/s: step alone {ratio_step:.2f}x, data-fed {ratio_loop:.2f}x "
+        "(goal >= 1.5x)")
+  with open(args.json, "w") as f:
+    json.dump(dict(args=vars(args), ours=ours, peer=peer, ratio_step=ratio_step,
+                   ratio_loop=ratio_loop, load_avg=os.getloadavg(),
+                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f, indent=1)
+  print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+  main()
