@@ -41,6 +41,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from jaxssl import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -49,6 +50,7 @@ from jaxssl import state as state_lib  # pylint: disable=g-import-not-at-top,wro
 from jaxssl import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CASES = {  # name: (config file, backbone section)
     "simclr_resnet18": ("simclr", dict(name="resnet", depth=18, stem="imagenet", width=64)),
@@ -77,15 +79,6 @@ def machine() -> dict:
               cpu_count=os.cpu_count(), load_avg=os.getloadavg(),
               device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
               jax=jax.__version__, openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
-
-
-def median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def matmul_peak(n: int, dtype) -> float:

@@ -30,6 +30,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see benchmarks/throughput.
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TEMPERATURE, LR, WEIGHT_DECAY = 0.1, 0.3, 1e-6
 
@@ -56,15 +59,6 @@ def source_images(n, side):
   return np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8)
 
 
-def median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 # ------------------------------------------------------------------------------- ours (JAX)
 def run_ours(args):
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -72,7 +66,6 @@ def run_ours(args):
   import ml_collections  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, root)
-  sys.path.insert(0, os.path.join(root, "benchmarks"))
   from jaxssl import config_lib  # pylint: disable=g-import-not-at-top
   from jaxssl.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   import throughput  # pylint: disable=g-import-not-at-top  (StepRunner: the real trainer step)
