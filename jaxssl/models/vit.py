@@ -2,8 +2,8 @@
 
 ViT of Dosovitskiy et al. 2021 ("An Image is Worth 16x16 Words") in the pre-LN form used by
 big_vision and MAE: patchify with a strided conv, add a 2-D position embedding, optionally
-keep only a subset of patch tokens (He et al. 2022, MAE sec. 3), optionally prepend a [cls]
-token, run `depth` blocks of x + MHSA(LN(x)); x + MLP(LN(x)), and finish with a LayerNorm.
+keep only a subset of patch tokens (He et al. 2022, MAE sec. 3) or replace masked patches by a
+learned [mask] token (BEiT / iBOT masked image modelling), optionally prepend a [cls] token, run `depth` blocks of x + MHSA(LN(x)); x + MLP(LN(x)), and finish with a LayerNorm.
 
 Parameters carry logical axis names (resolved by jaxssl/parallel.py's rules) and activations are
 constrained at block boundaries to ('batch', 'length', 'embed'); both are no-ops until a mesh and
@@ -30,6 +30,7 @@ VARIANTS = {
 _ARCH_FIELDS = ('width', 'depth', 'mlp_dim', 'num_heads', 'patch_size')
 POOLS = ('cls', 'gap')
 POSEMBS = ('sincos2d', 'learn')
+POSEMB_RESIZES = ('bilinear', 'bicubic')
 
 _LN_EPSILON = 1e-6  # As in big_vision and MAE (PyTorch default would be 1e-5).
 
@@ -191,6 +192,11 @@ class ViT(nn.Module):
       bilinearly resized to other grids).
     posemb_grid: (rows, cols) patch grid of the learned embedding; None means the grid of the
       images seen at init (then kept: later calls read it from the stored parameter).
+    posemb_resize: how a learned table is resized to another grid (multi-crop: DINO's local
+      crops have a smaller grid than the global ones): 'bilinear', or 'bicubic' as DINO's
+      `interpolate_pos_encoding`. The sincos2d embedding is computed for the grid exactly.
+    mask_token: create a learned [mask] embedding (zeros at init, as iBOT's `masked_embed`) so
+      that `token_mask` can be passed; off by default so plain encoders carry no dead parameter.
     dropout: dropout rate after the position embedding and inside every block.
     dtype: compute dtype; parameters are always float32. The final LayerNorm runs in float32
       so `out` and aux['tokens'] are float32.
@@ -207,6 +213,8 @@ class ViT(nn.Module):
   pool: str = 'gap'
   posemb: str = 'sincos2d'
   posemb_grid: tuple[int, int] | None = None
+  posemb_resize: str = 'bilinear'
+  mask_token: bool = False
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
@@ -231,6 +239,9 @@ class ViT(nn.Module):
       raise ValueError(f'Unknown ViT pool {self.pool!r}; use one of {POOLS}.')
     if self.posemb not in POSEMBS:
       raise ValueError(f'Unknown ViT posemb {self.posemb!r}; use one of {POSEMBS}.')
+    if self.posemb_resize not in POSEMB_RESIZES:
+      raise ValueError(f'Unknown ViT posemb_resize {self.posemb_resize!r}; use one of '
+                       f'{POSEMB_RESIZES}.')
     return arch
 
   def _position_embedding(self, grid_h, grid_w, width):
@@ -250,11 +261,11 @@ class ViT(nn.Module):
             nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, None, 'embed')),
         (*base_grid, width), jnp.float32)
     if base_grid != (grid_h, grid_w):
-      table = jax.image.resize(table, (grid_h, grid_w, width), method='bilinear')
+      table = jax.image.resize(table, (grid_h, grid_w, width), method=self.posemb_resize)
     return table.reshape(grid_h * grid_w, width)
 
   @nn.compact
-  def __call__(self, images, *, train=False, keep_indices=None):
+  def __call__(self, images, *, train=False, keep_indices=None, token_mask=None):
     """Encodes images [B, H, W, C] into (out [B, width], aux).
 
     Args:
@@ -263,6 +274,10 @@ class ViT(nn.Module):
       keep_indices: optional int [B, K] indices (row-major, into the H/p * W/p patches) of the
         patch tokens to keep; the others are dropped after the position embedding is added and
         before the blocks, as in the MAE encoder.
+      token_mask: optional [B, N] bool/float, 1 where a patch is masked: its patch embedding
+        is replaced by the learned [mask] token before the position embedding is added
+        (iBOT's `prepare_tokens`, Zhou et al. 2022 sec. 3; BEiT). Needs mask_token=True.
+        Combines with keep_indices (masking happens first).
 
     Returns:
       out: pooled representation [B, width] (float32).
@@ -289,6 +304,19 @@ class ViT(nn.Module):
     _, grid_h, grid_w, _ = x.shape
     num_patches = grid_h * grid_w
     x = x.reshape(batch, num_patches, width)
+    if self.mask_token:
+      mask_embedding = self.param(
+          'mask_token', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+          (width,), jnp.float32)
+    if token_mask is not None:
+      if not self.mask_token:
+        raise ValueError('token_mask was given but the ViT has no [mask] token; build it with '
+                         'mask_token=True (e.g. encoder.clone(mask_token=True)).')
+      if token_mask.shape != (batch, num_patches):
+        raise ValueError(f'token_mask must be [B={batch}, N={num_patches}] (one entry per '
+                         f'patch, row-major), got shape {token_mask.shape}.')
+      # A select, not a blend: a masked patch keeps nothing of its pixels.
+      x = jnp.where(token_mask.astype(bool)[:, :, None], mask_embedding.astype(x.dtype), x)
     # Position embeddings go on before dropping, so kept tokens remember where they came from.
     x = x + self._position_embedding(grid_h, grid_w, width).astype(x.dtype)[None]
 

@@ -314,3 +314,81 @@ def test_build_encoder_from_config_dict_and_dict():
 def test_build_encoder_rejects_unknown_names_and_fields(config, match):
   with pytest.raises(ValueError, match=match):
     build_encoder(config)
+
+
+def _set_mask_token(variables, value):
+  params = dict(nn.unbox(variables['params']))
+  params['mask_token'] = value
+  return {'params': params}
+
+
+def test_token_mask_replaces_masked_patch_embeddings_before_posemb():
+  # depth=0 and zero images: a kept token is LN(conv bias 0 + posemb), a masked one is
+  # LN(mask_token + posemb) (iBOT's prepare_tokens order: mask, then add position).
+  model = ViT(**dict(TINY, depth=0), mask_token=True)
+  images = _images()
+  variables = _init(model, images)
+  assert nn.unbox(variables['params']['mask_token']).shape == (32,)
+  np.testing.assert_array_equal(nn.unbox(variables['params']['mask_token']), 0.0)  # iBOT init
+  token = jax.random.normal(jax.random.key(5), (32,))
+  variables = _set_mask_token(variables, token)
+  mask = np.zeros((3, 16), bool)
+  mask[0, [0, 5, 15]] = True
+  mask[2, :] = True
+  _, aux = model.apply(variables, images, token_mask=jnp.asarray(mask))
+  _, plain = model.apply(variables, images)
+  pe = np.asarray(posemb_sincos_2d(4, 4, 32), np.float64)
+  masked = pe + np.asarray(token, np.float64)
+  normed = (masked - masked.mean(-1, keepdims=True)) / np.sqrt(masked.var(-1, keepdims=True)
+                                                               + 1e-6)
+  got = np.asarray(aux['tokens'])
+  for b in range(3):
+    for n in range(16):
+      want = normed[n] if mask[b, n] else np.asarray(plain['tokens'])[b, n]
+      np.testing.assert_allclose(got[b, n], want, atol=1e-4)
+  # A float mask means the same thing; an all-zero mask changes nothing.
+  _, aux_f = model.apply(variables, images, token_mask=jnp.asarray(mask, jnp.float32))
+  np.testing.assert_array_equal(aux_f['tokens'], aux['tokens'])
+  out0, _ = model.apply(variables, images, token_mask=jnp.zeros((3, 16)))
+  np.testing.assert_array_equal(out0, model.apply(variables, images)[0])
+
+
+def test_token_mask_gradient_reaches_mask_token_only_through_masked_patches():
+  model = ViT(**TINY, mask_token=True, pool='cls')
+  images = _images()
+  params = nn.unbox(_init(model, images)['params'])
+
+  def loss(p, mask):
+    out, _ = model.apply({'params': p}, images, token_mask=mask)
+    return jnp.sum(out ** 2)
+
+  none = jax.grad(loss)(params, jnp.zeros((3, 16)))
+  some = jax.grad(loss)(params, jnp.zeros((3, 16)).at[:, 3].set(1.0))
+  assert float(jnp.abs(none['mask_token']).max()) == 0.0
+  assert float(jnp.abs(some['mask_token']).max()) > 0.0
+
+
+def test_token_mask_errors():
+  images = _images()
+  plain = ViT(**TINY)
+  with pytest.raises(ValueError, match='mask_token=True'):
+    plain.apply(_init(plain, images), images, token_mask=jnp.zeros((3, 16)))
+  model = ViT(**TINY, mask_token=True)
+  with pytest.raises(ValueError, match=r'token_mask must be \[B=3, N=16\]'):
+    model.apply(_init(model, images), images, token_mask=jnp.zeros((3, 15)))
+
+
+def test_multicrop_local_crops_share_weights_and_bicubic_resize():
+  # DINO: global 28px and local 14px crops go through the same weights; a learned table made
+  # on the global grid is resized bicubically (interpolate_pos_encoding) for the local grid.
+  model = ViT(**dict(TINY, depth=0), posemb='learn', posemb_resize='bicubic')
+  variables = _init(model, _images())
+  table = nn.unbox(variables['params']['pos_embedding'])
+  _, aux = model.apply(variables, jnp.zeros((1, 14, 14, 1)))
+  assert aux['patch_grid'] == (2, 2)
+  resized = np.asarray(jax.image.resize(table, (2, 2, 32), 'bicubic')).reshape(4, 32)
+  normed = (resized - resized.mean(-1, keepdims=True)) / np.sqrt(
+      resized.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(aux['tokens'][0], normed, atol=1e-4)
+  with pytest.raises(ValueError, match='posemb_resize'):
+    ViT(**TINY, posemb_resize='nearest').arch()
