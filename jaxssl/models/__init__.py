@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxssl.models.dino_head import DINOHead
 from jaxssl.models.heads import PredictionHead, ProjectionHead
 from jaxssl.models.mae_decoder import MAEDecoder
 from jaxssl.models.resnet import ResNet
@@ -13,7 +14,7 @@ from jaxssl.models.vit import ViT, decode_variant
 
 ENCODERS = {'vit': ViT, 'resnet': ResNet}
 
-__all__ = ['ENCODERS', 'MAEDecoder', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
+__all__ = ['DINOHead', 'ENCODERS', 'MAEDecoder', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
            'compute_dtype', 'decode_variant']
 
 
