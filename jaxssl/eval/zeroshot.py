@@ -70,13 +70,18 @@ def class_embeddings(embed_texts: Callable[[Sequence[str]], np.ndarray],
 
 def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray
                       ) -> dict[str, float]:
-  """Top-1 accuracy of argmax_c cos(image, class c), and the chance levels to compare with:
-  uniform guessing (1 / C) and always the most frequent class. Fractions."""
+  """Top-1 accuracy of argmax_c cos(image, class c), its class-balanced form (mean over the
+  classes present of each class's accuracy, CLIP's "mean per class"), and the chance levels to
+  compare with: uniform guessing (1 / C, also the balanced chance of any constant guess) and
+  always the most frequent class. Fractions."""
   logits = l2_normalize(image_emb) @ l2_normalize(class_emb).T
   labels = np.asarray(labels)
   pred = np.argmax(logits, axis=1)
   counts = np.bincount(labels, minlength=class_emb.shape[0])
+  present = np.unique(labels)
+  per_class = [np.mean(pred[labels == c] == c) for c in present]
   return {"top1": float(np.mean(pred == labels)),
+          "balanced_top1": float(np.mean(per_class)),
           "chance_uniform": 1.0 / class_emb.shape[0],
           "chance_majority": float(counts.max() / len(labels))}
 

@@ -80,5 +80,8 @@ def test_zeroshot_accuracy_is_cosine_argmax_and_reports_chance():
       class_emb / np.linalg.norm(class_emb, axis=1, keepdims=True)).T
   assert out['top1'] == pytest.approx(np.mean(cos.argmax(1) == labels))
   assert out['top1'] == pytest.approx(0.75)
+  # Per class: class 0 has 3 images (image 1 wrong), class 1 2 (right), 2 1 (right), 3 2
+  # (image 6 wrong): mean of 2/3, 1, 1, 1/2.
+  assert out['balanced_top1'] == pytest.approx(np.mean([2 / 3, 1, 1, 1 / 2]))
   assert out['chance_uniform'] == 0.25
   assert out['chance_majority'] == pytest.approx(3 / 8)
