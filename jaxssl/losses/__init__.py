@@ -17,6 +17,7 @@ from jaxssl.losses.distillation import dino_cross_entropy
 from jaxssl.losses.distillation import ibot_patch_cross_entropy
 from jaxssl.losses.distillation import ibot_patch_loss
 from jaxssl.losses.distillation import koleo
+from jaxssl.losses.distillation import simsiam
 from jaxssl.losses.distillation import sinkhorn_knopp
 from jaxssl.losses.monitoring import embedding_std
 from jaxssl.losses.monitoring import rankme

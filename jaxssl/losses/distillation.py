@@ -61,6 +61,27 @@ def byol(p1, p2, t1, t2):
   return loss, {"cosine": jnp.mean(cos)}
 
 
+def simsiam(p1, p2, z1, z2):
+  """SimSiam symmetric negative cosine (Chen & He 2021, eq. 1-2).
+
+    D(p, z) = -cos(p, stopgrad(z)),   L = D(p1, z2) / 2 + D(p2, z1) / 2,
+
+  averaged over the batch; the minimum is -1. It is BYOL's normalized regression with the
+  projections as targets (2 - 2 cos = 2 + 2 D), so the cosine (with its stop-gradient on
+  z) is computed once, by `byol`.
+
+  Args:
+    p1, p2: [N, D] predictor outputs of views 1 and 2.
+    z1, z2: [N, D] projector outputs of views 1 and 2 (stop-gradient applied here).
+
+  Returns:
+    (loss, metrics): 'cosine' (mean cosine between predictions and the other view's
+    projections, = -loss).
+  """
+  _, metrics = byol(p1, p2, z1, z2)
+  return -metrics["cosine"], metrics
+
+
 def _check_views(student, teacher):
   if student.ndim != 3 or teacher.ndim != 3:
     raise ValueError(
