@@ -12,7 +12,8 @@ For each case (SimCLR + ResNet-18, SimCLR + ViT-S/16, MAE + ViT-S/16; paper head
     the compiler will execute, forward + backward + optimizer (LAPACK custom calls such as the
     RankMe SVD are not counted);
   * MFU: achieved FLOP/s over the peak FLOP/s of a large jitted matmul in the same dtype,
-    measured in the same run on the same device (not a datasheet number);
+    measured in the same run on the same device just before and after the timed steps (not a
+    datasheet number);
   * the Grain pipeline alone (examples/s with 0 and 2 worker processes) on an in-memory source
     of random uint8 `--source_size`^2 RGB images (no JPEG decoding: add that on real ImageNet),
     and the fraction of wall time a pipeline-fed loop spends waiting in next(iterator).
@@ -197,10 +198,14 @@ class StepRunner:
     return total / steps, waited / total
 
 
-def run_case(case: str, peak: float) -> dict:
+def run_case(case: str) -> dict:
   source = synthetic_source(4 * _BATCH.value)
   runner = StepRunner(build_config(case), source, synthetic_info())
+  # The peak is measured right before and right after the timed steps and the higher taken:
+  # on a shared machine the load drifts, and a peak from minutes earlier can be far off.
+  peak_before = matmul_peak(_MATMUL.value, jnp.dtype(_DTYPE.value))
   step_s = runner.median_step_seconds(_WARMUP.value, _STEPS.value)
+  peak = max(peak_before, matmul_peak(_MATMUL.value, jnp.dtype(_DTYPE.value)))
   loop_s, wait_fraction = runner.fed_loop(
       pipeline.make_train_dataset(source, runner.transform, global_batch_size=_BATCH.value,
                                   seed=1), _LOOP_WORKERS.value, _STEPS.value)
@@ -211,7 +216,8 @@ def run_case(case: str, peak: float) -> dict:
               params=state_lib.count_params(runner.state.params), compile_s=runner.compile_s,
               step_s=step_s, steps_per_s=1 / step_s, examples_per_s=step_rate,
               flops_per_step=flops, achieved_flops_per_s=flops / step_s,
-              mfu=flops / step_s / peak, pipeline_examples_per_s=pipe,
+              peak_flops_per_s=peak, mfu=flops / step_s / peak,
+              pipeline_examples_per_s=pipe,
               pipeline_over_step={w: r / step_rate for w, r in pipe.items()},
               loop_workers=_LOOP_WORKERS.value, loop_s_per_step=loop_s,
               data_wait_fraction=wait_fraction)
@@ -219,22 +225,21 @@ def run_case(case: str, peak: float) -> dict:
 
 def main(_):
   info = machine()
-  dtype = jnp.dtype(_DTYPE.value)
-  peak = matmul_peak(_MATMUL.value, dtype)
   print(f"{info['date']}  {info['cpu']} x{info['cpu_count']} ({info['device']}), jax "
         f"{info['jax']}, load average {info['load_avg']}")
-  print(f"peak: {_MATMUL.value}^2 matmul in {dtype.name}: {peak / 1e9:.1f} GFLOP/s")
   results = []
   for case in _CASES.value:
     if case not in CASES:
       raise ValueError(f"Unknown case {case!r}; choose from {list(CASES)}.")
-    results.append(run_case(case, peak))
-    print(f"  done {case}: {results[-1]['step_s']:.2f} s/step", flush=True)
+    results.append(run_case(case))
+    print(f"  done {case}: {results[-1]['step_s']:.2f} s/step, peak "
+          f"{results[-1]['peak_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  info["load_avg_end"] = os.getloadavg()
 
   workers = list(_WORKERS.value)
   print(f"\nbatch {_BATCH.value}, {_IMAGE.value}x{_IMAGE.value}, {_DTYPE.value}; median of "
         f"{_STEPS.value} steps; pipeline on random {_SOURCE.value}^2 uint8 sources\n")
-  header = ("| case | params | s/step | steps/s | examples/s | GFLOP/step | MFU | "
+  header = ("| case | params | s/step | steps/s | examples/s | GFLOP/step | peak GFLOP/s | MFU | "
             + " | ".join(f"pipeline ex/s ({w} workers)" for w in workers)
             + f" | data wait ({_LOOP_WORKERS.value} workers) |")
   print(header)
@@ -244,11 +249,12 @@ def main(_):
                       for w in workers)
     print(f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['step_s']:.2f} | "
           f"{r['steps_per_s']:.2f} | {r['examples_per_s']:.1f} | "
-          f"{r['flops_per_step'] / 1e9:.0f} | {100 * r['mfu']:.0f}% | {pipe} | "
+          f"{r['flops_per_step'] / 1e9:.0f} | {r['peak_flops_per_s'] / 1e9:.1f} | "
+          f"{100 * r['mfu']:.0f}% | {pipe} | "
           f"{100 * r['data_wait_fraction']:.0f}% |")
   print("\n(pipeline ex/s: Grain alone; in brackets its rate over the step's consumption)")
   with open(_JSON.value, "w") as f:
-    json.dump(dict(machine=info, peak_flops_per_s=peak, matmul_size=_MATMUL.value,
+    json.dump(dict(machine=info, matmul_size=_MATMUL.value,
                    source_size=_SOURCE.value, results=results), f, indent=1)
   print(f"wrote {_JSON.value}")
 
