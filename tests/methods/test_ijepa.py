@@ -1,0 +1,138 @@
+"""I-JEPA method: loss from an independent recomputation, zero gradient into the target
+encoder, linear EMA schedule, encode with the target encoder, one train run."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import harness
+
+from jaxssl import methods
+from jaxssl.methods import ijepa
+from jaxssl.state import TrainState
+
+
+def _config(arg="test"):
+  return harness.load_config("ijepa", arg)
+
+
+def _batch(method, n=4, seed=0):
+  rng = np.random.default_rng(seed)
+  ctx, tgt = map(np.stack, zip(*[method.masker(rng) for _ in range(n)]))
+  return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+          "context_indices": jnp.asarray(ctx), "target_indices": jnp.asarray(tgt)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  method = methods.build(_config())
+  batch = _batch(method)
+  params, aux = harness.init_method(method, batch)
+  # A target encoder that differs from the context encoder, as after some training.
+  aux = {**aux, "teacher": jax.tree.map(lambda x: 0.9 * x + 0.01, aux["teacher"])}
+  return method, batch, params, aux
+
+
+def _loss64(method, params, teacher, batch):
+  """Eq. 1 from the pieces: context encoder on the context patches, predictor, target encoder
+  on the whole image, param-free LayerNorm in float64, squared L2 averaged over patches."""
+  encoder, predictor = method.model.encoder, method.model.predictor
+  _, ctx_aux = encoder.apply({"params": params["encoder"]}, batch["image"],
+                             keep_indices=batch["context_indices"])
+  pred = predictor.apply({"params": params["predictor"]}, ctx_aux["tokens"],
+                         batch["context_indices"], batch["target_indices"], (4, 4))
+  _, tgt_aux = encoder.apply({"params": teacher["encoder"]}, batch["image"])
+  h = np.asarray(tgt_aux["tokens"], np.float64)
+  h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+  idx = np.asarray(batch["target_indices"])
+  target = np.stack([h[b][idx[b]] for b in range(len(h))])  # [B, T, M, D]
+  return np.mean(np.sum((np.asarray(pred, np.float64) - target) ** 2, -1))
+
+
+def test_registry_structure_and_non_vit_fails(setup):
+  method, _, params, aux = setup
+  assert methods.get("ijepa") is ijepa.Method
+  assert set(params) == {"encoder", "predictor"}
+  assert set(aux["teacher"]) == {"encoder"}  # the predictor has no EMA copy
+  with pytest.raises(ValueError, match="ijepa needs a ViT encoder"):
+    methods.build(_config("test,resnet18_small"))
+
+
+def test_loss_equals_an_independent_recomputation(setup):
+  method, batch, params, aux = setup
+  loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+  np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch),
+                             rtol=1e-5)
+  assert {"pred_std", "target_std", "teacher_momentum", "rankme", "embedding_std"} <= set(
+      metrics)
+  assert float(metrics["teacher_momentum"]) == pytest.approx(0.996)
+  assert new_aux["teacher"] is aux["teacher"]  # only post_update moves the target encoder
+
+
+def test_gradient_into_the_target_encoder_is_exactly_zero(setup):
+  method, batch, params, aux = setup
+  rng = jax.random.PRNGKey(1)
+
+  def loss(p, teacher):
+    return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
+
+  grads, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+      params, {"encoder": params["encoder"]})
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
+  # Tying the target to the context encoder changes nothing: no gradient via the targets.
+  tied = jax.jit(jax.grad(lambda p: loss(p, {"encoder": p["encoder"]})))(params)
+  for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(t, f, rtol=1e-6, atol=1e-9)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+  for part in ("encoder", "predictor"):
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part])) > 0, part
+  # Only the context patches reach the context encoder: pixels of other patches get none.
+  img_grad = jax.grad(lambda im: method.loss_fn(params, aux, {**batch, "image": im}, rng,
+                                                0)[0])(batch["image"])
+  # (The image also feeds the target encoder, but under stop_gradient.)
+  per_patch = np.abs(np.asarray(img_grad)).reshape(4, 4, 2, 4, 2).sum((2, 4)).reshape(4, 16)
+  for b in range(4):
+    ctx = set(np.asarray(batch["context_indices"][b]).tolist())
+    for n in range(16):
+      assert (per_patch[b, n] > 0) == (n in ctx), (b, n)
+
+
+@pytest.mark.parametrize("step", [0, 3, 6])
+def test_post_update_moves_the_target_by_the_linear_schedule(setup, step):
+  method, _, params, aux = setup
+  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None, aux=aux,
+                     rng=None)
+  new = method.post_update(state)
+  m = 0.996 + (1.0 - 0.996) * step / 6  # K = 6 steps in the test preset
+  assert float(method.momentum(step)) == pytest.approx(m, abs=1e-7)
+  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(aux["teacher"]),
+                       jax.tree.leaves({"encoder": params["encoder"]})):
+    want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert new.params is params
+
+
+def test_encode_averages_the_target_encoders_tokens(setup):
+  method, batch, params, aux = setup
+  feats = method.encode(params, aux, batch["image"])
+  assert feats.shape == (4, 32)  # vit_test width
+  _, enc_aux = method.model.encoder.apply({"params": aux["teacher"]["encoder"]}, batch["image"])
+  np.testing.assert_allclose(feats, enc_aux["tokens"].mean(1), rtol=1e-5, atol=1e-6)
+  # The context encoder's weights play no part.
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  np.testing.assert_array_equal(feats, method.encode(zeros, aux, batch["image"]))
+  assert not np.allclose(feats, method.encode(params, {**aux, "teacher": {
+      "encoder": params["encoder"]}}, batch["image"]), atol=1e-4)
+
+
+def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
+  workdir = str(tmp_path / "ijepa")
+  logged, rows = harness.train_test_preset(_config(), workdir, data_dir)
+  # Step 6 is update k = 5 of K = 6.
+  assert logged["train/teacher_momentum"] == pytest.approx(0.996 + 0.004 * 5 / 6, abs=1e-6)
+  assert all(r["train/loss"] > 0 for r in rows)
+  feats, labels = harness.eval_job_features(workdir, data_dir)
+  assert feats.shape == (40, 32) and labels.shape == (40,)
+  assert np.all(np.isfinite(feats))
