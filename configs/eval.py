@@ -26,8 +26,9 @@ def get_config(arg: str = "default"):
   c.linear = dict(weight_decays=(1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction=0.1, seed=0)
   c.knn = dict(k=20, temperature=0.07)
   c.fewshot = dict(shots=(1, 5, 10, 25), seeds=(0, 1, 2), l2_reg=2.0 ** 10)
-  # Class prompts (CLIP's prompt ensembling; '{}' is the class name) and retrieval recall@k.
-  c.zeroshot = dict(templates=("{}", "a picture of {}."), ks=(1, 5))
+  # Class prompts (CLIP's prompt ensembling over templates; '{}' is the class name) and
+  # retrieval recall@k. The bare name: image-text training texts here start with tags.
+  c.zeroshot = dict(templates=("{}",), ks=(1, 5))
   if arg == "fast":
     c.protocols = ("knn", "fewshot", "zeroshot", "retrieval")
   elif arg == "test":
