@@ -1,6 +1,5 @@
 """I-JEPA method: loss from an independent recomputation, zero gradient into the target
 encoder, linear EMA schedule, encode with the target encoder, one train run."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
