@@ -118,6 +118,8 @@ class SelfAttention(nn.Module):
   """
   num_heads: int
   dtype: Any = jnp.float32
+  # Causal (autoregressive) mask: query t attends to keys <= t only (GPT; CLIP's text tower).
+  is_causal: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -144,7 +146,7 @@ class SelfAttention(nn.Module):
     query, key, value = project('query', True), project('key', False), project('value', True)
     # Logits and softmax are computed in float32 even for bfloat16 inputs; picks a fused
     # (cuDNN) kernel on GPUs that support it.
-    y = jax.nn.dot_product_attention(query, key, value)
+    y = jax.nn.dot_product_attention(query, key, value, is_causal=self.is_causal)
     out_kernel = self.param(
         'out_kernel', nn.with_logical_partitioning(out_init, ('heads', 'kv', 'embed')),
         (self.num_heads, head_dim, width), jnp.float32)
@@ -163,12 +165,13 @@ class EncoderBlock(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   gelu_approximate: bool = True
+  is_causal: bool = False  # see SelfAttention
 
   @nn.compact
   def __call__(self, x):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     y = layer_norm(self.dtype)(x)
-    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype)(y)
+    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, is_causal=self.is_causal)(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
     y = layer_norm(self.dtype)(x)
