@@ -32,7 +32,6 @@ import ml_collections
 
 from jaxssl import losses
 from jaxssl import models
-from jaxssl.data import augment
 from jaxssl.data import masking
 from jaxssl.methods import common
 from jaxssl.methods import ema
@@ -97,13 +96,8 @@ class Method:
 
   def train_transform(self, info):
     """One view (random resized crop + flip, as BEiT / data2vec) and its random mask."""
-    aug = augment.SimCLRAugment(
-        mean=info.mean, std=info.std, output_size=self.config.data.image_size,
-        crop_scale=tuple(self.config.augment.crop_scale),
-        flip_prob=self.config.augment.flip_prob,
-        jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-    return masking.MaskedView(aug, patch_size=self.patch_size,
-                              mask_ratio=self.section.mask_ratio,
+    return masking.MaskedView(ijepa.crop_flip_augment(self.config, info),
+                              patch_size=self.patch_size, mask_ratio=self.section.mask_ratio,
                               image_size=self.config.data.image_size)
 
   def init(self, rng, batch):

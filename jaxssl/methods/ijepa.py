@@ -84,6 +84,15 @@ def gather_patches(tokens, indices):
   return out.reshape(*indices.shape, tokens.shape[-1])
 
 
+def crop_flip_augment(config: ml_collections.ConfigDict, info) -> augment.SimCLRAugment:
+  """A random resized crop (`config.augment.crop_scale`) + horizontal flip (`.flip_prob`) and
+  nothing else: the single-view augmentation of I-JEPA (crop scale (0.3, 1)) and data2vec."""
+  return augment.SimCLRAugment(
+      mean=info.mean, std=info.std, output_size=config.data.image_size,
+      crop_scale=tuple(config.augment.crop_scale), flip_prob=config.augment.flip_prob,
+      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+
 def ema_encoder_update(state, momentum):
   """Moves aux['teacher'] = {'encoder': ...} towards params['encoder'] by `momentum`."""
   teacher = ema.ema_update(state.aux["teacher"], {"encoder": state.params["encoder"]},
@@ -135,12 +144,7 @@ class Method:
 
   def train_transform(self, info):
     """One view (random resized crop, the paper's only augmentation) and its masks."""
-    aug = augment.SimCLRAugment(
-        mean=info.mean, std=info.std, output_size=self.config.data.image_size,
-        crop_scale=tuple(self.config.augment.crop_scale),
-        flip_prob=self.config.augment.flip_prob,
-        jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-    return block_masking.MultiBlockView(aug, self.masker, patch_size=self.patch_size,
+    return block_masking.MultiBlockView(crop_flip_augment(self.config, info), self.masker, patch_size=self.patch_size,
                                         image_size=self.config.data.image_size)
 
   def _inputs(self, batch):

@@ -49,3 +49,24 @@ def eval_job_features(workdir, data_dir, num_examples=40):
   return encoder.features(encoder.random_init(),
                           datasets.get_source("digits", f"test[:{num_examples}]", data_dir),
                           info, batch_size=16)
+
+
+def encoder_teacher_gradients(method, params, aux, batch, rng=None):
+  """For methods whose aux['teacher'] is {'encoder': EMA copy}: checks the gradient into the
+  teacher is exactly zero, even with the teacher tied to the student encoder (then the
+  student's gradient is unchanged: nothing flows via the targets), and every student gradient
+  is finite. Returns the student's gradients."""
+  rng = jax.random.PRNGKey(1) if rng is None else rng
+
+  def loss(p, teacher):
+    return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
+
+  grads, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+      params, {"encoder": params["encoder"]})
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
+  tied = jax.jit(jax.grad(lambda p: loss(p, {"encoder": p["encoder"]})))(params)
+  for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(t, f, rtol=1e-6, atol=1e-9)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+  return grads
