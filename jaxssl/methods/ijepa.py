@@ -15,8 +15,8 @@ f32, 'context_indices': [B, K] int32, 'target_indices': [B, T, M] int32}. Sec. 3
 Evaluation encodes with the target encoder and averages its output tokens, as the paper's
 linear probes (sec. 5, appendix C: "average pool the output of the target encoder").
 
-Config section `config.ijepa`: ema momentum (base_momentum, end_momentum), loss ('l2' | 'smooth_l1'),
-the mask settings (target_patches, context_patches, num_targets, target_scale, target_aspect,
+Config section `config.ijepa`: EMA momentum (base_momentum, end_momentum), loss ('l2' or
+'smooth_l1'), the mask settings (target_patches, context_patches, num_targets, target_scale, target_aspect,
 context_scale) and the predictor (width, depth, num_heads, mlp_dim).
 """
 from __future__ import annotations
@@ -144,7 +144,8 @@ class Method:
 
   def train_transform(self, info):
     """One view (random resized crop, the paper's only augmentation) and its masks."""
-    return block_masking.MultiBlockView(crop_flip_augment(self.config, info), self.masker, patch_size=self.patch_size,
+    return block_masking.MultiBlockView(crop_flip_augment(self.config, info), self.masker,
+                                        patch_size=self.patch_size,
                                         image_size=self.config.data.image_size)
 
   def _inputs(self, batch):
