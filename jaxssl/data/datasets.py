@@ -36,6 +36,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxssl.data import image_text
+from jaxssl.data import text
 
 FASHION_MNIST_DIR_ENV = 'JAXSSL_FASHION_MNIST_DIR'
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
@@ -285,6 +286,8 @@ def get_source(name: str, split: str, data_dir: str | None = None, *,
   prepared in ArrayRecord format in `data_dir`. `split` accepts TFDS slicing ('train[:10%]').
   """
   data_dir = data_dir or default_data_dir()
+  if text.is_text_name(name):  # '<corpus>:<tokenizer>:<seq_len>', packed tokens; see text.py
+    return text.get_source(name, split, data_dir, source_dir)
   if name in _BUILDERS:
     prepare(name, data_dir, source_dir=source_dir)
     builder = _BUILDERS[name](data_dir=data_dir, file_format='array_record')
@@ -323,6 +326,8 @@ def get_info(name: str, data_dir: str | None = None, *, stats_examples: int = 50
   if name in _EMBEDDED_INFO:
     return _EMBEDDED_INFO[name]
   data_dir = data_dir or default_data_dir()
+  if text.is_text_name(name):
+    return text.get_info(name, data_dir)
   builder = _catalog_builder(name, data_dir)
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
