@@ -186,6 +186,15 @@ def fashion_mnist_preset(c: ml_collections.ConfigDict, backbone: str = "") -> st
   return backbone or "vit_mnist"
 
 
+def text_transformer(*, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
+                     mlp_dim: int, dropout: float = 0.0) -> ml_collections.ConfigDict:
+  """The `config.model` section of a text Transformer (configs/gpt.py, configs/mlm.py)."""
+  return ml_collections.ConfigDict(dict(
+      name="transformer", vocab_size=vocab_size, max_len=max_len, width=width, depth=depth,
+      num_heads=num_heads, mlp_dim=mlp_dim, posemb="learn", tie_embeddings=True,
+      dropout=dropout, dtype="float32"))
+
+
 def tiny_test_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
   """Applies the run settings every method's `test` preset shares (8x8 digits, batch 16,
   6 steps, synchronous checkpoints every 3 steps); returns `backbone` or the test default."""
