@@ -27,6 +27,7 @@ from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
 from jaxssl.eval import fewshot
 from jaxssl.eval import knn
+from jaxssl.eval import language
 from jaxssl.eval import linear
 from jaxssl.eval import report as report_lib
 from jaxssl.eval import zeroshot
@@ -52,7 +53,7 @@ PROTOCOLS = {
 
 
 def _check_protocols(eval_config) -> None:
-  known = set(PROTOCOLS) | set(zeroshot.PROTOCOLS)
+  known = set(PROTOCOLS) | set(zeroshot.PROTOCOLS) | {language.PROTOCOL}
   unknown = set(eval_config.protocols) - known
   if unknown:
     raise ValueError(f"Unknown eval protocols {sorted(unknown)}; choose from {sorted(known)}.")
@@ -79,6 +80,9 @@ class EvalJob:
     # Image-text protocols (zero-shot, retrieval) only apply to runs with a text tower.
     self.protocols = [p for p in eval_config.protocols if p not in zeroshot.PROTOCOLS
                       or hasattr(self.encoder.method, "embed_texts")]
+    if language.is_language_method(self.encoder.method):
+      # Language-model runs: held-out perplexity / bits per byte (jaxssl/eval/language.py).
+      self.protocols = [language.PROTOCOL]
     self.eval_name = name
 
   def _pending(self, step: int) -> list[str]:
@@ -87,6 +91,15 @@ class EvalJob:
 
   def evaluate_variables(self, step: int, variables) -> None:
     pending = self._pending(step)
+    if language.PROTOCOL in pending:
+      test_split = self.eval_config.test_split
+      result = language.evaluate_lm(
+          self.encoder.method, variables, self.sources[test_split], self.info, split=test_split,
+          train_source=self.sources[self.eval_config.train_split],
+          batch_size=self.eval_config.batch_size)
+      self.report.add(step, language.PROTOCOL, result)
+      logging.info("step %d %s: %s", step, language.PROTOCOL, result)
+      pending.remove(language.PROTOCOL)
     image_text = [p for p in pending if p in zeroshot.PROTOCOLS]
     if image_text:
       results = zeroshot.evaluate_image_text(
