@@ -10,8 +10,8 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   imagenet       The paper's recipe for pods (implementation details): ResNet-50, projector
                  8192-8192-8192, lambda 5e-3, LARS lr 0.2 x B/256 for weights at batch 2048,
                  wd 1.5e-6, 10 warmup epochs, 1000 epochs; data is a prepared TFDS
-                 `imagenet2012`. Not reproduced: the separate bias/BN learning rate 0.0048
-                 (jaxssl's LARS has one learning rate; biases and BN skip decay and adaptation).
+                 `imagenet2012`; biases and BN parameters train at lr 0.0048 x B/256
+                 (`optim.norm_bias_lr_factor` = 0.0048 / 0.2) and skip decay and adaptation.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
@@ -48,6 +48,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.optim.base_lr = 0.2
     c.optim.lr_scaling = "linear"
     c.optim.weight_decay = 1.5e-6
+    c.optim.norm_bias_lr_factor = 0.0048 / 0.2  # the official learning-rate-biases
     c.optim.warmup_steps = 6256  # 10 epochs of 1,281,167 images at batch 2048
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000

@@ -10,9 +10,9 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   imagenet       The paper's ViT-S recipe for pods (sec. 4 and the official CONFIG.md): ViT-S/16,
                  projector 3 x 4096 -> 256 with final BN, predictor 4096 -> 256, T = 0.2,
                  m = 0.99 -> 1 on a cosine, AdamW lr 1.5e-4 x B/256 at batch 4096, wd 0.1,
-                 40 warmup epochs, 300 epochs; data is a prepared TFDS `imagenet2012`.
-                 Not reproduced: the frozen random patch projection (`--stop-grad-conv1`) and
-                 the [cls]-token output (the backbone pools by averaging tokens).
+                 40 warmup epochs, 300 epochs; data is a prepared TFDS `imagenet2012`; the
+                 random patch projection stays frozen (`--stop-grad-conv1`, sec. 5.3, through
+                 `optim.frozen`) and the encoder outputs its [cls] token (`pool='cls'`).
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`. (The paper's ResNet recipe uses a 2-layer
 projector and T = 1.0: set config.head.num_layers and config.moco_v3.temperature.)
@@ -60,6 +60,8 @@ def get_config(arg: str = "fashion_mnist"):
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep_every = 10000
     backbone = backbone or "vit_s16"
+    # Sec. 5.3: a frozen random patch projection stabilises ViT training (no gradient ever).
+    c.optim.frozen = (r"^encoder/embedding/",)
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)
     c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
@@ -69,5 +71,7 @@ def get_config(arg: str = "fashion_mnist"):
     raise ValueError(f"Unknown moco_v3 preset {preset!r}; choose fashion_mnist, imagenet or "
                      "test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
+  if preset == "imagenet" and c.model.name == "vit":
+    c.model.pool = "cls"  # the official ViT-MoCo reads the [cls] token
   c.lock()
   return c

@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.momentum = 0.9
   c.optim.grad_clip_norm = 0.0
+  c.optim.norm_bias_lr_factor = 1.0  # lr of biases / norm params relative to the weights'
+  c.optim.frozen = ()  # regexes of parameter paths never updated, e.g. ('embedding',)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = "fsdp"  # a preset of jaxssl.parallel.RULES or explicit pairs

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import jax
@@ -19,6 +20,19 @@ def decay_mask(params: Any) -> Any:
   SimCLR (Chen et al. 2020, appendix B.1) and most ViT recipes.
   """
   return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _path_names(params: Any) -> Any:
+  """The '/'-joined key path of every leaf, e.g. 'encoder/embedding/kernel'."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path),
+      params)
+
+
+def frozen_mask(patterns, params: Any) -> Any:
+  """True for parameters whose path matches one of the regexes in `patterns` (re.search)."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree.map(lambda name: any(c.search(name) for c in compiled), _path_names(params))
 
 
 def peak_learning_rate(optim_config: ml_collections.ConfigDict, global_batch_size: int) -> float:
@@ -42,7 +56,12 @@ def make_schedule(optim_config: ml_collections.ConfigDict, global_batch_size: in
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
-  """AdamW, LARS or SGD with momentum; optional global-norm clipping first."""
+  """AdamW, LARS or SGD with momentum; optional global-norm clipping first.
+
+  `optim.norm_bias_lr_factor` scales the learning rate of biases and normalisation parameters
+  (rank <= 1); `optim.frozen` lists regexes of parameter paths ('encoder/embedding/kernel') that
+  are never updated.
+  """
   name = optim_config.name
   if name == "adamw":
     tx = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
@@ -57,6 +76,24 @@ def make_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Sche
                      optax.sgd(schedule, momentum=optim_config.momentum))
   else:
     raise ValueError(f"Unknown optimizer optim.name={name!r}; choose one of {OPTIMIZERS}.")
+  if optim_config.norm_bias_lr_factor != 1.0:
+    # Barlow Twins trains biases and BN parameters at 0.0048 / 0.2 of the weights' LARS rate;
+    # every optimizer here is linear in its learning rate, so scaling those updates is exactly
+    # a separate learning rate for them.
+    tx = optax.chain(tx, optax.masked(optax.scale(optim_config.norm_bias_lr_factor),
+                                      lambda p: jax.tree.map(lambda m: not m, decay_mask(p))))
   if optim_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  if optim_config.frozen:
+    # Frozen parameters (e.g. MoCo v3's random patch projection) get exactly zero updates and no
+    # optimizer state; clipping sees only the trained ones.
+    patterns = tuple(optim_config.frozen)
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ValueError(f"optim.frozen: {pattern!r} is not a regular expression ({e}).") from e
+    tx = optax.multi_transform(
+        {"trained": tx, "frozen": optax.set_to_zero()},
+        lambda p: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(patterns, p)))
   return tx

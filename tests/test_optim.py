@@ -49,3 +49,61 @@ def test_sqrt_scaling_and_bad_names():
     optim.peak_learning_rate(_optim(lr_scaling="cubic"), 256)
   with pytest.raises(ValueError, match="Unknown optimizer"):
     optim.make_optimizer(_optim(name="adafactor"), lambda s: 0.1)
+
+
+def _params_and_grads(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"encoder": {"embedding": {"kernel": jnp.asarray(rng.normal(size=(3, 4))),
+                                      "bias": jnp.asarray(rng.normal(size=4))},
+                        "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 4))),
+                                  "bias": jnp.asarray(rng.normal(size=4))}}}
+  grads = {"encoder": {"embedding": {"kernel": jnp.asarray(rng.normal(size=(3, 4))),
+                                     "bias": jnp.asarray(rng.normal(size=4))},
+                       "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 4))),
+                                 "bias": jnp.asarray(rng.normal(size=4))}}}
+  return params, grads
+
+
+def _run(c, params, grads, steps=3):
+  tx = optim.make_optimizer(c, optim.make_schedule(c, 256, 10))
+  state = tx.init(params)
+  for _ in range(steps):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_frozen_parameters_never_move_and_the_rest_train_as_before(name):
+  params, grads = _params_and_grads()
+  base = dict(name=name, base_lr=0.1, weight_decay=0.1, warmup_steps=0)
+  frozen = _run(_optim(**base, frozen=(r"^encoder/embedding/",)), params, grads)
+  free = _run(_optim(**base), params, grads)
+  for leaf in ("kernel", "bias"):
+    np.testing.assert_array_equal(frozen["encoder"]["embedding"][leaf],
+                                  params["encoder"]["embedding"][leaf])
+    assert not np.allclose(free["encoder"]["embedding"][leaf], params["encoder"]["embedding"][leaf])
+  # Per-parameter optimizers: the trained parameters follow the unfrozen run exactly.
+  for k in ("kernel", "bias"):
+    np.testing.assert_allclose(frozen["encoder"]["dense"][k], free["encoder"]["dense"][k],
+                               rtol=1e-6)
+
+
+def test_bad_frozen_pattern_is_named():
+  params, grads = _params_and_grads()
+  with pytest.raises(ValueError, match=r"optim.frozen: '\(' is not a regular expression"):
+    _run(_optim(frozen=("(",)), params, grads)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_norm_bias_lr_factor_scales_only_bias_and_norm_steps(name):
+  # One step from the same state: biases move factor x as far, weights exactly as far.
+  params, grads = _params_and_grads(1)
+  base = dict(name=name, base_lr=0.1, weight_decay=0.01, warmup_steps=0)
+  scaled = _run(_optim(**base, norm_bias_lr_factor=0.024), params, grads, steps=1)
+  plain = _run(_optim(**base), params, grads, steps=1)
+  for part in ("embedding", "dense"):
+    p0, s, q = (t["encoder"][part] for t in (params, scaled, plain))
+    np.testing.assert_allclose(s["bias"] - p0["bias"], 0.024 * (q["bias"] - p0["bias"]),
+                               atol=2e-7)  # float32 round-off of p0 + update
+    np.testing.assert_allclose(s["kernel"], q["kernel"], rtol=1e-7)

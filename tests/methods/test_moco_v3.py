@@ -125,3 +125,21 @@ def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
   assert {"train/contrastive_acc", "train/rankme"} <= set(logged)
   feats, _ = harness.eval_job_features(workdir, data_dir)
   assert feats.shape == (40, 32) and np.all(np.isfinite(feats))
+
+
+def test_imagenet_recipe_freezes_exactly_the_patch_projection_and_reads_cls(setup):
+  _, _, params, _ = setup
+  recipe = _config("imagenet")
+  assert recipe.model.pool == "cls"
+  from jaxssl import optim  # pylint: disable=g-import-not-at-top
+  mask = optim.frozen_mask(recipe.optim.frozen, params)
+  frozen = {jax.tree_util.keystr(p) for p, f in jax.tree_util.tree_leaves_with_path(mask) if f}
+  assert frozen == {"['encoder']['embedding']['bias']", "['encoder']['embedding']['kernel']"}
+  recipe.optim.warmup_steps = 0
+  tx = optim.make_optimizer(recipe.optim, optim.make_schedule(recipe.optim, 256, 10))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert all(float(jnp.abs(u).max()) == 0.0
+             for u in jax.tree.leaves(updates["encoder"]["embedding"]))
+  rest = {k: v for k, v in updates["encoder"].items() if k != "embedding"}
+  assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(rest))
