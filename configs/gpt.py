@@ -9,7 +9,7 @@ Presets:
                optimizer): 12 x 768, 12 heads, 1024 context, batch 512 windows (0.5M tokens),
                AdamW lr 6e-4 (b2 0.95, wd 0.1), 2k warmup, clip 1.0, on the local Python-docs +
                BPE-32k corpus (no web-scale corpus ships in a package).
-  test         Tiny and fast: used by the test suite (fortunes, bytes, 32 tokens).
+  test         Tiny and fast: used by the test suite (pydoc_topics, bytes, 32 tokens).
 """
 
 from jaxssl import config_lib
@@ -49,7 +49,7 @@ def get_config(arg: str = 'shakespeare'):
                                           mlp_dim=3072, dropout=0.1)
   elif preset == 'test':
     config_lib.tiny_test_preset(c)
-    c.data.name = 'fortunes:byte:32'
+    c.data.name = 'pydoc_topics:byte:32'
     c.batch_size = 8
     c.model = config_lib.text_transformer(vocab_size=259, max_len=32, width=16, depth=2, num_heads=2,
                                           mlp_dim=32)

@@ -7,7 +7,7 @@ Presets:
   bert_base    BERT-base for pods (sec. 3.1 and appendix A.2): 12 x 768, 12 heads, 512 tokens,
                batch 256, AdamW lr 1e-4 (wd 0.01, b2 0.999), 10k warmup, linear decay, 1M steps,
                dropout 0.1, on the local Python-docs + BPE-32k corpus.
-  test         Tiny and fast: used by the test suite (fortunes, bytes, 32 tokens).
+  test         Tiny and fast: used by the test suite (pydoc_topics, bytes, 32 tokens).
 """
 import ml_collections
 
@@ -46,7 +46,7 @@ def get_config(arg: str = 'shakespeare'):
                                           mlp_dim=3072, dropout=0.1)
   elif preset == 'test':
     config_lib.tiny_test_preset(c)
-    c.data.name = 'fortunes:byte:32'
+    c.data.name = 'pydoc_topics:byte:32'
     c.batch_size = 8
     c.model = config_lib.text_transformer(vocab_size=259, max_len=32, width=16, depth=2, num_heads=2,
                                           mlp_dim=32)

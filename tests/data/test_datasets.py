@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxssl.data import datasets
+import packaged_data
 
 _FASHION_FILES_PRESENT = all(
     (pathlib.Path(datasets.DEFAULT_FASHION_MNIST_DIR) / f).exists()
@@ -126,10 +127,10 @@ def test_idx_parser_rejects_other_files(tmp_path):
     datasets._read_idx(path)
 
 
-@pytest.mark.skipif(not _FASHION_FILES_PRESENT,
-                    reason=f'Fashion-MNIST IDX files not in {datasets.DEFAULT_FASHION_MNIST_DIR} '
-                    '(apt-get install dataset-fashion-mnist)')
 def test_fashion_mnist_debian_files(data_dir):
+  packaged_data.require(_FASHION_FILES_PRESENT,
+                        f'Fashion-MNIST IDX files not in {datasets.DEFAULT_FASHION_MNIST_DIR} '
+                        '(apt-get install dataset-fashion-mnist)')
   train_x, train_y, test_x, test_y = datasets.load_fashion_mnist_arrays()
   np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)
   np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)

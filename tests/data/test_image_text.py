@@ -10,6 +10,7 @@ import pytest
 
 from jaxssl.data import datasets
 from jaxssl.data import image_text
+import packaged_data
 
 _REAL_PRESENT = os.path.isdir(image_text.DEFAULT_TUXPAINT_DIR)
 
@@ -95,9 +96,9 @@ def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):
     image_text.list_stamps(str(tmp_path / 'odd'))
 
 
-@pytest.mark.skipif(not _REAL_PRESENT, reason='needs the Debian package tuxpaint-stamps-default '
-                    '(apt-get install tuxpaint-stamps-default)')
 def test_real_tuxpaint_stamps_match_the_recorded_info(data_dir):
+  packaged_data.require(_REAL_PRESENT, 'needs the Debian package tuxpaint-stamps-default '
+                        '(apt-get install tuxpaint-stamps-default)')
   info = datasets.get_info('tuxpaint_stamps')
   assert info.num_classes == 16 and info.image_shape == (32, 32, 3)
   images, labels, captions = {}, {}, {}

@@ -4,13 +4,11 @@ import pytest
 
 from jaxssl.data import datasets, text
 from jaxssl.data.tokenizer import ByteTokenizer
+import packaged_data
 
 
 def _fortunes():
-  try:
-    return text.read_fortunes()
-  except ValueError as e:
-    pytest.fail(str(e))  # names `apt-get install -y fortunes fortunes-min`
+  return packaged_data.load(text.read_fortunes)  # names `apt-get install -y fortunes ...`
 
 
 @pytest.fixture(scope='module')
@@ -87,16 +85,23 @@ def test_missing_corpora_name_the_install_command(tmp_path, monkeypatch):
     text.read_python_doc(str(tmp_path))
 
 
-def test_python_doc_and_shakespeare_readers():
-  try:
-    docs = text.read_python_doc()
-  except ValueError as e:
-    pytest.fail(str(e))
+def test_pydoc_topics_ship_with_python():
+  docs = text.read_pydoc_topics()
+  keys = [k for k, _ in docs]
+  assert len(docs) > 50 and 'if' in keys and keys == sorted(set(keys))
+  assert all(d.endswith('\n') and d.strip() for _, d in docs)
+  with pytest.raises(ValueError, match='ships inside Python'):
+    text.read_pydoc_topics('/some/dir')
+  assert {text.split_of(k) for k in keys} == set(text.SPLITS)  # every split non-empty
+
+
+def test_python_doc_reader():
+  docs = packaged_data.load(text.read_python_doc)
   assert len(docs) > 400 and any(k == 'library/functions.rst.txt' for k, _ in docs)
-  try:
-    plays = text.read_shakespeare()
-  except ValueError as e:
-    pytest.fail(str(e))
+
+
+def test_shakespeare_reader():
+  plays = packaged_data.load(text.read_shakespeare)
   assert len({k.split('/')[0] for k, _ in plays}) == 42
   for (key, doc), (next_key, _) in zip(plays, plays[1:]):
     if key.split('/')[0] == next_key.split('/')[0]:  # only a work's last block may be short

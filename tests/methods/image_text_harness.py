@@ -10,11 +10,14 @@ import numpy as np
 from jaxssl import methods
 from jaxssl.data import image_text
 import harness
+import packaged_data
 
 REAL_STAMPS = os.path.isdir(image_text.DEFAULT_TUXPAINT_DIR)
-NEEDS_STAMPS = dict(condition=not REAL_STAMPS,
-                    reason="needs the Debian package tuxpaint-stamps-default "
-                           "(apt-get install tuxpaint-stamps-default)")
+
+
+def require_stamps():
+  packaged_data.require(REAL_STAMPS, "needs the Debian package tuxpaint-stamps-default "
+                        "(apt-get install tuxpaint-stamps-default)")
 CAPTIONS = ("A frog. animals amphibians frog", "A red apple. food fruit apple",
             "The letter x. symbols alphabets x", "A car. vehicles auto car",
             "A planet. space planets", "A hat. clothes hats", "A tree. plants trees",

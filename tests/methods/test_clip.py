@@ -83,8 +83,8 @@ def test_encode_is_the_image_tower(setup):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(**ith.NEEDS_STAMPS)
 def test_train_transform_and_one_training_run_with_eval(tmp_path, data_dir):
+  ith.require_stamps()
   method = methods.build(harness.load_config("clip"))
   from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top
   info = datasets.get_info("tuxpaint_stamps")

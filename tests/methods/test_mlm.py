@@ -84,7 +84,7 @@ def test_model_is_bidirectional():
 
 def test_vocab_mismatch_raises(data_dir):
   config = harness.load_config('mlm')
-  info = datasets.get_info('fortunes:bpe300:32', data_dir)
+  info = datasets.get_info('pydoc_topics:bpe300:32', data_dir)
   with pytest.raises(ValueError, match='vocab_size=300'):
     mlm.Method(config).train_transform(info)
 
