@@ -29,9 +29,19 @@ def _path_names(params: Any) -> Any:
       params)
 
 
+def _compile_frozen(patterns) -> list[re.Pattern]:
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as e:
+      raise ValueError(f"optim.frozen: {pattern!r} is not a regular expression ({e}).") from e
+  return compiled
+
+
 def frozen_mask(patterns, params: Any) -> Any:
   """True for parameters whose path matches one of the regexes in `patterns` (re.search)."""
-  compiled = [re.compile(p) for p in patterns]
+  compiled = _compile_frozen(patterns)
   return jax.tree.map(lambda name: any(c.search(name) for c in compiled), _path_names(params))
 
 
@@ -88,11 +98,7 @@ def make_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Sche
     # Frozen parameters (e.g. MoCo v3's random patch projection) get exactly zero updates and no
     # optimizer state; clipping sees only the trained ones.
     patterns = tuple(optim_config.frozen)
-    for pattern in patterns:
-      try:
-        re.compile(pattern)
-      except re.error as e:
-        raise ValueError(f"optim.frozen: {pattern!r} is not a regular expression ({e}).") from e
+    _compile_frozen(patterns)  # a bad pattern fails here, before any init or compile
     tx = optax.multi_transform(
         {"trained": tx, "frozen": optax.set_to_zero()},
         lambda p: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(patterns, p)))

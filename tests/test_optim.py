@@ -1,4 +1,5 @@
 """Optimizers and schedules."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -53,15 +54,11 @@ def test_sqrt_scaling_and_bad_names():
 
 def _params_and_grads(seed=0):
   rng = np.random.default_rng(seed)
-  params = {"encoder": {"embedding": {"kernel": jnp.asarray(rng.normal(size=(3, 4))),
-                                      "bias": jnp.asarray(rng.normal(size=4))},
-                        "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 4))),
-                                  "bias": jnp.asarray(rng.normal(size=4))}}}
-  grads = {"encoder": {"embedding": {"kernel": jnp.asarray(rng.normal(size=(3, 4))),
-                                     "bias": jnp.asarray(rng.normal(size=4))},
-                       "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 4))),
-                                 "bias": jnp.asarray(rng.normal(size=4))}}}
-  return params, grads
+  shapes = {"encoder": {"embedding": {"kernel": (3, 4), "bias": (4,)},
+                        "dense": {"kernel": (4, 4), "bias": (4,)}}}
+  draw = lambda: jax.tree.map(lambda shape: jnp.asarray(rng.normal(size=shape)), shapes,
+                              is_leaf=lambda x: isinstance(x, tuple))
+  return draw(), draw()
 
 
 def _run(c, params, grads, steps=3):

@@ -18,6 +18,8 @@ REAL_STAMPS = os.path.isdir(image_text.DEFAULT_TUXPAINT_DIR)
 def require_stamps():
   packaged_data.require(REAL_STAMPS, "needs the Debian package tuxpaint-stamps-default "
                         "(apt-get install tuxpaint-stamps-default)")
+
+
 CAPTIONS = ("A frog. animals amphibians frog", "A red apple. food fruit apple",
             "The letter x. symbols alphabets x", "A car. vehicles auto car",
             "A planet. space planets", "A hat. clothes hats", "A tree. plants trees",
