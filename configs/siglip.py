@@ -10,7 +10,7 @@ recipe (sec. 4: ViT-B/16, 16 text tokens, batch 32k, lr 1e-3, wd 1e-4, AdamW b2 
 import importlib.util
 import os
 
-PRESETS = ('tuxpaint', 'paper', 'test')
+PRESETS = ('tuxpaint', 'emoji', 'paper', 'test')
 
 
 def _clip_config_module():

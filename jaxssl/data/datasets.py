@@ -13,6 +13,9 @@ then read exactly like a catalog dataset, as a random-access source whose items 
   0..255 as round(v * 255 / 16). First 1,397 train / last 400 test (~140 / ~40 per class).
 - `fashion_mnist`: upstream IDX files (Debian `dataset-fashion-mnist`, or any directory),
   the upstream 60,000 / 10,000 split.
+- Image-caption sets for CLIP / SigLIP, with 'caption' and 'keywords' text features too:
+  `tuxpaint_stamps` (Debian `tuxpaint-stamps-default`; image_text.py) and `emoji` (Debian
+  `fonts-noto-color-emoji` + `unicode-data`; emoji.py).
 
 TFDS stores each split in a fixed order set by hashing the example keys (not file order), the
 same on every machine. Any other name is a TFDS catalog dataset that the user prepared
@@ -35,6 +38,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxssl.data import emoji
 from jaxssl.data import image_text
 from jaxssl.data import text
 
@@ -70,6 +74,8 @@ _EMBEDDED_INFO = {
                                  {'train': 60000, 'test': 10000}, (0.2860,), (0.3530,)),
     # Image-caption pairs (Debian tuxpaint-stamps-default); see jaxssl/data/image_text.py.
     'tuxpaint_stamps': DatasetInfo(**image_text.TUXPAINT_INFO),
+    # Noto Color Emoji + Unicode names (Debian fonts-noto-color-emoji, unicode-data); emoji.py.
+    'emoji': DatasetInfo(**emoji.EMOJI_INFO),
 }
 EMBEDDED_NAMES = tuple(_EMBEDDED_INFO)
 
@@ -220,7 +226,7 @@ class JaxsslFashionMnist(_EmbeddedBuilder):
 
 
 _BUILDERS = {cls.short_name: cls for cls in (JaxsslMnist5k, JaxsslDigits, JaxsslFashionMnist,
-                                              image_text.JaxsslTuxpaintStamps)}
+                                              image_text.JaxsslTuxpaintStamps, emoji.JaxsslEmoji)}
 
 
 def _check_embedded(name: str) -> None:
@@ -247,7 +253,8 @@ def prepare(name: str, data_dir: str | None = None, *, source_dir: str | None = 
   Idempotent and cheap when prepared. Processes on one host serialise on a lock file; across
   hosts sharing a file system, TFDS writes into a temporary directory and renames it, so a
   losing racer fails its rename without touching the winner's data, and we accept the result.
-  `source_dir` only matters for fashion_mnist (directory of the IDX files).
+  `source_dir` only matters for the packaged sets: fashion_mnist (directory of the IDX files),
+  tuxpaint_stamps (the stamps directory), emoji (a directory with the font and emoji-test.txt).
   """
   _check_embedded(name)
   data_dir = data_dir or default_data_dir()

@@ -17,6 +17,9 @@ ratio kept), resized with Lanczos antialiasing.
 Split: a stamp is test iff the MD5 of its caption is 0 mod 5, so stamps that share a caption
 (frog.png and frog-1.png) always land in the same split and retrieval never finds a test
 caption's twin among the training pairs. 633 train / 152 test.
+
+`ImageCaptionBuilder` writes any such set (features, splits, PNG encoding); jaxssl/data/emoji.py
+builds the second one, emoji with their Unicode names, on it.
 """
 from __future__ import annotations
 
@@ -117,24 +120,36 @@ def list_stamps(source_dir: str | None = None) -> list[dict[str, str]]:
   return stamps
 
 
-class JaxsslTuxpaintStamps(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes the captioned Tux Paint stamps as a TFDS dataset (ArrayRecord, no TensorFlow)."""
-  name = 'jaxssl_tuxpaint_stamps'
-  short_name = 'tuxpaint_stamps'
+class ImageCaptionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Writes an image-caption set as a TFDS dataset (ArrayRecord, no TensorFlow): features
+  image (uint8 [32, 32, 3]), label, caption and keywords; a train and a test split.
+
+  A subclass names its labels and lists its examples: {'key' (TFDS orders a split by hashing
+  keys, so the order does not depend on where the data is installed), 'label', 'caption',
+  'keywords', 'is_test'} plus whatever `_pixels` reads the image from.
+  """
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First jaxssl release.'}
+  label_names: tuple[str, ...] = ()
+  about = ''  # the DatasetInfo description
 
   def __init__(self, *, source_dir: str | None = None, **kwargs):
     self._source_dir = source_dir
     super().__init__(**kwargs)
 
+  def _examples(self) -> list[dict]:
+    raise NotImplementedError
+
+  def _pixels(self, example: dict) -> np.ndarray:
+    raise NotImplementedError
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description='Tux Paint stamps with English captions; see jaxssl/data/image_text.py.',
+        description=self.about,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-            'label': tfds.features.ClassLabel(names=TUXPAINT_CATEGORIES),
+            'label': tfds.features.ClassLabel(names=self.label_names),
             'caption': tfds.features.Text(),
             'keywords': tfds.features.Text(),
         }),
@@ -143,22 +158,32 @@ class JaxsslTuxpaintStamps(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
-    stamps = list_stamps(self._source_dir)
-    return {'train': self._generate_examples([s for s in stamps
-                                              if not is_test_caption(s['caption'])]),
-            'test': self._generate_examples([s for s in stamps if is_test_caption(s['caption'])])}
+    examples = self._examples()
+    return {'train': self._generate_examples([e for e in examples if not e['is_test']]),
+            'test': self._generate_examples([e for e in examples if e['is_test']])}
 
-  def _generate_examples(self, stamps):
-    for stamp in stamps:
-      with Image.open(stamp['path']) as image:
-        pixels = to_square_rgb(image)
+  def _generate_examples(self, examples):
+    for example in examples:
       png = io.BytesIO()
-      Image.fromarray(pixels, mode='RGB').save(png, format='PNG')
-      # Keyed by the relative path: TFDS orders a split by hashing keys, so the order does not
-      # depend on where the stamps are installed.
-      yield stamp['key'], {'image': png.getvalue(),
-                            'label': TUXPAINT_CATEGORIES.index(stamp['category']),
-                            'caption': stamp['caption'], 'keywords': stamp['keywords']}
+      Image.fromarray(self._pixels(example), mode='RGB').save(png, format='PNG')
+      yield example['key'], {'image': png.getvalue(), 'label': example['label'],
+                             'caption': example['caption'], 'keywords': example['keywords']}
+
+
+class JaxsslTuxpaintStamps(ImageCaptionBuilder, skip_registration=True):
+  """The captioned Tux Paint stamps, keyed by their path relative to the stamps directory."""
+  name = 'jaxssl_tuxpaint_stamps'
+  short_name = 'tuxpaint_stamps'
+  label_names = TUXPAINT_CATEGORIES
+  about = 'Tux Paint stamps with English captions; see jaxssl/data/image_text.py.'
+
+  def _examples(self):
+    return [dict(s, label=TUXPAINT_CATEGORIES.index(s['category']),
+                 is_test=is_test_caption(s['caption'])) for s in list_stamps(self._source_dir)]
+
+  def _pixels(self, example):
+    with Image.open(example['path']) as image:
+      return to_square_rgb(image)
 
 
 def as_text(value) -> str:

@@ -24,11 +24,15 @@ import numpy as np
 
 from jaxssl import parallel
 from jaxssl.data import augment
+from jaxssl.data import emoji as emoji_data
 from jaxssl.data import image_text as image_text_data
 from jaxssl.data import pipeline
 
 # Eval-job protocols this module answers (they need a method with a text tower).
 PROTOCOLS = ("zeroshot", "retrieval")
+# The prompt words of each label of the embedded image-text sets.
+_CLASS_NAMES = {image_text_data.TUXPAINT_INFO["name"]: image_text_data.TUXPAINT_CLASS_NAMES,
+                emoji_data.EMOJI_INFO["name"]: emoji_data.EMOJI_CLASS_NAMES}
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -89,8 +93,8 @@ def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
 def class_names(dataset: str, data_dir: str) -> tuple[str, ...]:
   """The words naming each label of `dataset`, for prompts: the image-text sets' own table,
   else the TFDS ClassLabel names of a prepared catalog dataset with '_' read as a space."""
-  if dataset == image_text_data.TUXPAINT_INFO["name"]:
-    return image_text_data.TUXPAINT_CLASS_NAMES
+  if dataset in _CLASS_NAMES:
+    return _CLASS_NAMES[dataset]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   label = tfds.builder(dataset, data_dir=data_dir).info.features["label"]
   return tuple(n.replace("_", " ") for n in label.names)

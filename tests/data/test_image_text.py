@@ -10,6 +10,7 @@ import pytest
 
 from jaxssl.data import datasets
 from jaxssl.data import image_text
+import image_text_checks
 import packaged_data
 
 _REAL_PRESENT = os.path.isdir(image_text.DEFAULT_TUXPAINT_DIR)
@@ -65,17 +66,11 @@ def test_builder_on_a_stamps_directory(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   datasets.prepare('tuxpaint_stamps', data_dir, source_dir=str(source))
   seen = {}
-  for split in ('train', 'test'):
-    src = datasets.get_source('tuxpaint_stamps', split, data_dir)
-    for i in range(len(src)):
-      ex = src[i]
-      caption = image_text.as_text(ex['caption'])
-      keywords = image_text.as_text(ex['keywords'])
-      assert (split == 'test') == image_text.is_test_caption(caption)
-      assert ex['image'].shape == (32, 32, 3) and ex['image'].dtype == np.uint8
-      category = keywords.split()[0]
-      assert image_text.TUXPAINT_CATEGORIES[int(ex['label'])] == category
-      seen[keywords] = (caption, ex['image'])
+  for split, ex in image_text_checks.read_back('tuxpaint_stamps', data_dir):
+    assert (split == 'test') == image_text.is_test_caption(ex['caption'])
+    category = ex['keywords'].split()[0]
+    assert image_text.TUXPAINT_CATEGORIES[int(ex['label'])] == category
+    seen[ex['keywords']] = (ex['caption'], ex['image'])
   # Every captioned stamp exactly once; the mirrored copy (no caption) is skipped.
   expected = {image_text.path_keywords(pathlib.PurePath(p)): c for p, c in captions.items()}
   assert {k: v[0] for k, v in seen.items()} == expected
@@ -99,22 +94,12 @@ def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):
 def test_real_tuxpaint_stamps_match_the_recorded_info(data_dir):
   packaged_data.require(_REAL_PRESENT, 'needs the Debian package tuxpaint-stamps-default '
                         '(apt-get install tuxpaint-stamps-default)')
-  info = datasets.get_info('tuxpaint_stamps')
-  assert info.num_classes == 16 and info.image_shape == (32, 32, 3)
-  images, labels, captions = {}, {}, {}
-  for split in ('train', 'test'):
-    src = datasets.get_source('tuxpaint_stamps', split, data_dir)
-    assert len(src) == info.split_sizes[split]
-    examples = [src[i] for i in range(len(src))]
-    images[split] = np.stack([e['image'] for e in examples])
-    labels[split] = np.array([e['label'] for e in examples])
-    captions[split] = {image_text.as_text(e['caption']) for e in examples}
+  splits = image_text_checks.read_splits_and_check_info('tuxpaint_stamps', data_dir)
+  assert datasets.get_info('tuxpaint_stamps').num_classes == 16
+  labels = {split: s['labels'] for split, s in splits.items()}
   # No caption in both splits; every class has train examples.
-  assert not captions['train'] & captions['test']
+  assert not set(splits['train']['captions']) & set(splits['test']['captions'])
   assert set(labels['train']) == set(range(16))
-  pixels = images['train'].reshape(-1, 3).astype(np.float64) / 255.0
-  np.testing.assert_allclose(info.mean, pixels.mean(0), atol=1e-4)
-  np.testing.assert_allclose(info.std, pixels.std(0), atol=1e-4)
   counts = collections.Counter(labels['train'].tolist() + labels['test'].tolist())
   assert counts[image_text.TUXPAINT_CATEGORIES.index('symbols')] == 247
   assert counts[image_text.TUXPAINT_CATEGORIES.index('animals')] == 146
