@@ -103,10 +103,18 @@ def read_state_numpy(workdir: str, step: int) -> Any:
 class Checkpointer:
   """A thin owner of one `ocp.CheckpointManager` for a training run."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_every: int | None = None,
-               async_save: bool = True, read_only: bool = False):
+  def __init__(self, workdir: str, *, max_to_keep: int | None = 3,
+               keep_every: int | None = None, async_save: bool = True, read_only: bool = False):
+    """Keeps the newest `max_to_keep` steps (None: all) plus every step that is a multiple of
+    `keep_every`. `read_only` (the eval job, tests) never writes, deletes or cleans up."""
+    policies = ocp.checkpoint_managers
+    keep = [policies.LatestN(n=max_to_keep)]
+    if keep_every:
+      keep.append(policies.EveryNSteps(interval_steps=keep_every))
+    # A read-only manager gets no save/keep options (Orbax would drop them with a warning).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_every or None, create=not read_only,
+        preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep),
+        save_interval_steps=0 if read_only else 1, create=not read_only,
         enable_async_checkpointing=async_save, read_only=read_only,
         cleanup_tmp_directories=not read_only)
     self.directory = checkpoint_dir(workdir)

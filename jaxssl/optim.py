@@ -25,8 +25,7 @@ def decay_mask(params: Any) -> Any:
 def _path_names(params: Any) -> Any:
   """The '/'-joined key path of every leaf, e.g. 'encoder/embedding/kernel'."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path),
-      params)
+      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"), params)
 
 
 def _compile_frozen(patterns) -> list[re.Pattern]:

@@ -17,6 +17,7 @@ import math
 
 import jax
 import numpy as np
+import optax
 
 PROTOCOL = 'language'
 
@@ -35,9 +36,7 @@ def next_token_nll(logits_fn, tokens: np.ndarray, *, batch_size: int = 64) -> np
   @jax.jit
   def nll(batch):
     logits = logits_fn(batch).astype(np.float32)[:, :-1]
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jax.numpy.take_along_axis(logits, batch[:, 1:, None], axis=-1)[..., 0]
-    return logz - picked
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:])
   out = []
   for start in range(0, len(tokens), batch_size):
     batch = tokens[start:start + batch_size]

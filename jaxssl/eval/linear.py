@@ -217,8 +217,7 @@ def _top_k_accuracy(params, x, labels, k):
 def _holdout_cross_entropy(params, x, labels):
   """Mean cross-entropy of the classifier on (x, labels)."""
   logits = jnp.einsum("md,cd->mc", x, params["w"]) + params["b"]
-  log_probs = jax.nn.log_softmax(logits)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+  return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
 def _warn_if_capped(iterations, max_iters, grad_tol, weight_decay):

@@ -9,6 +9,7 @@ All functions see the global batch and compute in at least float32.
 """
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def _upcast(x):
@@ -48,13 +49,9 @@ def byol(p1, p2, t1, t2):
         "the same heads.")
   p1, p2, t1, t2 = arrays
 
-  def normalize(x):
-    # As byol_experiment.py: x / sqrt(max(||x||^2, 1e-12)).
-    return x * jax.lax.rsqrt(
-        jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-12))
-
   def cosine(p, t):
-    return jnp.sum(normalize(p) * normalize(jax.lax.stop_gradient(t)), axis=-1)
+    # Each vector divided by sqrt(max(||x||^2, 1e-12)), as byol_experiment.py normalizes.
+    return optax.losses.cosine_similarity(p, jax.lax.stop_gradient(t), epsilon=1e-12)
 
   cos = 0.5 * (cosine(p1, t2) + cosine(p2, t1))
   loss = jnp.mean(2.0 - 2.0 * cos)

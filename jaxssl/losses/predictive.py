@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def _upcast(x):
@@ -18,10 +19,9 @@ def _upcast(x):
 
 
 def _smooth_l1(diff, beta):
-  """Huber-style smooth L1 of torch.nn.functional.smooth_l1_loss (beta > 0)."""
-  abs_diff = jnp.abs(diff)
-  return jnp.where(abs_diff < beta, 0.5 * jnp.square(diff) / beta,
-                   abs_diff - 0.5 * beta)
+  """torch.nn.functional.smooth_l1_loss (beta > 0), elementwise: Huber with delta = beta,
+  divided by beta (0.5 d^2 / beta below beta, |d| - beta / 2 above)."""
+  return optax.losses.huber_loss(diff, delta=beta) / beta
 
 
 def _mean_std(x, weights):
@@ -152,11 +152,9 @@ def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0,
 
 def _token_cross_entropy(logits, labels, weights):
   """Weighted mean CE and accuracy over positions. logits [..., V]."""
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  label_log_probs = jnp.take_along_axis(log_probs, labels[..., None],
-                                        axis=-1)[..., 0]
+  nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
   total = jnp.maximum(jnp.sum(weights), 1.0)
-  loss = -jnp.sum(label_log_probs * weights) / total
+  loss = jnp.sum(nll * weights) / total
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)
   return loss, jnp.sum(correct * weights) / total
 
