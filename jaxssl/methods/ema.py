@@ -25,11 +25,13 @@ def ema_update(teacher: Any, student: Any, momentum) -> Any:
   """teacher * m + student * (1 - m), leaf by leaf; the two trees must have the same structure.
 
   The result keeps each teacher leaf's dtype (a float32 teacher stays float32 even if the
-  momentum is a float64 constant).
+  momentum is a float64 constant). The blend itself is computed in at least float32: rounding
+  m to a bfloat16 teacher's dtype would turn 0.9995 into 1.0 and freeze the teacher.
   """
   def update(t, s):
-    m = jnp.asarray(momentum, t.dtype)
-    return t * m + s.astype(t.dtype) * (1 - m)
+    dtype = jnp.promote_types(t.dtype, jnp.float32)
+    m = jnp.asarray(momentum, dtype)
+    return (t.astype(dtype) * m + s.astype(dtype) * (1 - m)).astype(t.dtype)
 
   return jax.tree.map(update, teacher, student)
 

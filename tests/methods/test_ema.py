@@ -34,6 +34,11 @@ def test_ema_update_keeps_the_teacher_dtype_and_traces():
   out = jax.jit(ema.ema_update)(teacher, student, jnp.float32(0.5))
   assert out["w"].dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(out["w"], np.float32), [0.5, 0.5])
+  # m = 0.9995 is 1.0 in bfloat16: the blend must not round m to the teacher's dtype first.
+  moved = ema.ema_update({"w": jnp.zeros((2,), jnp.bfloat16)},
+                         {"w": jnp.ones((2,), jnp.float32)}, 0.9995)
+  assert moved["w"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(moved["w"], np.float32), [5e-4, 5e-4], rtol=1e-2)
 
 
 def _cosine_reference(k, total, base):
