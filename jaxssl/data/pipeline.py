@@ -16,11 +16,17 @@ padded with zeros and `valid=False`, so all hosts run the same number of equally
 (collectives do not hang) and every example is seen exactly once.
 """
 import math
+import os
+import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
+
+# How often a worker process checks that the process which started it is still alive.
+PARENT_POLL_SECONDS = 1.0
 
 # Elements of the training dataset are whole batches, so the in-process read-ahead counts
 # batches: grain's defaults (16 threads, 500 elements) would hold hundreds of batches.
@@ -92,8 +98,29 @@ def make_train_iterator(dataset: grain.IterDataset, *, worker_count: int = 0,
     raise ValueError(f'worker_count={worker_count} must be >= 0 (0: no worker processes).')
   if worker_count > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer_size))
+        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer_size),
+        worker_init_fn=exit_with_parent)
   return iter(dataset)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain `worker_init_fn`: the worker exits once the process that started it is gone.
+
+  A trainer killed with SIGKILL (OOM killer, preemption) runs no cleanup, and its workers would
+  keep producing batches as orphans, holding CPU and memory, until killed by hand. A daemon
+  thread polls the parent pid instead of prctl(PR_SET_PDEATHSIG), which fires when the
+  *thread* that forked the worker exits, not the process.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while True:
+      time.sleep(PARENT_POLL_SECONDS)
+      if os.getppid() != parent:
+        os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+
+  threading.Thread(target=watch, name='jaxssl-exit-with-parent', daemon=True).start()
 
 
 class _PaddedHostExamples(Sequence):

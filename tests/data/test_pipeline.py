@@ -1,5 +1,10 @@
 """Tests for jaxssl.data.pipeline: determinism, host slicing, exact resume, eval padding."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 from absl import flags
 import jax
@@ -187,3 +192,73 @@ def test_global_batch_on_eight_devices():
     assert batch[key].sharding == sharding
     assert {s.data.shape[0] for s in batch[key].addressable_shards} == {2}
     np.testing.assert_array_equal(np.asarray(batch[key]), local[key])
+
+
+_ORPHAN_SCRIPT = '''
+import sys, time
+from absl import flags
+import numpy as np
+from jaxssl.data import augment, pipeline
+
+if __name__ == '__main__':
+  flags.FLAGS.mark_as_parsed()
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 256, (6, 6, 1)).astype(np.uint8), 'label': i}
+            for i in range(40)]
+  ds = pipeline.make_train_dataset(source, augment.TwoViews(augment.SimCLRAugment((0.5,), (0.25,))),
+                                   global_batch_size=8, seed=0)
+  it = pipeline.make_train_iterator(ds, worker_count=2, prefetch_buffer_size=1)
+  next(it)
+  print('ready', flush=True)
+  time.sleep(600)
+'''
+
+
+def _spawned_children(pid):
+  """pids of the multiprocessing-spawned processes whose parent is `pid` (Linux /proc)."""
+  children = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        cmdline = f.read()
+    except (OSError, ValueError, IndexError):
+      continue  # exited meanwhile
+    if ppid == pid and b'spawn_main' in cmdline:
+      children.append(int(entry))
+  return children
+
+
+def _alive(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads worker pids from Linux /proc')
+def test_workers_exit_when_the_trainer_is_killed(tmp_path):
+  script = tmp_path / 'trainer.py'
+  script.write_text(_ORPHAN_SCRIPT)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {**os.environ, 'PYTHONPATH': root + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'ready'
+    workers = _spawned_children(proc.pid)
+    assert len(workers) == 2, workers
+  finally:
+    proc.kill()  # SIGKILL: the trainer runs no cleanup at all
+    proc.wait()
+  deadline = time.monotonic() + 5 * pipeline.PARENT_POLL_SECONDS + 10
+  while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  survivors = [w for w in workers if _alive(w)]
+  for w in survivors:
+    os.kill(w, signal.SIGKILL)
+  assert not survivors, f'worker processes {survivors} outlived their killed trainer'
