@@ -4,7 +4,8 @@ r"""The method zoo on Fashion-MNIST: every method for the same budget, eval tabl
   python benchmarks/zoo_fashion_mnist.py --methods=simclr --steps=1500   # one method, longer
 
 For each method, pretrains `configs/<method>.py:fashion_mnist` for the same number of steps at
-the same global batch (so the same number of epochs; the cosine schedules fit in that budget),
+the same global batch (so the same number of epochs; the cosine schedules fit in that budget,
+and schedules the preset sized for its own 10 epochs are rescaled: see `shrink_schedules`),
 then runs the eval job (linear probe, kNN, 10-shot) on the final checkpoint and on the
 random-init encoder of the same run (step 0). Prints one Markdown table and writes it to
 `<workdir>/zoo.md`, with each method's pretraining wall time (methods differ in cost per step:
@@ -51,19 +52,40 @@ _EVAL = flags.DEFINE_string("eval_config", "default", "Preset of configs/eval.py
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/zoo_fashion_mnist", "Parent run directory.")
 
 
+FASHION_MNIST_TRAIN = 60_000
+
+
+def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> None:
+  """Rescales, in place, the schedules a preset sized for its own run length.
+
+  Counted in epochs (DINO's teacher-temperature warmup and last-layer freeze, ...): scaled by
+  budget/preset epochs, or a short budget spends most of its steps frozen or warming up.
+  EMA teachers (`*_momentum` < 1 of a method section, data2vec's `anneal_steps`): the horizon
+  1 / (1 - m) is scaled by budget/preset steps. Else a 300-step budget leaves an m = 0.996
+  teacher at prod(m_t) ~ exp(-0.6) = 55% of its random init, a blend of random and trained
+  weights that the eval job then measures (I-JEPA's teacher came out below its own init).
+  """
+  budget_epochs = steps * batch_size / FASHION_MNIST_TRAIN
+  ratio = preset_steps / steps
+  for name, section in config.items():
+    if not isinstance(section, ml_collections.ConfigDict) or name in ("optim", "data"):
+      continue
+    for key, value in section.items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      if key.endswith("_epochs") and config.total_epochs:
+        section[key] = value * budget_epochs / config.total_epochs
+      elif key.endswith("momentum") and key != "center_momentum" and 0 < value < 1:
+        section[key] = 1.0 - min(0.5, (1.0 - value) * ratio)
+      elif key == "anneal_steps" and value:
+        section[key] = max(1, round(value / ratio))
+
+
 def _config(method: str):
   arg = "fashion_mnist" + (f",{_BACKBONE.value}" if _BACKBONE.value else "")
   config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{method}.py:{arg}"))
-  # Schedules counted in epochs (DINO's teacher-temperature warmup and last-layer freeze, ...)
-  # were sized for the preset's own length: shrink them with the run, or a short budget spends
-  # most of its steps frozen or warming up.
-  budget_epochs = _STEPS.value * _BATCH.value / 60_000
-  if config.total_epochs:
-    for section in config.values():
-      if isinstance(section, ml_collections.ConfigDict):
-        for key, value in section.items():
-          if key.endswith("_epochs") and isinstance(value, (int, float)):
-            section[key] = value * budget_epochs / config.total_epochs
+  shrink_schedules(config, config_lib.total_steps(config, FASHION_MNIST_TRAIN),
+                   _STEPS.value, _BATCH.value)
   config.total_epochs = None
   config.total_examples = None
   config.total_steps = _STEPS.value
@@ -94,23 +116,34 @@ def _run(method: str, eval_config) -> dict:
     with open(timing_path) as f:
       timing = json.load(f)
   else:
+    started_at = checkpoint.Checkpointer(workdir, read_only=True).latest_step() or 0
     t0 = time.perf_counter()
-    logged = train.train(config, workdir)
+    train.train(config, workdir)
     reached = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
     if reached != _STEPS.value:
       # train() returns normally after SIGTERM/SIGINT (it checkpointed): stop the whole zoo
       # instead of moving on to the next method; re-running continues where it stopped.
       raise SystemExit(f"{method} stopped at step {reached} of {_STEPS.value}; re-run the same "
                        "command to continue.")
-    timing = {"train_s": time.perf_counter() - t0,
-              "final_loss": float(logged.get("train/loss", float("nan")))}
+    # A resumed run's wall time covers only its last part: not a figure for the table.
+    timing = {"train_s": time.perf_counter() - t0 if started_at == 0 else None}
   t0 = time.perf_counter()
   evaluate.evaluate(workdir, eval_config)
   timing.setdefault("eval_s", time.perf_counter() - t0)
   with open(timing_path, "w") as f:
     json.dump(timing, f)
   cells = _headline(workdir)
-  return {"random": cells.get(0, {}), "trained": cells.get(_STEPS.value, {}), **timing}
+  return {**timing, "random": cells.get(0, {}), "trained": cells.get(_STEPS.value, {}),
+          "final_loss": _final_loss(workdir)}
+
+
+def _final_loss(workdir: str) -> float:
+  """The last logged train/loss of the run (its metrics.jsonl survives restarts)."""
+  loss = float("nan")
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      loss = json.loads(line).get("train/loss", loss)
+  return loss
 
 
 def _cell(result: dict, protocol: str) -> str:
@@ -141,7 +174,8 @@ def main(_):
       continue
     lines.append("| " + " | ".join(
         [method] + [_cell(result, p) for p in protocols]
-        + [f"{result['train_s'] / 60:.1f}", f"{result['final_loss']:.3f}"]) + " |")
+        + ["-" if result.get("train_s") is None else f"{result['train_s'] / 60:.1f}",
+           f"{result['final_loss']:.3f}"]) + " |")
     print("\n".join(lines), flush=True)
   table = "\n".join(lines) + "\n"
   summary = (f"Fashion-MNIST, {_STEPS.value} steps x batch {_BATCH.value} "
