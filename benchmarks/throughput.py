@@ -93,6 +93,34 @@ def matmul_peak(n: int, dtype) -> float:
   return 2 * n**3 / best
 
 
+def gemm_rate(lhs_shape, rhs_shape, dtype) -> float:
+  """FLOP/s of one jitted (batched) matmul of these shapes: best of 5 medians, as matmul_peak."""
+  a = jax.random.normal(jax.random.PRNGKey(0), lhs_shape, dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), rhs_shape, dtype)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), 3) for _ in range(5))
+  return 2 * np.prod(lhs_shape) * rhs_shape[-1] / best
+
+
+def mae_gemm_shapes(batch: int, image_size: int) -> dict[str, tuple[tuple, tuple]]:
+  """The forward matmuls of the ViT-S/16 MAE step (encoder on the 25% visible tokens, 512-wide
+  decoder on all of them), as (lhs, rhs) shapes: what the step's FLOPs are made of."""
+  tokens = (image_size // 16) ** 2
+  enc, dec = batch * tokens // 4, batch * tokens  # rows: visible tokens / all tokens
+  return {
+      "enc qkv [T,384]x[384,1152]": ((enc, 384), (384, 1152)),
+      "enc mlp [T,384]x[384,1536]": ((enc, 384), (384, 1536)),
+      "enc mlp [T,1536]x[1536,384]": ((enc, 1536), (1536, 384)),
+      f"enc attn QK^T [B*6,{tokens // 4},64]x[64,{tokens // 4}]":
+          ((batch * 6, tokens // 4, 64), (batch * 6, 64, tokens // 4)),
+      "dec mlp [T,512]x[512,2048]": ((dec, 512), (512, 2048)),
+      "dec mlp [T,2048]x[2048,512]": ((dec, 2048), (2048, 512)),
+      f"dec attn QK^T [B*16,{tokens},32]x[32,{tokens}]":
+          ((batch * 16, tokens, 32), (batch * 16, 32, tokens)),
+  }
+
+
 def build_config(case: str) -> ml_collections.ConfigDict:
   method_name, model = CASES[case]
   config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{method_name}.py:imagenet"))
@@ -258,9 +286,20 @@ def main(_):
           f"{100 * r['mfu']:.0f}% | {pipe} | "
           f"{100 * r['data_wait_fraction']:.0f}% |")
   print("\n(pipeline ex/s: Grain alone; in brackets its rate over the step's consumption)")
+  gemms = {}
+  if "mae_vit_s16" in _CASES.value:
+    # What bounds the MAE step's MFU: the same matmuls alone, at the step's own shapes.
+    dtype = jnp.dtype(_DTYPE.value)
+    peak = matmul_peak(_MATMUL.value, dtype)
+    print(f"\nMAE ViT-S/16 matmuls alone (batch {_BATCH.value}, {_DTYPE.value}; peak "
+          f"{_MATMUL.value}^2 = {peak / 1e9:.1f} GFLOP/s)\n\n| matmul | GFLOP/s | of peak |\n|---|---|---|")
+    for name, (lhs, rhs) in mae_gemm_shapes(_BATCH.value, _IMAGE.value).items():
+      rate = gemm_rate(lhs, rhs, dtype)
+      gemms[name] = dict(flops_per_s=rate, of_peak=rate / peak)
+      print(f"| {name} | {rate / 1e9:.1f} | {100 * rate / peak:.0f}% |")
   with open(_JSON.value, "w") as f:
     json.dump(dict(machine=info, matmul_size=_MATMUL.value,
-                   source_size=_SOURCE.value, results=results), f, indent=1)
+                   source_size=_SOURCE.value, results=results, mae_gemms=gemms), f, indent=1)
   print(f"wrote {_JSON.value}")
 
 
