@@ -16,6 +16,7 @@ padded with zeros and `valid=False`, so all hosts run the same number of equally
 (collectives do not hang) and every example is seen exactly once.
 """
 import math
+import multiprocessing
 import os
 import threading
 import time
@@ -108,17 +109,24 @@ def exit_with_parent(worker_index: int, worker_count: int) -> None:
 
   A trainer killed with SIGKILL (OOM killer, preemption) runs no cleanup, and its workers would
   keep producing batches as orphans, holding CPU and memory, until killed by hand. A daemon
-  thread polls the parent pid instead of prctl(PR_SET_PDEATHSIG), which fires when the
-  *thread* that forked the worker exits, not the process.
+  thread waits on multiprocessing's parent sentinel, which also catches a parent that died
+  while this worker was still starting up (os.getppid() would already name the new parent);
+  prctl(PR_SET_PDEATHSIG) is not used: it fires when the *thread* that forked the worker exits.
   """
   del worker_index, worker_count
-  parent = os.getppid()
+  parent = multiprocessing.parent_process()
+  if parent is None:  # not started by multiprocessing: poll the parent pid instead
+    parent_pid = os.getppid()
 
-  def watch():
-    while True:
-      time.sleep(PARENT_POLL_SECONDS)
-      if os.getppid() != parent:
-        os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+    def watch():
+      while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_SECONDS)
+      os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+  else:
+
+    def watch():
+      parent.join()  # returns when the parent process has exited
+      os._exit(0)  # pylint: disable=protected-access
 
   threading.Thread(target=watch, name='jaxssl-exit-with-parent', daemon=True).start()
 
