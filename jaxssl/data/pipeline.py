@@ -19,15 +19,11 @@ import math
 import multiprocessing
 import os
 import threading
-import time
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
-
-# How often a worker process checks that the process which started it is still alive.
-PARENT_POLL_SECONDS = 1.0
 
 # Elements of the training dataset are whole batches, so the in-process read-ahead counts
 # batches: grain's defaults (16 threads, 500 elements) would hold hundreds of batches.
@@ -115,18 +111,12 @@ def exit_with_parent(worker_index: int, worker_count: int) -> None:
   """
   del worker_index, worker_count
   parent = multiprocessing.parent_process()
-  if parent is None:  # not started by multiprocessing: poll the parent pid instead
-    parent_pid = os.getppid()
+  if parent is None:
+    return  # not a multiprocessing child (Grain's thread fallback): nothing outlives the trainer
 
-    def watch():
-      while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_SECONDS)
-      os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
-  else:
-
-    def watch():
-      parent.join()  # returns when the parent process has exited
-      os._exit(0)  # pylint: disable=protected-access
+  def watch():
+    parent.join()  # returns when the parent process has exited
+    os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
 
   threading.Thread(target=watch, name='jaxssl-exit-with-parent', daemon=True).start()
 
