@@ -85,21 +85,18 @@ def machine() -> dict:
 def matmul_peak(n: int, dtype) -> float:
   """FLOP/s of a jitted [n, n] @ [n, n] in `dtype`: the best of 5 after one warm-up (a peak is
   what the hardware can deliver; load from other jobs only ever lowers it)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
-  matmul(a, b).block_until_ready()
-  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), 1) for _ in range(5))
-  return 2 * n**3 / best
+  return gemm_rate((n, n), (n, n), dtype, repeats=1)
 
 
-def gemm_rate(lhs_shape, rhs_shape, dtype) -> float:
-  """FLOP/s of one jitted (batched) matmul of these shapes: best of 5 medians, as matmul_peak."""
+def gemm_rate(lhs_shape, rhs_shape, dtype, repeats: int = 3) -> float:
+  """FLOP/s of one jitted (batched) matmul of these shapes: the best of 5 medians of `repeats`
+  calls each, after one warm-up."""
   a = jax.random.normal(jax.random.PRNGKey(0), lhs_shape, dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), rhs_shape, dtype)
   matmul = jax.jit(jnp.matmul)
   matmul(a, b).block_until_ready()
-  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), 3) for _ in range(5))
+  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+             for _ in range(5))
   return 2 * np.prod(lhs_shape) * rhs_shape[-1] / best
 
 
