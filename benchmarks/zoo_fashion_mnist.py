@@ -58,8 +58,9 @@ FASHION_MNIST_TRAIN = 60_000
 def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> None:
   """Rescales, in place, the schedules a preset sized for its own run length.
 
-  Counted in epochs (DINO's teacher-temperature warmup and last-layer freeze, ...): scaled by
-  budget/preset epochs, or a short budget spends most of its steps frozen or warming up.
+  Counted in epochs (DINO's teacher-temperature warmup, ...): scaled by budget/preset epochs,
+  or a short budget spends most of its steps warming up. DINO's last-layer freeze is the
+  exception (kept, see below).
   EMA teachers (`*_momentum` < 1 of a method section, data2vec's `anneal_steps`): the horizon
   1 / (1 - m) is scaled by budget/preset steps. Else a 300-step budget leaves an m = 0.996
   teacher at prod(m_t) ~ exp(-0.6) = 55% of its random init, a blend of random and trained
@@ -72,6 +73,12 @@ def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> 
       continue
     for key, value in section.items():
       if isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      if key == "freeze_last_layer_epochs":
+        # DINO's freeze guards the first steps, while the features are still near-identical
+        # across images and the prototypes would follow the student to flat logits (uniform
+        # collapse; DINO: "try increasing this value if the loss does not decrease"). A
+        # number of steps, not a fraction of the run: kept.
         continue
       if key.endswith("_epochs") and config.total_epochs:
         section[key] = value * budget_epochs / config.total_epochs

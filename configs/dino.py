@@ -5,7 +5,9 @@ r"""DINO (Caron et al. 2021): self-distillation of a multi-crop student into an 
 Presets (the part after ':'; append ',<backbone>' to swap the ViT, e.g.
 `configs/dino.py:test,vit_mu4`; crops.local_size must be a multiple of its patch size):
   fashion_mnist  Fashion-MNIST 60k, the CPU benchmark: vit_mnist (7x7 patches), 2 global 28px
-                 + 4 local 14px crops, head 512 -> 128 -> 1024 prototypes.
+                 + 4 local 14px crops, head 512 -> 128 -> 1024 prototypes; teacher
+                 temperature 0.04 with no warmup, DINO's code default (the paper's warmup to
+                 0.07 collapsed this preset to uniform targets: README "Method zoo").
   imagenet       The paper's ViT-S/16 recipe for pods (main_dino.py defaults, sec. 3.1 and
                  appendix): [cls]-pooled ViT-S/16 with learned (bicubic-resized) position
                  embeddings and exact GELU; 2 global 224px crops of scale (0.4, 1) + 8 local 96px

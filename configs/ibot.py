@@ -4,8 +4,9 @@ self-distillation, optionally Sinkhorn-Knopp targets and KoLeo.
   python -m jaxssl.train --config=configs/ibot.py:fashion_mnist --workdir=/tmp/ibot
 
 Presets (the part after ':'; append ',<backbone>' to swap the ViT):
-  fashion_mnist  Fashion-MNIST 60k, the CPU benchmark: DINO's fashion_mnist crops and head,
-                 block masks on the 4x4 patch grid of the global crops.
+  fashion_mnist  Fashion-MNIST 60k, the CPU benchmark: DINO's fashion_mnist crops, head
+                 and teacher temperature, block masks on the 4x4 patch grid of the global
+                 crops.
   imagenet       iBOT's ViT-S/16 recipe (sec. 4.1 and appendix A): shared head with 8192
                  prototypes, norm_last_layer off, 2 global crops of scale (0.14, 1) + 10 local
                  96px of (0.05, 0.4), masks with probability 0.5 and ratio U[0.1, 0.5], teacher
