@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxssl.models import conv
+
 # depth: (block type, blocks per stage)
 STAGES = {
     18: ('basic', (2, 2, 2, 2)),
@@ -28,12 +30,12 @@ STEMS = ('imagenet', 'cifar')
 _BOTTLENECK_EXPANSION = 4
 
 
-def _conv(features, kernel, stride, dtype, name):
+def _conv(features, kernel, stride, dtype, name, impl):
   """Bias-free conv (a BN follows) with symmetric padding kernel // 2, as in torchvision."""
   pad = kernel // 2
-  return nn.Conv(
+  return conv.Conv2D(
       features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-      use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name,
+      impl=impl, dtype=dtype, param_dtype=jnp.float32, name=name,
       # He et al. 2015 init for ReLU nets, fan-out mode as in torchvision.
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
@@ -61,6 +63,7 @@ class ResidualBlock(nn.Module):
   block: str
   train: bool
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -72,14 +75,14 @@ class ResidualBlock(nn.Module):
     y = x
     for i, (features, kernel, stride) in enumerate(convs):
       last = i == len(convs) - 1
-      y = _conv(features, kernel, stride, self.dtype, f'conv{i}')(y)
+      y = _conv(features, kernel, stride, self.dtype, f'conv{i}', self.conv_impl)(y)
       y = _batch_norm(self.train, self.dtype, f'bn{i}', zero_scale=last)(y)
       if not last:
         y = nn.relu(y)
     out_features = convs[-1][0]
     if self.stride != 1 or x.shape[-1] != out_features:
       # Projection shortcut (option B of He et al. 2016) when the shape changes.
-      x = _conv(out_features, 1, self.stride, self.dtype, 'proj_conv')(x)
+      x = _conv(out_features, 1, self.stride, self.dtype, 'proj_conv', self.conv_impl)(x)
       x = _batch_norm(self.train, self.dtype, 'proj_bn')(x)
     return nn.relu(x + y)
 
@@ -93,11 +96,15 @@ class ResNet(nn.Module):
     width: channels of the stem and the first stage; stage s has width * 2**s (times 4 for
       bottleneck outputs), so C_final is 8 * width (basic) or 32 * width (bottleneck).
     dtype: compute dtype; parameters and BN statistics are float32.
+    conv_impl: how the convolutions' gradients are computed (jaxssl.models.conv): 'xla',
+      'gemm_grad' (im2col + GEMM) or 'auto' (gemm_grad for the strided ones on CPU, where it
+      measured faster). The forward and the parameters are the same either way.
   """
   depth: int = 50
   stem: str = 'imagenet'
   width: int = 64
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -117,9 +124,9 @@ class ResNet(nn.Module):
 
     x = images.astype(self.dtype)
     if self.stem == 'imagenet':
-      x = _conv(self.width, 7, 2, self.dtype, 'stem_conv')(x)
+      x = _conv(self.width, 7, 2, self.dtype, 'stem_conv', self.conv_impl)(x)
     else:
-      x = _conv(self.width, 3, 1, self.dtype, 'stem_conv')(x)
+      x = _conv(self.width, 3, 1, self.dtype, 'stem_conv', self.conv_impl)(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'stem_bn')(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -129,7 +136,7 @@ class ResNet(nn.Module):
         # Downsample at the first block of every stage but the first (the stem already did).
         stride = 2 if stage > 0 and i == 0 else 1
         x = ResidualBlock(self.width * 2**stage, stride, block, train, self.dtype,
-                          name=f'stage{stage}_block{i}')(x)
+                          self.conv_impl, name=f'stage{stage}_block{i}')(x)
 
     out = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return out, dict(pre_logits=out, feature_map=x)
