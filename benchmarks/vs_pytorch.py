@@ -1,15 +1,21 @@
-r"""SimCLR + ResNet-18 throughput: jaxssl vs the PyTorch peer (lightly + torchvision), same run.
+r"""SimCLR throughput: jaxssl vs the PyTorch peer (lightly + torchvision / timm), same run.
 
   python benchmarks/vs_pytorch.py --torch_python=/tmp/torchvenv/bin/python
+  python benchmarks/vs_pytorch.py --backbone=vit_s16      # ViT-S/16 (timm on the peer's side)
   python benchmarks/vs_pytorch.py --image_size=112 --batch_size=32 --steps=5   # quick CPU run
 
 The peer needs its own environment (torch is not a jaxssl requirement):
 
   python3 -m venv /tmp/torchvenv
-  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly
+  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm
+
+--backbone=vit_s16 swaps ResNet-18 for ViT-S/16 on both sides: ours `vit` S/16 with mean-pooled
+final-normed patch tokens and no [cls] token, the peer timm's `VisionTransformer` with the same
+architecture (class_token=False, global_pool='avg', fc_norm=False: norm, then mean), its fused
+scaled-dot-product attention, and a 384-2048-128 projection head.
 
 Both sides train the same thing on the same machine, one after the other in one invocation:
-ResNet-18 (ImageNet stem, torchvision layout) + SimCLR projection head 512-2048-128 (Linear
+ResNet-18 (ImageNet stem, torchvision layout; or ViT-S/16, above) + SimCLR projection head 512-2048-128 (Linear
 -> BN -> ReLU -> Linear), NT-Xent at T=0.1 over both views of the batch (one forward over 2N
 images, so BatchNorm sees both views), LARS (momentum 0.9, weight decay 1e-6), float32, the
 same batch and image size, and the same SimCLR augmentations (random resized crop
@@ -35,10 +41,16 @@ from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-i
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TEMPERATURE, LR, WEIGHT_DECAY = 0.1, 0.3, 1e-6
+# --backbone: (our model config, its feature width, the name in the printed table)
+BACKBONES = {
+    "resnet18": (dict(name="resnet", depth=18, stem="imagenet", width=64), 512, "ResNet-18"),
+    "vit_s16": (dict(name="vit", variant="S/16", pool="gap"), 384, "ViT-S/16"),
+}
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--source_size", type=int, default=256)
@@ -74,8 +86,7 @@ def run_ours(args):
   config = config_lib.load_config_file(os.path.join(root, "configs/simclr.py:imagenet"))
   config.batch_size = args.batch_size
   config.data.image_size = args.image_size
-  config.model = ml_collections.ConfigDict(dict(name="resnet", depth=18, stem="imagenet",
-                                                width=64, dtype="float32"))
+  config.model = ml_collections.ConfigDict(dict(BACKBONES[args.backbone][0], dtype="float32"))
   config.simclr.temperature = TEMPERATURE
   config.optim.name, config.optim.weight_decay = "lars", WEIGHT_DECAY
   config.total_epochs, config.total_steps = None, 1000
@@ -106,9 +117,16 @@ def run_peer(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
-  backbone = torchvision.models.resnet18()
-  backbone.fc = torch.nn.Identity()
-  model = torch.nn.Sequential(backbone, SimCLRProjectionHead(512, 2048, 128, num_layers=2))
+  if args.backbone == "vit_s16":
+    from timm.models.vision_transformer import VisionTransformer  # pylint: disable=g-import-not-at-top
+    backbone = VisionTransformer(img_size=args.image_size, patch_size=16, embed_dim=384,
+                                 depth=12, num_heads=6, num_classes=0, class_token=False,
+                                 global_pool="avg", fc_norm=False)
+  else:
+    backbone = torchvision.models.resnet18()
+    backbone.fc = torch.nn.Identity()
+  width = BACKBONES[args.backbone][1]
+  model = torch.nn.Sequential(backbone, SimCLRProjectionHead(width, 2048, 128, num_layers=2))
   model.train()
   criterion = NTXentLoss(temperature=TEMPERATURE)
   optimizer = LARS(model.parameters(), lr=LR * args.batch_size / 256, momentum=0.9,
@@ -177,7 +195,7 @@ def main():
   if args.jitter_strength is None:
     args.jitter_strength = ours["augment"]["jitter_strength"]
   command = [args.torch_python, os.path.abspath(__file__), "--role=peer"] + [
-      f"--{k}={getattr(args, k)}" for k in ("batch_size", "image_size", "source_size",
+      f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size", "source_size",
                                             "steps", "warmup", "workers", "jitter_strength")]
   try:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -190,7 +208,7 @@ def main():
 
   b = args.batch_size
   rows = [("jaxssl", ours), ("lightly/torch", peer)]
-  print(f"\nSimCLR ResNet-18, batch {b} x 2 views, {args.image_size}px, float32, "
+  print(f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, float32, "
         f"{args.workers} loader workers; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n")
   print("| | step alone (s) | examples/s | data-fed loop (s/step) | examples/s | data wait |")
