@@ -14,10 +14,11 @@ computed:
                and W the kernel as [kh * kw * C_in, C_out],
                  dW = P^T dY,    dX = col2im(dY W^T),
                col2im being the transpose of the unfolding (autodiff of its slices). XLA:CPU's
-               forward convolution runs near its matmul rate but its transposed convolutions
-               well below it (benchmarks/conv_lowering.py prints both per ResNet-18 layer), so
-               on CPU this makes the training step faster; the forward and its residuals (x and
-               the kernel) are unchanged, so activation memory is too.
+               forward convolution is faster than the unfolded one, but its gradients of
+               strided convolutions run well below these GEMMs (benchmarks/conv_lowering.py
+               prints both per ResNet-18 layer; for stride 1 XLA's own are as fast or faster);
+               the forward and its residuals (x and the kernel) are unchanged, so activation
+               memory is too.
   'auto'       'gemm_grad' for strided convolutions on CPU, where it measured faster, 'xla'
                for the rest and on other backends (decided at trace time).
 """
