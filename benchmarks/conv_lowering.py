@@ -29,6 +29,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.models import conv, resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # (input side, C_in, C_out, kernel, stride) of ResNet-18 with the ImageNet stem at 224px.
@@ -52,13 +54,9 @@ def lowering(fn):
 
 
 def best_seconds(fn, *args, repeats):
+  """Fastest of `repeats` calls of the jitted `fn(*args)` after one compiling call."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
+  return timing.min_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def layer_table(batch, repeats):
