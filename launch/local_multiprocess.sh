@@ -35,6 +35,13 @@ while [ "${#live[@]}" -gt 0 ]; do
   # done_pid is unset and we wait again).
   unset done_pid; rc=0
   wait -n -p done_pid "${!live[@]}" || rc=$?
+  if [ -z "${done_pid:-}" ] && [ "$rc" -eq 127 ]; then
+    # 127, no pid: bash already reaped every remaining process and dropped it from its job
+    # table (seen when two die together), so `wait -n` has nothing left to wait for and
+    # would return at once forever. `wait PID` still reads the saved exit status.
+    for done_pid in "${!live[@]}"; do break; done
+    rc=0; wait "$done_pid" || rc=$?
+  fi
   [ -n "${done_pid:-}" ] || continue
   i=${live[$done_pid]}; unset "live[$done_pid]"
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then

@@ -167,7 +167,10 @@ def test_sigterm_stops_both_processes_at_the_same_checkpointed_step(tmp_path, da
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while not (os.path.exists(metrics) and open(metrics).read().strip()):
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+    if proc.poll() is not None or time.time() > deadline:
+      proc.kill()  # a launcher that outlived its processes must not hang the suite
+      out = proc.communicate(timeout=30)[0]
+      raise AssertionError(f"no metrics.jsonl; launcher exit {proc.returncode}: {out[-5000:]}")
     time.sleep(0.1)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=240)
