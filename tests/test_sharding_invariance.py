@@ -37,6 +37,7 @@ ALL_AXES_MESH = (2, 2, 2)
 SKEWED_MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1)}
 SKEWED_MESH_METHODS = ("simclr", "barlow_twins", "dino", "mae", "clip", "gpt")
 
+
 def _one_batch(config, method, data_dir):
   """The first global batch of the method's training pipeline (as the trainer builds it)."""
   info = datasets.get_info(config.data.name, data_dir)
