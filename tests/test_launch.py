@@ -1,12 +1,12 @@
 """launch/local_multiprocess.sh: exit statuses reach the caller and the launcher never hangs."""
 import os
-import subprocess
-import sys
 import textwrap
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
+import pytest
+
+import launcher
+import processes
 
 # Both processes abort at the same instant with some output, as two JAX processes do when the
 # coordination service declares the job dead.
@@ -22,16 +22,8 @@ ABORT_TOGETHER = textwrap.dedent("""
 def _launch(tmp_path, script, env=None, timeout=20):
   path = tmp_path / "child.py"
   path.write_text(script)
-  proc = subprocess.Popen(["bash", LAUNCHER, "2", "1", sys.executable, str(path)],
-                          env={**os.environ, "LOG_DIR": str(tmp_path / "logs"), **(env or {})},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  try:
-    out, _ = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()  # SIGKILL: the launcher traps TERM
-    proc.communicate()
-    raise AssertionError(f"the launcher did not exit within {timeout} s") from None
-  return proc.returncode, out
+  return launcher.run(2, 1, [str(path)], timeout=timeout,
+                      env={**os.environ, "LOG_DIR": str(tmp_path / "logs"), **(env or {})})
 
 
 def test_exit_status_is_that_of_the_processes(tmp_path):
@@ -49,3 +41,21 @@ def test_two_processes_dying_together_do_not_hang_the_launcher(tmp_path):
     rc, out = _launch(tmp_path, ABORT_TOGETHER, env={"ABORT_AT": str(time.time() + 0.3)})
     assert rc == 1, (attempt, out)
     assert "failed (exit 134)" in out, (attempt, out)
+
+
+def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
+  # Processes blocked for good (as in a collective with a dead peer): the test helper must fail
+  # past its timeout and leave nothing running, or one hung test holds a CPU for the rest of CI.
+  pid_dir = tmp_path / "pids"
+  pid_dir.mkdir()
+  script = (f"import os, time; open(os.path.join({str(pid_dir)!r}, str(os.getpid())), 'w');"
+            " time.sleep(600)")
+  with pytest.raises(AssertionError, match="did not exit within 3 s"):
+    _launch(tmp_path, script, timeout=3)
+  pids = [int(p.name) for p in pid_dir.iterdir()]
+  assert len(pids) == 2
+  deadline = time.time() + 10  # SIGKILL is delivered asynchronously
+  while any(processes.alive(pid) for pid in pids) and time.time() < deadline:
+    time.sleep(0.05)
+  assert not any(processes.alive(pid) for pid in pids)
+

@@ -19,10 +19,10 @@ from jaxssl import config_lib
 from jaxssl import train as train_lib
 from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
+import launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
-LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 CONFIG = os.path.join(ROOT, "configs/simclr.py:test")
 
 
@@ -56,19 +56,20 @@ def runs(tmp_path_factory, data_dir):
   out = {name: (str(base / name), str(base / f"{name}_batches")) for name in ("multi", "single")}
   env = dict(os.environ, JAXSSL_TEST_RECORD_DIR=out["multi"][1], LOG_DIR=str(base / "logs"))
   os.makedirs(env["LOG_DIR"])
-  multi = subprocess.Popen(["bash", LAUNCHER, "2", "2", sys.executable,
-                            *_trainer_args(out["multi"][0], data_dir)],
-                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+  multi = launcher.start(2, 2, _trainer_args(out["multi"][0], data_dir), env=env)
   single_env = dict(os.environ, JAXSSL_TEST_RECORD_DIR=out["single"][1], JAX_PLATFORMS="cpu",
                     XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  single = subprocess.run([sys.executable, *_trainer_args(out["single"][0], data_dir)],
-                          env=single_env, cwd=ROOT, capture_output=True, text=True, timeout=540)
-  multi_out, _ = multi.communicate(timeout=540)
+  try:
+    single = subprocess.run([sys.executable, *_trainer_args(out["single"][0], data_dir)],
+                            env=single_env, cwd=ROOT, capture_output=True, text=True, timeout=540)
+  except BaseException:
+    launcher.kill(multi)
+    raise
+  multi_rc, multi_out = launcher.finish(multi, timeout=540)
   assert single.returncode == 0, single.stderr[-3000:]
   logs = "".join(open(os.path.join(env["LOG_DIR"], f)).read()[-3000:]
                  for f in sorted(os.listdir(env["LOG_DIR"])))
-  assert multi.returncode == 0, multi_out + logs
+  assert multi_rc == 0, multi_out + logs
   out["logs"] = logs
   return out
 
@@ -132,13 +133,12 @@ def test_eval_features_gathered_over_two_processes_match_one_process(runs, tmp_p
   dataset order, labels included."""
   out = str(tmp_path / "features.npz")
   worker = os.path.join(ROOT, "tests", "eval_features_worker.py")
-  result = subprocess.run(
-      ["bash", LAUNCHER, "2", "2", sys.executable, worker, runs["multi"][0], "6", data_dir, out],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, LOG_DIR=str(tmp_path / "logs")))
+  rc, launcher_out = launcher.run(2, 2, [worker, runs["multi"][0], "6", data_dir, out],
+                                  env=dict(os.environ, LOG_DIR=str(tmp_path / "logs")),
+                                  timeout=300)
   logs = "".join(open(os.path.join(tmp_path, "logs", f)).read()[-2000:]
                  for f in sorted(os.listdir(tmp_path / "logs")))
-  assert result.returncode == 0, result.stderr[-2000:] + logs
+  assert rc == 0, launcher_out[-2000:] + logs
   multi = np.load(out)
   assert int(multi["process_count"]) == 2
 
@@ -160,22 +160,18 @@ def test_sigterm_stops_both_processes_at_the_same_checkpointed_step(tmp_path, da
   workdir = str(tmp_path / "run")
   env = dict(os.environ, JAXSSL_TEST_STEP_DELAY="1.0", LOG_DIR=str(tmp_path / "logs"))
   os.makedirs(env["LOG_DIR"])
-  proc = subprocess.Popen(["bash", LAUNCHER, "2", "2", sys.executable,
-                           *_trainer_args(workdir, data_dir)],
-                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = launcher.start(2, 2, _trainer_args(workdir, data_dir), env=env)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while not (os.path.exists(metrics) and open(metrics).read().strip()):
     if proc.poll() is not None or time.time() > deadline:
-      proc.kill()  # a launcher that outlived its processes must not hang the suite
-      out = proc.communicate(timeout=30)[0]
+      out = launcher.kill(proc)  # a launcher that outlived its processes must not hang
       raise AssertionError(f"no metrics.jsonl; launcher exit {proc.returncode}: {out[-5000:]}")
     time.sleep(0.1)
   proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=240)
+  rc, out = launcher.finish(proc, timeout=240)
   logs = [open(os.path.join(env["LOG_DIR"], f"process_{p}.log")).read() for p in (0, 1)]
-  assert proc.returncode == 0, out + "".join(l[-2000:] for l in logs)
+  assert rc == 0, out + "".join(l[-2000:] for l in logs)
   steps = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
   assert steps and steps[-1] < 6, steps
   for log in logs:

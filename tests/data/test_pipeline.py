@@ -16,6 +16,7 @@ import pytest
 from jaxssl.data import augment
 from jaxssl.data import datasets
 from jaxssl.data import pipeline
+import processes
 
 NUM_EXAMPLES = 40
 
@@ -232,14 +233,6 @@ def _spawned_children(pid):
   return children
 
 
-def _alive(pid):
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except OSError:
-    return False
-
-
 @pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads worker pids from Linux /proc')
 def test_workers_exit_when_the_trainer_is_killed(tmp_path):
   script = tmp_path / 'trainer.py'
@@ -257,9 +250,9 @@ def test_workers_exit_when_the_trainer_is_killed(tmp_path):
     proc.wait()
   # Generous: a worker still importing under load exits only once its init runs.
   deadline = time.monotonic() + 65
-  while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+  while any(processes.alive(w) for w in workers) and time.monotonic() < deadline:
     time.sleep(0.2)
-  survivors = [w for w in workers if _alive(w)]
+  survivors = [w for w in workers if processes.alive(w)]
   for w in survivors:
     os.kill(w, signal.SIGKILL)
   assert not survivors, f'worker processes {survivors} outlived their killed trainer'
