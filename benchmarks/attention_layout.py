@@ -7,11 +7,13 @@ Why this exists: in the ViT-S/16 comparison with the PyTorch peer (benchmarks/vs
 XLA runs the ViT's GEMMs near its matmul peak, but attention's batched small matmuls at 8-20%
 of it. This times one attention layer (projections, scores, softmax, weighted sum, output
 projection) and its gradients with respect to the input and all four kernels, for:
-  * `dot_product_attention`: what `jaxssl.models.vit.SelfAttention` does today, q/k/v as
-    [batch, tokens, heads, head_dim] into `jax.nn.dot_product_attention`;
+  * `dot_product_attention`: `jaxssl.models.vit.SelfAttention(impl='dot_product_attention')`
+    (the default off CPU), q/k/v as [batch, tokens, heads, head_dim] into
+    `jax.nn.dot_product_attention`;
   * `tokens_first`: the same layout with the scores and softmax written out;
   * `heads_first`: the projections write [batch, heads, tokens, head_dim] directly, so both
-    attention matmuls batch over leading dimensions with no transpose between them.
+    attention matmuls batch over leading dimensions with no transpose between them
+    (`SelfAttention(impl='heads_first')`, the default on CPU since this measured fastest).
 It checks that all three compute the same value and gradients, then prints milliseconds
 (fastest of N calls).
 """

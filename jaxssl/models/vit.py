@@ -107,6 +107,9 @@ class MlpBlock(nn.Module):
         bias_init=nn.with_logical_partitioning(bias_init, ('embed',)))(x)
 
 
+ATTENTION_IMPLS = ('auto', 'heads_first', 'dot_product_attention')
+
+
 class SelfAttention(nn.Module):
   """Multi-head scaled dot-product self-attention (Vaswani et al. 2017, eq. 1).
 
@@ -120,40 +123,65 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
   # Causal (autoregressive) mask: query t attends to keys <= t only (GPT; CLIP's text tower).
   is_causal: bool = False
+  # 'heads_first', 'dot_product_attention', or 'auto': heads_first on CPU (see below).
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
+    if self.impl not in ATTENTION_IMPLS:
+      raise ValueError(f'Unknown attention impl {self.impl!r}; choose one of {ATTENTION_IMPLS}.')
     width = x.shape[-1]
     head_dim = width // self.num_heads
     # Xavier-uniform on the [embed, heads * kv] matrix the 3-D kernel stands for (big_vision).
     qkv_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
 
+    # On XLA:CPU the projections write [batch, heads, length, kv], so both attention matmuls
+    # batch over leading dimensions with no transpose between them: one ViT-S/16 layer's
+    # forward + backward 400 -> 274 ms (benchmarks/attention_layout.py). Elsewhere
+    # dot_product_attention may pick a fused (cuDNN) kernel. Decided at trace time.
+    heads_first = (self.impl == 'heads_first'
+                   or (self.impl == 'auto' and jax.default_backend() == 'cpu'))
+    layout = 'bhtk' if heads_first else 'bthk'
+    names = (('batch', 'heads', 'length', 'kv') if heads_first
+             else ('batch', 'length', 'heads', 'kv'))
+
     def project(name, use_bias):
       kernel = self.param(
           f'{name}_kernel',
           nn.with_logical_partitioning(qkv_init, ('embed', 'heads', 'kv')),
           (width, self.num_heads, head_dim), jnp.float32)
-      y = jnp.einsum('btd,dhk->bthk', x.astype(self.dtype), kernel.astype(self.dtype))
+      y = jnp.einsum(f'btd,dhk->{layout}', x.astype(self.dtype), kernel.astype(self.dtype))
       if use_bias:
         bias = self.param(
             f'{name}_bias',
             nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
             (self.num_heads, head_dim), jnp.float32)
-        y = y + bias.astype(self.dtype)
-      return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
+        y = y + (bias[:, None, :] if heads_first else bias).astype(self.dtype)
+      return nn.with_logical_constraint(y, names)
 
     query, key, value = project('query', True), project('key', False), project('value', True)
-    # Logits and softmax are computed in float32 even for bfloat16 inputs; picks a fused
-    # (cuDNN) kernel on GPUs that support it.
-    y = jax.nn.dot_product_attention(query, key, value, is_causal=self.is_causal)
+    if heads_first:
+      # Logits and softmax in float32 even for bfloat16 inputs, as dot_product_attention does.
+      logits = jnp.einsum('bhqk,bhsk->bhqs', query, key,
+                          preferred_element_type=jnp.float32) / np.sqrt(head_dim)
+      if self.is_causal:
+        length = logits.shape[-1]
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      y = jnp.einsum('bhqs,bhsk->bhqk', weights, value)
+    else:
+      # Logits and softmax are computed in float32 even for bfloat16 inputs; picks a fused
+      # (cuDNN) kernel on GPUs that support it.
+      y = jax.nn.dot_product_attention(query, key, value, is_causal=self.is_causal)
     out_kernel = self.param(
         'out_kernel', nn.with_logical_partitioning(out_init, ('heads', 'kv', 'embed')),
         (self.num_heads, head_dim, width), jnp.float32)
     out_bias = self.param(
         'out_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
         (width,), jnp.float32)
-    return (jnp.einsum('bthk,hkd->btd', y, out_kernel.astype(self.dtype))
+    return (jnp.einsum(f'{layout},hkd->btd', y, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))
 
 

@@ -77,10 +77,12 @@ def test_shapes_and_aux(pool):
     np.testing.assert_allclose(out, aux['tokens'].mean(axis=1), atol=1e-6)
 
 
-def test_self_attention_matches_numpy():
+@pytest.mark.parametrize('is_causal', [False, True])
+@pytest.mark.parametrize('impl', ['heads_first', 'dot_product_attention'])
+def test_self_attention_matches_numpy(impl, is_causal):
   num_heads, head_dim = 2, 4
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
-  attention = SelfAttention(num_heads=num_heads)
+  attention = SelfAttention(num_heads=num_heads, impl=impl, is_causal=is_causal)
   params = nn.unbox(attention.init(jax.random.key(1), x))['params']
   assert set(params) == {'query_kernel', 'query_bias', 'key_kernel', 'value_kernel',
                          'value_bias', 'out_kernel', 'out_bias'}
@@ -92,6 +94,8 @@ def test_self_attention_matches_numpy():
   k = np.einsum('btd,dhk->bhtk', xs, p['key_kernel'])
   v = np.einsum('btd,dhk->bhtk', xs, p['value_kernel']) + p['value_bias'][:, None]
   logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim)
+  if is_causal:  # query t sees keys <= t
+    logits = np.where(np.tril(np.ones((5, 5), bool)), logits, -np.inf)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   heads = weights @ v  # [b, h, t, k]
@@ -101,6 +105,17 @@ def test_self_attention_matches_numpy():
   kernel = nn.unbox(SelfAttention(num_heads=4).init(
       jax.random.key(2), jnp.zeros((1, 1, 256))))['params']['query_kernel']
   np.testing.assert_allclose(np.var(kernel), 2 / 512, rtol=0.05)
+
+
+def test_self_attention_impls_have_the_same_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = nn.unbox(SelfAttention(num_heads=2).init(jax.random.key(1), x))['params']
+  grads = [jax.grad(lambda p, x, impl=impl: jnp.sum(jnp.sin(SelfAttention(
+      num_heads=2, impl=impl).apply({'params': p}, x))), argnums=(0, 1))(params, x)
+           for impl in ('heads_first', 'dot_product_attention')]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
+  with pytest.raises(ValueError, match="Unknown attention impl 'flash'"):
+    SelfAttention(num_heads=2, impl='flash').init(jax.random.key(1), x)
 
 
 def test_sincos_matches_numpy_formula():
