@@ -14,11 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 
 
-def start(num_processes: int, devices_per_process: int, argv, *, env, cwd=ROOT):
+def start(num_processes: int, devices_per_process: int, argv, *, env):
   """Starts `argv` (after the Python interpreter) as num_processes JAX processes."""
   return subprocess.Popen(
       ["bash", LAUNCHER, str(num_processes), str(devices_per_process), sys.executable, *argv],
-      env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       start_new_session=True)
 
 
@@ -41,7 +41,7 @@ def finish(proc, timeout: float) -> tuple[int, str]:
   return proc.returncode, out
 
 
-def run(num_processes: int, devices_per_process: int, argv, *, env, timeout: float,
-        cwd=ROOT) -> tuple[int, str]:
+def run(num_processes: int, devices_per_process: int, argv, *, env,
+        timeout: float) -> tuple[int, str]:
   """start + finish."""
-  return finish(start(num_processes, devices_per_process, argv, env=env, cwd=cwd), timeout)
+  return finish(start(num_processes, devices_per_process, argv, env=env), timeout)

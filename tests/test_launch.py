@@ -58,4 +58,3 @@ def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
   while any(processes.alive(pid) for pid in pids) and time.time() < deadline:
     time.sleep(0.05)
   assert not any(processes.alive(pid) for pid in pids)
-

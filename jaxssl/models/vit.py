@@ -138,7 +138,7 @@ class SelfAttention(nn.Module):
 
     # On XLA:CPU the projections write [batch, heads, length, kv], so both attention matmuls
     # batch over leading dimensions with no transpose between them: one ViT-S/16 layer's
-    # forward + backward 400 -> 274 ms (benchmarks/attention_layout.py). Elsewhere
+    # forward + backward 544 -> 359 ms (benchmarks/attention_layout.py). Elsewhere
     # dot_product_attention may pick a fused (cuDNN) kernel. Decided at trace time.
     heads_first = (self.impl == 'heads_first'
                    or (self.impl == 'auto' and jax.default_backend() == 'cpu'))
