@@ -18,7 +18,8 @@ For each case (SimCLR + ResNet-18, SimCLR + ViT-S/16, MAE + ViT-S/16; paper head
     of random uint8 `--source_size`^2 RGB images (no JPEG decoding: add that on real ImageNet),
     and the fraction of wall time a pipeline-fed loop spends waiting in next(iterator).
 
-Prints a table and writes JSON (`--json`). Timings on a machine shared with other jobs are
+Runs under the host allocator --malloc (default auto: tcmalloc where installed, re-executing
+itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timings on a machine shared with other jobs are
 noisy: the JSON records the date, machine and load average next to every figure.
 """
 import datetime
@@ -45,6 +46,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from jaxssl import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -71,6 +73,10 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square peak-FLO
 _PIPE_BATCHES = flags.DEFINE_integer("pipeline_batches", 8, "Batches timed per pipeline run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker counts to time.")
 _LOOP_WORKERS = flags.DEFINE_integer("loop_workers", 2, "Workers of the pipeline-fed loop.")
+_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "glibc", "tcmalloc"],
+                            "Host allocator; auto: tcmalloc where installed (jaxssl/host_malloc.py: "
+                            "glibc's maps and unmaps XLA:CPU's per-step buffers). The script "
+                            "re-executes itself under it.")
 _JSON = flags.DEFINE_string("json", "/tmp/jaxssl_throughput.json", "Where to write results.")
 
 
@@ -79,7 +85,8 @@ def machine() -> dict:
               host=platform.node(), cpu=platform.processor() or platform.machine(),
               cpu_count=os.cpu_count(), load_avg=os.getloadavg(),
               device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
-              jax=jax.__version__, openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
+              jax=jax.__version__, openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
+              malloc=host_malloc.loaded())
 
 
 def matmul_peak(n: int, dtype) -> float:
@@ -254,9 +261,10 @@ def run_case(case: str) -> dict:
 
 
 def main(_):
+  host_malloc.exec_with(_MALLOC.value)  # before anything allocates: the process is replaced
   info = machine()
   print(f"{info['date']}  {info['cpu']} x{info['cpu_count']} ({info['device']}), jax "
-        f"{info['jax']}, load average {info['load_avg']}")
+        f"{info['jax']}, malloc {info['malloc']}, load average {info['load_avg']}")
   results = []
   for case in _CASES.value:
     if case not in CASES:

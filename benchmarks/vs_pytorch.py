@@ -23,6 +23,8 @@ same batch and image size, and the same SimCLR augmentations (random resized cro
 sigma in (0.1, 2)) on the same random uint8 source images: ours `SimCLRAugment` in Grain
 workers, the peer's `lightly.transforms.SimCLRTransform` in DataLoader workers (same count).
 Reported: the step alone on a fixed batch (median), and a data-fed loop (examples/s).
+Both sides run under the same host allocator, --malloc (default auto: tcmalloc where installed,
+`apt-get install libtcmalloc-minimal4`; jaxssl/host_malloc.py says why it matters on CPU).
 """
 import argparse
 import json
@@ -36,7 +38,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see benchmarks/throughput.
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# Standard library only, so the peer's venv (no jax) imports it too.
+from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,6 +68,10 @@ def parse_args(argv=None):
   p.add_argument("--torch_python", default="/tmp/torchvenv/bin/python",
                  help="python of the environment with torch, torchvision and lightly")
   p.add_argument("--role", choices=["ours", "peer", "both"], default="both")
+  p.add_argument("--malloc", choices=["auto", "glibc", "tcmalloc"], default="auto",
+                 help="host allocator of both sides (jaxssl/host_malloc.py); auto: tcmalloc "
+                      "where installed. The script re-executes itself under it and the peer "
+                      "inherits the environment")
   p.add_argument("--json", default="/tmp/jaxssl_vs_pytorch.json")
   return p.parse_args(argv)
 
@@ -76,14 +86,12 @@ def run_ours(args):
   from absl import flags  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, root)
   from jaxssl import config_lib  # pylint: disable=g-import-not-at-top
   from jaxssl.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   import throughput  # pylint: disable=g-import-not-at-top  (StepRunner: the real trainer step)
   flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
 
-  config = config_lib.load_config_file(os.path.join(root, "configs/simclr.py:imagenet"))
+  config = config_lib.load_config_file(os.path.join(ROOT, "configs/simclr.py:imagenet"))
   config.batch_size = args.batch_size
   config.data.image_size = args.image_size
   config.model = ml_collections.ConfigDict(dict(BACKBONES[args.backbone][0], dtype="float32"))
@@ -102,7 +110,8 @@ def run_ours(args):
   loop_s, wait = runner.fed_loop(
       pipeline.make_train_dataset(source, runner.transform, global_batch_size=args.batch_size,
                                   seed=1), args.workers, args.steps)
-  return dict(framework=f"jaxssl (jax {jax.__version__})", step_s=step_s, loop_s=loop_s,
+  return dict(framework=f"jaxssl (jax {jax.__version__})", malloc=host_malloc.loaded(),
+              step_s=step_s, loop_s=loop_s,
               data_wait_fraction=wait, augment=config.augment.to_dict())
 
 
@@ -177,12 +186,14 @@ def run_peer(args):
     step(views)
   loop_total = time.perf_counter() - start
   return dict(framework=f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-              f"lightly", torch_threads=torch.get_num_threads(), step_s=step_s,
+              f"lightly", malloc=host_malloc.loaded(), torch_threads=torch.get_num_threads(),
+              step_s=step_s,
               loop_s=loop_total / args.steps, data_wait_fraction=waited / loop_total)
 
 
 def main():
   args = parse_args()
+  host_malloc.exec_with(args.malloc)  # the process is replaced unless it already runs under it
   if args.role == "peer":
     print("PEER_RESULT " + json.dumps(run_peer(args)))
     return
@@ -196,20 +207,22 @@ def main():
     args.jitter_strength = ours["augment"]["jitter_strength"]
   command = [args.torch_python, os.path.abspath(__file__), "--role=peer"] + [
       f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size", "source_size",
-                                            "steps", "warmup", "workers", "jitter_strength")]
+                                            "steps", "warmup", "workers", "jitter_strength",
+                                            "malloc")]
   try:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
   except (FileNotFoundError, subprocess.CalledProcessError) as e:
     sys.exit(f"The PyTorch peer did not run ({e}; {getattr(e, 'stderr', '')[-2000:]}).\n"
              "Install it in a separate venv:\n  python3 -m venv /tmp/torchvenv\n"
-             "  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly\n"
+             "  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm\n"
              "and pass --torch_python=/tmp/torchvenv/bin/python.")
   peer = json.loads(out.split("PEER_RESULT ", 1)[1].splitlines()[0])
 
   b = args.batch_size
   rows = [("jaxssl", ours), ("lightly/torch", peer)]
   print(f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, float32, "
-        f"{args.workers} loader workers; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{args.workers} loader workers, malloc {ours['malloc']} (peer {peer['malloc']}); "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n")
   print("| | step alone (s) | examples/s | data-fed loop (s/step) | examples/s | data wait |")
   print("|---|---|---|---|---|---|")

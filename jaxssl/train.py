@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from jaxssl import checkpoint
 from jaxssl import config_lib
 from jaxssl import faults
+from jaxssl import host_malloc
 from jaxssl import methods
 from jaxssl import metrics as metrics_lib
 from jaxssl import optim
@@ -182,6 +183,9 @@ def main(argv) -> None:
     raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
+  hint = host_malloc.advice(jax.default_backend())
+  if hint and jax.process_index() == 0:
+    logging.info(hint)
   try:
     train(FLAGS.config, FLAGS.workdir)
   except ConfigError as e:

@@ -8,6 +8,9 @@
 # gloo (JAX's default). SIGTERM/SIGINT sent to this script are forwarded to every process (the
 # trainer then checkpoints and exits); if one process fails the others are killed, since they
 # would otherwise wait forever in a collective. Exits non-zero if any process fails.
+# Processes run under tcmalloc where it is installed (jaxssl/host_malloc.py: glibc malloc maps and
+# unmaps XLA:CPU's per-step buffers; measured 1.4x on a ViT-S/16 step); JAXSSL_MALLOC=glibc keeps
+# the system's.
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS COMMAND..." >&2; exit 2
@@ -17,6 +20,17 @@ port=${COORDINATOR_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(
 log_dir=${LOG_DIR:-$(mktemp -d)}
 mkdir -p "$log_dir"
 echo "logs: $log_dir" >&2
+if [ "${JAXSSL_MALLOC:-auto}" != glibc ]; then
+  # Asks the command's own Python (when it is one with jaxssl) so the search is host_malloc's.
+  preload=$("$1" -c 'from jaxssl import host_malloc as m
+e = m.environment_for(m.resolve("auto"))
+print(e.get("LD_PRELOAD", "")); print(e.get("TCMALLOC_RELEASE_RATE", ""))' 2>/dev/null || true)
+  if [ -n "$preload" ]; then
+    export LD_PRELOAD="$(sed -n 1p <<<"$preload")"
+    rate="$(sed -n 2p <<<"$preload")"
+    [ -n "$rate" ] && export TCMALLOC_RELEASE_RATE="$rate"
+  fi
+fi
 pids=()
 forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
 trap 'forward TERM' TERM

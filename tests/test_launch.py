@@ -6,7 +6,10 @@ import time
 import pytest
 
 import launcher
+import packaged_data
 import processes
+
+ROOT = launcher.ROOT
 
 # Both processes abort at the same instant with some output, as two JAX processes do when the
 # coordination service declares the job dead.
@@ -58,3 +61,20 @@ def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
   while any(processes.alive(pid) for pid in pids) and time.time() < deadline:
     time.sleep(0.05)
   assert not any(processes.alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("choice", ["auto", "glibc"])
+def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
+  from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top
+  if choice == "auto":
+    packaged_data.require(host_malloc.find("tcmalloc") is not None,
+                          f"tcmalloc is not installed ({host_malloc.INSTALL_HINT})")
+  script = ("import os; from jaxssl import host_malloc; "
+            "print('malloc', host_malloc.loaded(), os.environ.get('TCMALLOC_RELEASE_RATE'))")
+  env = host_malloc.environment_for("glibc", {"JAXSSL_MALLOC": choice, "PYTHONPATH": ROOT})
+  rc, out = _launch(tmp_path, script, env=env)
+  assert rc == 0, out
+  for i in range(2):
+    log = (tmp_path / "logs" / f"process_{i}.log").read_text()
+    expected = "malloc tcmalloc 0" if choice == "auto" else "malloc glibc None"
+    assert expected in log, log
