@@ -10,7 +10,7 @@ The peer needs its own environment (torch is not a jaxssl requirement):
   /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm
 
 --backbone=vit_s16 swaps ResNet-18 for ViT-S/16 on both sides: ours `vit` S/16 with mean-pooled
-final-normed patch tokens and no [cls] token, the peer timm's `VisionTransformer` with the same
+final-normed patch tokens, no [cls] token and exact erf GELU, the peer timm's `VisionTransformer` with the same
 architecture (class_token=False, global_pool='avg', fc_norm=False: norm, then mean), its fused
 scaled-dot-product attention, and a 384-2048-128 projection head.
 
@@ -50,7 +50,9 @@ TEMPERATURE, LR, WEIGHT_DECAY = 0.1, 0.3, 1e-6
 # --backbone: (our model config, its feature width, the name in the printed table)
 BACKBONES = {
     "resnet18": (dict(name="resnet", depth=18, stem="imagenet", width=64), 512, "ResNet-18"),
-    "vit_s16": (dict(name="vit", variant="S/16", pool="gap"), 384, "ViT-S/16"),
+    # Exact erf GELU, as timm's (ours defaults to big_vision's tanh form).
+    "vit_s16": (dict(name="vit", variant="S/16", pool="gap", gelu_approximate=False), 384,
+                "ViT-S/16"),
 }
 
 
@@ -197,18 +199,30 @@ def main():
   if args.role == "peer":
     print("PEER_RESULT " + json.dumps(run_peer(args)))
     return
-  ours = run_ours(args)
+  if args.role == "ours":
+    ours = run_ours(args)
+    print(f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed",
+          flush=True)
+    print("OURS_RESULT " + json.dumps(ours))
+    return
+  # Each side in its own process, one after the other: an allocator that keeps its peak mapped
+  # (tcmalloc with TCMALLOC_RELEASE_RATE=0) would otherwise hold ours while the peer runs.
+  def side_args(role):
+    return [os.path.abspath(__file__), f"--role={role}"] + [
+        f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size",
+                                              "source_size", "steps", "warmup", "workers",
+                                              "jitter_strength", "malloc")
+        if getattr(args, k) is not None]
+  proc = subprocess.run([sys.executable] + side_args("ours"), capture_output=True, text=True)
+  if proc.returncode != 0 or "OURS_RESULT " not in proc.stdout:
+    sys.exit(f"Our side failed (exit {proc.returncode}; a negative one is a signal, -9 often the "
+             f"OOM killer):\n{proc.stderr[-3000:]}")
+  ours = json.loads(proc.stdout.split("OURS_RESULT ", 1)[1].splitlines()[0])
   print(f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed",
         flush=True)
-  if args.role == "ours":
-    print(json.dumps(ours))
-    return
   if args.jitter_strength is None:
     args.jitter_strength = ours["augment"]["jitter_strength"]
-  command = [args.torch_python, os.path.abspath(__file__), "--role=peer"] + [
-      f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size", "source_size",
-                                            "steps", "warmup", "workers", "jitter_strength",
-                                            "malloc")]
+  command = [args.torch_python] + side_args("peer")
   try:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
   except (FileNotFoundError, subprocess.CalledProcessError) as e:

@@ -95,7 +95,9 @@ def environment_for(name: str, env: dict[str, str] | None = None) -> dict[str, s
   'glibc' drops any tcmalloc / jemalloc from LD_PRELOAD; the others put theirs first. tcmalloc
   also gets TCMALLOC_RELEASE_RATE=0 unless set: by default it hands idle pages back to the
   kernel a little at a time, and the next step faults them in again (measured: system time 7.2
-  -> 1.5 s over a 5-step benchmark); a training process reuses its peak every step anyway.
+  -> 1.5 s over a 5-step benchmark); a training process reuses its peak every step anyway, but
+  it keeps that peak until it exits, so run other memory-hungry work in another process
+  (benchmarks/vs_pytorch.py does: the peer once ran out of memory beside our finished side).
   """
   if name not in ALLOCATORS:
     raise ValueError(f'Unknown allocator {name!r}; use one of {ALLOCATORS}.')
