@@ -19,8 +19,9 @@ For each case (SimCLR + ResNet-18, SimCLR + ViT-S/16, MAE + ViT-S/16; paper head
     and the fraction of wall time a pipeline-fed loop spends waiting in next(iterator).
 
 Runs under the host allocator --malloc (default auto: tcmalloc where installed, re-executing
-itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timings on a machine shared with other jobs are
-noisy: the JSON records the date, machine and load average next to every figure.
+itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timings on a machine
+shared with other jobs are noisy: the JSON records the date, machine and load average next to
+every figure.
 """
 import datetime
 import importlib
@@ -74,9 +75,9 @@ _PIPE_BATCHES = flags.DEFINE_integer("pipeline_batches", 8, "Batches timed per p
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker counts to time.")
 _LOOP_WORKERS = flags.DEFINE_integer("loop_workers", 2, "Workers of the pipeline-fed loop.")
 _MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "glibc", "tcmalloc"],
-                            "Host allocator; auto: tcmalloc where installed (jaxssl/host_malloc.py: "
-                            "glibc's maps and unmaps XLA:CPU's per-step buffers). The script "
-                            "re-executes itself under it.")
+                            "Host allocator; auto: tcmalloc where installed "
+                            "(jaxssl/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
+                            "buffers). The script re-executes itself under it.")
 _JSON = flags.DEFINE_string("json", "/tmp/jaxssl_throughput.json", "Where to write results.")
 
 

@@ -10,9 +10,9 @@ The peer needs its own environment (torch is not a jaxssl requirement):
   /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm
 
 --backbone=vit_s16 swaps ResNet-18 for ViT-S/16 on both sides: ours `vit` S/16 with mean-pooled
-final-normed patch tokens, no [cls] token and exact erf GELU, the peer timm's `VisionTransformer` with the same
-architecture (class_token=False, global_pool='avg', fc_norm=False: norm, then mean), its fused
-scaled-dot-product attention, and a 384-2048-128 projection head.
+final-normed patch tokens, no [cls] token and exact erf GELU, the peer timm's `VisionTransformer`
+with the same architecture (class_token=False, global_pool='avg', fc_norm=False: norm, then
+mean), its fused scaled-dot-product attention, and a 384-2048-128 projection head.
 
 Both sides train the same thing on the same machine, one after the other in one invocation:
 ResNet-18 (ImageNet stem, torchvision layout; or ViT-S/16, above) + SimCLR projection head 512-2048-128 (Linear

@@ -8,8 +8,9 @@ M_MMAP_MAX says) and unmaps it on free, so every step page-faults the whole buff
 kernel zeroes it: measured as 35-40% of the step's CPU time in system time on a 2-core VM
 (benchmarks/vs_pytorch.py --malloc=glibc). tcmalloc keeps freed spans mapped and hands them out
 again, which removes that cost (the README has the figures). Nothing here changes what is
-computed. One exception seen: with JAX's persistent compilation cache on, about half a buffer's
-faults per call remain under tcmalloc too (cause not found; the trainer does not turn it on).
+computed. Not understood: in about half the runs of tests/test_host_malloc.py's function,
+tcmalloc still faults about half a buffer per call (with or without JAX's persistent compilation
+cache); the train step did not show it.
 
 The allocator has to be chosen before the process starts (LD_PRELOAD), so this module only says
 which one is loaded, finds tcmalloc on the machine, and re-executes a script under it

@@ -1,4 +1,4 @@
-"""jaxssl.host_malloc: which allocator is loaded, LD_PRELOAD handling, and the page faults it saves."""
+"""jaxssl.host_malloc: which allocator is loaded, LD_PRELOAD handling, the page faults it saves."""
 import json
 import os
 import subprocess
@@ -91,8 +91,8 @@ FAULTS_PER_CALL = """
 def test_tcmalloc_keeps_xla_buffers_mapped():
   """Under glibc each call faults its big buffers in again; under tcmalloc (as set) it does not."""
   packaged_data.require(TCMALLOC is not None, NO_TCMALLOC)
-  # No persistent compilation cache (conftest turns it on): with it, half a buffer's faults per
-  # call remain under tcmalloc too (host_malloc's docstring).
+  # Without conftest's persistent compilation cache: both runs with it showed the half-buffer
+  # mode below (it also shows without; cause not found, host_malloc's docstring).
   base = {k: v for k, v in os.environ.items()
           if k not in ('XLA_FLAGS', 'LD_PRELOAD') and not k.startswith(('JAX_COMPILATION_CACHE',
                                                                        'JAX_PERSISTENT_CACHE'))}

@@ -8,6 +8,7 @@ import pytest
 import launcher
 import packaged_data
 import processes
+from jaxssl import host_malloc
 
 ROOT = launcher.ROOT
 
@@ -65,7 +66,6 @@ def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
 
 @pytest.mark.parametrize("choice", ["auto", "glibc"])
 def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
-  from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top
   if choice == "auto":
     packaged_data.require(host_malloc.find("tcmalloc") is not None,
                           f"tcmalloc is not installed ({host_malloc.INSTALL_HINT})")
