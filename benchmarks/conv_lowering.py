@@ -1,21 +1,23 @@
-r"""ResNet-18's convolutions on XLA:CPU: XLA's own gradients vs GEMM gradients (conv_impl).
+r"""ResNet-18's convolutions on XLA:CPU: YNNPACK's or XLA's own, XLA's gradients or GEMMs.
 
-  python benchmarks/conv_lowering.py                 # batch 32, 224px shapes
-  python benchmarks/conv_lowering.py --batch_size=8
+  python benchmarks/conv_lowering.py                 # batch 64, 224px shapes
+  python benchmarks/conv_lowering.py --batch_size=32
 
-Why this exists: on CPU our SimCLR ResNet-18 step was ~0.5x the PyTorch peer's speed
+Why this exists: on CPU our SimCLR ResNet-18 step ran at 0.44x the PyTorch peer's speed
 (benchmarks/vs_pytorch.py) while the same machine's XLA matmuls run near the measured peak
-(benchmarks/throughput.py). Unfolding a convolution (im2col, Chellapilla et al. 2006) turns it
-into one matmul. Per distinct ResNet-18 convolution at 224px this prints GFLOP/s of: XLA's
-forward; the unfolded forward (unfold(x) @ kernel); XLA's forward + both gradients; and
-`jaxssl.models.conv.conv_gemm_grad`, XLA's forward with both gradients as GEMMs over the
-unfolded input (dW = P^T dY, dX = col2im(dY W^T)); it checks the two gradients agree. Then the
-whole network's forward + backward (BatchNorm, ReLU, pooling included) with ResNet's
-conv_impl='xla' and 'gemm_grad'.
+(benchmarks/throughput.py). Per distinct ResNet-18 convolution at 224px this prints GFLOP/s of
+the forward, the input gradient dX and the kernel gradient dW, each compiled with jaxlib's
+default options (convolutions in YNNPACK) and with `jaxssl.xla_cpu`'s (convolutions left to
+XLA:CPU's own emitter), next to the GEMM gradients of `jaxssl.models.conv` (dX = col2im(dY W^T),
+dW = P^T dY summed over batch chunks, `kernel_grad`); it checks the gradients agree. Then the
+stem's 3x3/2 max-pool forward + backward with XLA's reduce-window and with strided slices
+(`jaxssl.models.pooling`), and the whole network's forward + backward (BatchNorm, ReLU, pooling
+included) for each conv_impl with and without the options.
 
-What it showed on the 2-core AVX-512 VM (README "Throughput"): XLA's forward beats the unfolded
-one on every layer but its gradients run well below the GEMM rate, so 'gemm_grad' (the
-default on CPU through conv_impl='auto') keeps XLA's forward and replaces only the backward.
+What it showed on the 2-core Xeon VM (README "Throughput"): YNNPACK's convolutions were the
+slow part (forward up to 2.1x, dW up to 4x below XLA's own); without them XLA's gradients of
+stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so conv_impl='auto'
+uses 'gemm_grad' for strided convolutions only.
 """
 import argparse
 import os
@@ -31,26 +33,15 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl.models import conv, resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.models import conv, pooling, resnet  # pylint: disable=wrong-import-position
 
 # (input side, C_in, C_out, kernel, stride) of ResNet-18 with the ImageNet stem at 224px.
 LAYERS = [(224, 3, 64, 7, 2), (56, 64, 64, 3, 1), (56, 64, 128, 3, 2), (28, 128, 128, 3, 1),
-          (28, 128, 256, 3, 2), (14, 256, 256, 3, 1), (14, 256, 512, 3, 2), (7, 512, 512, 3, 1)]
-
-
-def im2col_forward(x, kernel, stride):
-  """The convolution as unfold(x) @ kernel: only to show why the forward stays XLA's."""
-  kh, kw, c_in, c_out = kernel.shape
-  pad = kh // 2
-  patches = conv.unfold(x, (kh, kw), (stride, stride), ((pad, pad), (pad, pad)))
-  return patches @ kernel.reshape(kh * kw * c_in, c_out)
-
-
-def lowering(fn):
-  def apply(x, kernel, stride):
-    pad = kernel.shape[0] // 2
-    return fn(x, kernel, (stride, stride), ((pad, pad), (pad, pad)))
-  return apply
+          (28, 128, 256, 3, 2), (14, 256, 256, 3, 1), (14, 256, 512, 3, 2), (7, 512, 512, 3, 1),
+          (56, 64, 128, 1, 2), (28, 128, 256, 1, 2), (14, 256, 512, 1, 2)]
+OPTIONS = {"ynn": None, "xla": xla_cpu.CPU_OPTIONS}
 
 
 def best_seconds(fn, *args, repeats):
@@ -59,30 +50,52 @@ def best_seconds(fn, *args, repeats):
   return timing.min_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
+def gflops(flops, fn, args, options, repeats):
+  return flops / best_seconds(jax.jit(fn, compiler_options=options), *args,
+                              repeats=repeats) / 1e9
+
+
 def layer_table(batch, repeats):
-  print(f"| conv (batch {batch}) | XLA fwd | im2col fwd | XLA fwd+bwd | XLA fwd + GEMM bwd "
-        "(gemm_grad) | max abs diff of dX |")
-  print("|---|---|---|---|---|---|")
+  print(f"GFLOP/s at batch {batch}; ynn: jaxlib's default options (convolutions in YNNPACK), "
+        "xla: jaxssl.xla_cpu's; GEMM: jaxssl.models.conv's gradients (xla options)\n")
+  print("| conv | fwd ynn | fwd xla | dX ynn | dX xla | dX GEMM | dW ynn | dW xla | dW GEMM |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for side, c_in, c_out, k, stride in LAYERS:
+    pad = k // 2
+    strides, padding = (stride, stride), ((pad, pad), (pad, pad))
     x = jax.random.normal(jax.random.key(0), (batch, side, side, c_in))
     kernel = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out)) / np.sqrt(k * k * c_in)
-    out_side = (side + 2 * (k // 2) - k) // stride + 1
-    flops = 2 * batch * out_side**2 * k * k * c_in * c_out
-    cells = []
-    for fn in (lowering(conv.conv_xla), im2col_forward):
-      forward = jax.jit(lambda x, w, fn=fn: fn(x, w, stride))
-      cells.append(flops / best_seconds(forward, x, kernel, repeats=repeats) / 1e9)
-    grads = []
-    for fn in (lowering(conv.conv_xla), lowering(conv.conv_gemm_grad)):
-      both = jax.jit(jax.grad(lambda x, w, fn=fn: jnp.sum(fn(x, w, stride) ** 2) / 2,
-                              argnums=(0, 1)))
-      grads.append(np.asarray(both(x, kernel)[0]))
-      # Forward + input gradient + kernel gradient: three times the forward's FLOPs.
-      cells.append(3 * flops / best_seconds(both, x, kernel, repeats=repeats) / 1e9)
-    diff = float(np.max(np.abs(grads[0] - grads[1])))
-    assert diff < 1e-3 * float(np.max(np.abs(grads[0]))), f"gradients disagree by {diff}"
+    forward = lambda x, w: conv.conv_xla(x, w, strides, padding)
+    grad_out = jax.random.normal(jax.random.key(2), forward(x, kernel).shape)
+    flops = 2 * np.prod(grad_out.shape) * k * k * c_in
+    grad_x = lambda g, w: jax.vjp(lambda v: forward(v, w), x)[1](g)[0]
+    grad_w = lambda g, x: jax.vjp(lambda v: forward(x, v), kernel)[1](g)[0]
+    gemm_x = lambda g, w: conv.input_grad(x.shape, w, g, strides, padding)
+    gemm_w = lambda g, x: conv.kernel_grad(x, g, (k, k), strides, padding)
+    for want, got, args in ((grad_x, gemm_x, (grad_out, kernel)),
+                            (grad_w, gemm_w, (grad_out, x))):
+      want, got = np.asarray(jax.jit(want)(*args)), np.asarray(jax.jit(got)(*args))
+      diff = float(np.max(np.abs(want - got)))
+      assert diff < 1e-3 * float(np.max(np.abs(want))), f"gradients disagree by {diff}"
+    cells = [gflops(flops, forward, (x, kernel), o, repeats) for o in OPTIONS.values()]
+    cells += [gflops(flops, grad_x, (grad_out, kernel), o, repeats) for o in OPTIONS.values()]
+    cells.append(gflops(flops, gemm_x, (grad_out, kernel), OPTIONS["xla"], repeats))
+    cells += [gflops(flops, grad_w, (grad_out, x), o, repeats) for o in OPTIONS.values()]
+    cells.append(gflops(flops, gemm_w, (grad_out, x), OPTIONS["xla"], repeats))
     print(f"| {side}x{side}x{c_in} -> {c_out}, {k}x{k}/{stride} | "
-          + " | ".join(f"{c:.0f} GFLOP/s" for c in cells) + f" | {diff:.1e} |", flush=True)
+          + " | ".join(f"{c:.0f}" for c in cells) + " |", flush=True)
+
+
+def pool_line(batch, repeats):
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, 112, 112, 64)))
+  cells = []
+  for impl in ("reduce_window", "slices"):
+    pool = lambda v, impl=impl: pooling.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=impl)
+    both = jax.jit(jax.grad(lambda v, pool=pool: jnp.sum(pool(v) ** 2)),
+                   compiler_options=OPTIONS["xla"])
+    cells.append(f"{impl} {best_seconds(both, x, repeats=repeats) * 1e3:.0f} ms")
+  print(f"\nStem max-pool 3x3/2 of [{batch}, 112, 112, 64], forward + backward: "
+        + ", ".join(cells))
 
 
 def network_seconds(batch, image_size, repeats):
@@ -96,24 +109,30 @@ def network_seconds(batch, image_size, repeats):
       (out, _), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
                                 images, train=True, mutable=["batch_stats"])
       return jnp.sum(out ** 2)
-    results[impl] = best_seconds(jax.jit(jax.grad(loss)), variables["params"],
-                                 repeats=repeats)
+    for name, options in OPTIONS.items():
+      results[f"{impl}, {name}"] = best_seconds(
+          jax.jit(jax.grad(loss), compiler_options=options), variables["params"],
+          repeats=repeats)
   return results
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--malloc", default="auto", choices=("auto", "glibc", "tcmalloc"),
+                 help="host allocator (jaxssl/host_malloc.py); auto: tcmalloc where installed")
   args = p.parse_args()
+  host_malloc.exec_with(args.malloc)  # re-executes the script under it, before any allocation
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}\n")
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}, "
+        f"malloc {host_malloc.loaded()}\n")
   layer_table(args.batch_size, args.repeats)
+  pool_line(args.batch_size, args.repeats)
   net = network_seconds(args.batch_size, args.image_size, args.repeats)
-  print(f"\nResNet-18 forward + backward, batch {args.batch_size}, {args.image_size}px: "
-        + ", ".join(f"conv_impl={k} {v:.2f} s" for k, v in net.items())
-        + f" (xla / auto = {net['xla'] / net['auto']:.2f}x)")
+  print(f"\nResNet-18 forward + backward, batch {args.batch_size}, {args.image_size}px "
+        "(conv_impl, options): " + ", ".join(f"{k} {v:.2f} s" for k, v in net.items()))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import optax
 
 from jaxssl import parallel
 from jaxssl.state import TrainState
+from jaxssl import xla_cpu
 
 
 def _namespaced(prefix: str, metrics: dict[str, Any]) -> dict[str, jax.Array]:
@@ -90,4 +91,4 @@ def make_train_step(method, tx: optax.GradientTransformation, state_shardings: T
 
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=xla_cpu.for_mesh(mesh))

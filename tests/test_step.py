@@ -11,6 +11,7 @@ from jaxssl import optim
 from jaxssl import parallel
 from jaxssl import state as state_lib
 from jaxssl import step as step_lib
+from jaxssl import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,3 +100,12 @@ def test_rng_is_folded_by_step():
   a = jax.random.fold_in(k, 3)
   assert np.array_equal(a, jax.random.fold_in(k, 3))
   assert not np.array_equal(a, jax.random.fold_in(k, 4))
+
+
+def test_step_compiles_with_the_xla_cpu_options(monkeypatch):
+  # An option value XLA rejects proves the step's jit is given xla_cpu's options.
+  monkeypatch.setattr(step_lib.xla_cpu, "for_mesh",
+                      lambda mesh: {xla_cpu.YNN_FUSION_TYPE: "NOT_A_FUSION_TYPE"})
+  config = _config()
+  with pytest.raises(Exception, match="NOT_A_FUSION_TYPE"):
+    _run(config, _one_device(), parallel.get_rules("dp"), _batches(config, 1))

@@ -12,6 +12,7 @@ import numpy as np
 from jaxssl import checkpoint
 from jaxssl import methods
 from jaxssl import parallel
+from jaxssl import xla_cpu
 from jaxssl import state as state_lib
 from jaxssl.data import augment
 from jaxssl.data import pipeline
@@ -36,7 +37,8 @@ class Encoder:
     self._encode = jax.jit(self._encode_fn,
                            in_shardings=(self.shardings,
                                          parallel.batch_sharding(self.mesh, self.rules)),
-                           out_shardings=parallel.replicated(self.mesh))
+                           out_shardings=parallel.replicated(self.mesh),
+                           compiler_options=xla_cpu.for_mesh(self.mesh))
 
   def _encode_fn(self, variables, images):
     with nn.logical_axis_rules(self.rules):

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jaxssl import parallel
+from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import emoji as emoji_data
 from jaxssl.data import image_text as image_text_data
@@ -117,7 +118,8 @@ class _Embedder:
         with nn.logical_axis_rules(rules):
           return fn(variables["params"], variables["aux"], x)
       return jax.jit(run, in_shardings=(encoder.shardings, self.sharding),
-                     out_shardings=parallel.replicated(mesh))
+                     out_shardings=parallel.replicated(mesh),
+                     compiler_options=xla_cpu.for_mesh(mesh))
     self._images = wrap(method.embed_images)
     self._texts = wrap(method.embed_texts)
 

@@ -7,20 +7,24 @@ computed:
 
   'xla'        XLA's transposed convolutions (autodiff of `lax.conv_general_dilated`): the
                choice on TPU and GPU, whose compilers have tuned convolution kernels.
-  'gemm_grad'  the backward pass as two matrix multiplies over the unfolded input
-               (Chellapilla et al. 2006, "High Performance Convolutional Neural Networks for
-               Document Processing", sec. 3): with P = the kh * kw shifted, strided windows of
-               the padded input concatenated on the channel axis, [B * H' * W', kh * kw * C_in],
-               and W the kernel as [kh * kw * C_in, C_out],
+  'gemm_grad'  both gradients as matrix multiplies over the unfolded input (Chellapilla et al.
+               2006, "High Performance Convolutional Neural Networks for Document Processing",
+               sec. 3): with P = the kh * kw shifted, strided windows of the padded input
+               stacked with the channels, [B * H' * W', kh * kw * C_in], and W the kernel as
+               [kh * kw * C_in, C_out],
                  dW = P^T dY,    dX = col2im(dY W^T),
-               col2im being the transpose of the unfolding (autodiff of its slices). XLA:CPU's
-               forward convolution is faster than the unfolded one, but its gradients of
-               strided convolutions run well below these GEMMs (benchmarks/conv_lowering.py
-               prints both per ResNet-18 layer; for stride 1 XLA's own are as fast or faster);
-               the forward and its residuals (x and the kernel) are unchanged, so activation
-               memory is too.
-  'auto'       'gemm_grad' for strided convolutions on CPU, where it measured faster, 'xla'
-               for the rest and on other backends (decided at trace time).
+               col2im being the transpose of the unfolding (autodiff of its slices). dW is
+               summed over chunks of the batch small enough for a chunk's P^T to stay in cache
+               (`kernel_grad`).
+  'auto'       'gemm_grad' for strided convolutions on CPU, 'xla' for the rest and on other
+               backends (decided at trace time).
+
+Why (benchmarks/conv_lowering.py prints each per ResNet-18 layer): with XLA:CPU's convolutions
+kept out of YNNPACK (`jaxssl.xla_cpu`), its forward and both gradients of stride-1
+convolutions run at 150-350 GFLOP/s, at or above the GEMMs, but its input gradient of a
+strided convolution lags col2im by 1.2-1.8x and its kernel gradient of the 1x1/2 projections
+by 2x. The forward and its residuals (x and the kernel) are unchanged, so activation memory is
+too.
 """
 import functools
 from typing import Any, Callable
@@ -31,14 +35,18 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ('auto', 'xla', 'gemm_grad')
 
+# Bytes of input per chunk of `kernel_grad`: the chunk's P^T is kh * kw times that, built and
+# consumed by one GEMM while it is still in cache. 2 MiB (a core's L2 on the 2-core VM it was
+# measured on) was the best chunk or within 10% of it on every ResNet-18 layer at batch 64;
+# the whole batch at once (one P^T) ran 1.1-2.5x slower.
+KERNEL_GRAD_CHUNK_BYTES = 2 << 20
+
 
 def resolve_impl(impl: str, strides=(1, 1)) -> str:
   """'xla' or 'gemm_grad' for `impl` ('auto': gemm_grad for strided convolutions on CPU)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'Unknown conv_impl {impl!r}; use one of {CONV_IMPLS}.')
   if impl == 'auto':
-    # Measured per layer (benchmarks/conv_lowering.py): XLA:CPU's gradients of strided
-    # convolutions run 1.3-1.6x below the GEMM ones, those of stride-1 convolutions do not.
     strided = max(strides) > 1
     return 'gemm_grad' if strided and jax.default_backend() == 'cpu' else 'xla'
   return impl
@@ -50,30 +58,99 @@ def conv_xla(x, kernel, strides, padding):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _out_size(size, kernel, stride, kernel_size, padded):
+  out = (size - kernel) // stride + 1
+  if out < 1:
+    raise ValueError(f'conv kernel {tuple(kernel_size)} is larger than the padded input '
+                     f'{tuple(padded)}.')
+  return out
+
+
+def _window(x, *taps):
+  """One kernel tap as a single slice: per (axis, offset, stride, out) in `taps`, the `out`
+  elements of `x` along `axis` from `offset` every `stride`."""
+  start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+  for axis, offset, stride, out in taps:
+    start[axis], limit[axis], step[axis] = offset, offset + stride * (out - 1) + 1, stride
+  return jax.lax.slice(x, start, limit, step)
+
+
 def unfold(x, kernel_size, strides, padding):
   """im2col: [B, H, W, C] -> [B, H', W', kh * kw * C], window (i, j) then channel.
 
   Row-major (i, j, c) is the order of a [kh, kw, C, O] kernel reshaped to [kh * kw * C, O],
   so `unfold(x) @ kernel.reshape(-1, O)` is the convolution.
   """
-  kh, kw = kernel_size
-  sh, sw = strides
+  (kh, kw), (sh, sw) = kernel_size, strides
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  batch, height, width, channels = x.shape
-  h_out, w_out = (height - kh) // sh + 1, (width - kw) // sw + 1
-  if h_out < 1 or w_out < 1:
-    raise ValueError(f'conv kernel {tuple(kernel_size)} is larger than the padded input '
-                     f'{(height, width)}.')
-  windows = [jax.lax.slice(x, (0, i, j, 0),
-                           (batch, i + sh * (h_out - 1) + 1, j + sw * (w_out - 1) + 1,
-                            channels), (1, sh, sw, 1))
+  height, width = x.shape[1:3]
+  h_out = _out_size(height, kh, sh, kernel_size, (height, width))
+  w_out = _out_size(width, kw, sw, kernel_size, (height, width))
+  windows = [_window(x, (1, i, sh, h_out), (2, j, sw, w_out))
              for i in range(kh) for j in range(kw)]
   return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
 
 
+def unfold_transposed(x, kernel_size, strides, padding):
+  """P^T of `unfold`: [B, H, W, C] -> [kh * kw * C, B * H' * W'].
+
+  Built from the channels-first input, windows along W stacked and then along H (measured
+  faster than one stack of kh * kw windows or than `unfold`'s channel concatenation), so that
+  the GEMM P^T dY reads both operands in the layout a matmul wants (1.3-1.6x faster than
+  contracting `unfold`'s P over its leading axes).
+  """
+  (kh, kw), (sh, sw) = kernel_size, strides
+  x = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)),
+              ((0, 0), (0, 0), tuple(padding[0]), tuple(padding[1])))
+  channels, _, height, width = x.shape
+  h_out = _out_size(height, kh, sh, kernel_size, (height, width))
+  w_out = _out_size(width, kw, sw, kernel_size, (height, width))
+  cols = jnp.stack([_window(x, (3, j, sw, w_out)) for j in range(kw)])     # [kw, C, B, Hp, W']
+  rows = jnp.stack([_window(cols, (3, i, sh, h_out)) for i in range(kh)])  # [kh, kw, C, B, H', W']
+  return rows.reshape(kh * kw * channels, -1)
+
+
+def batch_chunk(batch: int, image_bytes: int, budget: int = KERNEL_GRAD_CHUNK_BYTES) -> int:
+  """The largest divisor of `batch` whose images fit in `budget` bytes (at least 1)."""
+  return max(d for d in range(1, batch + 1)
+             if batch % d == 0 and (d == 1 or d * image_bytes <= budget))
+
+
+def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
+  """dW = P^T dY of the convolution of `x` ([B, H, W, C_in]), as [kh, kw, C_in, C_out].
+
+  The sum over the batch runs in a loop over `chunk` images at a time (default: `batch_chunk`
+  of KERNEL_GRAD_CHUNK_BYTES), each chunk's P^T built and multiplied while in cache, into an
+  accumulator of at least float32. Chunk j holds images j, j + n, j + 2n, ... (n = B / chunk)
+  so that a batch sharded in contiguous blocks over devices keeps each device's images on it.
+  """
+  batch, c_in, c_out = x.shape[0], x.shape[-1], grad_out.shape[-1]
+  if chunk is None:
+    chunk = batch_chunk(batch, x[0].size * x.dtype.itemsize)
+  if batch % chunk:
+    raise ValueError(f'kernel_grad chunk {chunk} does not divide the batch {batch}.')
+  steps = batch // chunk
+  accumulator = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 under x64
+  # The transposition to channels first happens per chunk, in cache: doing it once for the
+  # whole batch before the loop measured 1.2-2.5x slower.
+  xs = x.reshape(chunk, steps, *x.shape[1:])
+  grads = grad_out.reshape(chunk, steps, *grad_out.shape[1:])
+
+  def add_chunk(j, total):
+    x_chunk = jax.lax.dynamic_index_in_dim(xs, j, axis=1, keepdims=False)
+    g_chunk = jax.lax.dynamic_index_in_dim(grads, j, axis=1, keepdims=False)
+    patches_t = unfold_transposed(x_chunk, kernel_size, strides, padding)
+    return total + jnp.matmul(patches_t, g_chunk.reshape(-1, c_out),
+                              preferred_element_type=accumulator)
+
+  rows = kernel_size[0] * kernel_size[1] * c_in
+  total = jax.lax.fori_loop(0, steps, add_chunk, jnp.zeros((rows, c_out), accumulator))
+  return total.reshape(*kernel_size, c_in, c_out)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_gemm_grad(x, kernel, strides, padding):
-  """`conv_xla` with the backward pass as GEMMs over `unfold(x)` (module docstring)."""
+  """`conv_xla` with both gradients as GEMMs over the unfolded input (module docstring)."""
   return conv_xla(x, kernel, strides, padding)
 
 
@@ -81,16 +158,22 @@ def _conv_gemm_grad_fwd(x, kernel, strides, padding):
   return conv_xla(x, kernel, strides, padding), (x, kernel)
 
 
+def input_grad(x_shape, kernel, grad_out, strides, padding):
+  """dX = col2im(dY W^T) of the convolution of an input of `x_shape`: the transpose of the
+  unfolding (autodiff of its slices) adds each window's share back in place."""
+  kh, kw, c_in, c_out = kernel.shape
+  _, unfold_vjp = jax.vjp(lambda v: unfold(v, (kh, kw), strides, padding),
+                          jnp.zeros(x_shape, grad_out.dtype))
+  flat_kernel = kernel.reshape(kh * kw * c_in, c_out)
+  grad_x, = unfold_vjp(jax.lax.dot_general(grad_out, flat_kernel, (((3,), (1,)), ((), ()))))
+  return grad_x
+
+
 def _conv_gemm_grad_bwd(strides, padding, residuals, grad_out):
   x, kernel = residuals
-  kh, kw, c_in, c_out = kernel.shape
-  patches, unfold_vjp = jax.vjp(lambda v: unfold(v, (kh, kw), strides, padding), x)
-  flat_kernel = kernel.reshape(kh * kw * c_in, c_out)
-  # dW = P^T dY, contracting batch and both spatial axes in one dot.
-  grad_kernel = jax.lax.dot_general(patches, grad_out, (((0, 1, 2), (0, 1, 2)), ((), ())))
-  # dX = col2im(dY W^T): the transpose of the unfolding adds each window back in place.
-  grad_x, = unfold_vjp(jax.lax.dot_general(grad_out, flat_kernel, (((3,), (1,)), ((), ()))))
-  return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
+  grad_kernel = kernel_grad(x, grad_out, kernel.shape[:2], strides, padding)
+  grad_x = input_grad(x.shape, kernel, grad_out, strides, padding)
+  return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
 conv_gemm_grad.defvjp(_conv_gemm_grad_fwd, _conv_gemm_grad_bwd)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models import conv
+from jaxssl.models import pooling
 
 # depth: (block type, blocks per stage)
 STAGES = {
@@ -99,12 +100,15 @@ class ResNet(nn.Module):
     conv_impl: how the convolutions' gradients are computed (jaxssl.models.conv): 'xla',
       'gemm_grad' (im2col + GEMM) or 'auto' (gemm_grad for the strided ones on CPU, where it
       measured faster). The forward and the parameters are the same either way.
+    pool_impl: the stem's max-pool (jaxssl.models.pooling): 'reduce_window', 'slices' or
+      'auto' (slices on CPU). Same values; gradients differ only at tied maxima.
   """
   depth: int = 50
   stem: str = 'imagenet'
   width: int = 64
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  pool_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -129,7 +133,7 @@ class ResNet(nn.Module):
       x = _conv(self.width, 3, 1, self.dtype, 'stem_conv', self.conv_impl)(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'stem_bn')(x))
     if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.pool_impl)
 
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):

@@ -158,3 +158,28 @@ def test_bfloat16_compute_keeps_float32_state():
   assert out.dtype == jnp.float32 and aux['feature_map'].dtype == jnp.bfloat16
   leaves = jax.tree_util.tree_leaves(nn.unbox({**variables, **updates}))
   assert all(p.dtype == jnp.float32 for p in leaves)
+
+
+@pytest.mark.parametrize('conv_impl, pool_impl', [
+    ('auto', 'auto'), ('gemm_grad', 'slices'), ('xla', 'slices'), ('gemm_grad', 'reduce_window')])
+def test_gradients_agree_between_conv_and_pool_impls(conv_impl, pool_impl):
+  # XLA's convolution gradients and reduce-window max-pool are the reference; the pool
+  # follows a ReLU, so its tied maxima are zeros whose gradient is 0 under either impl.
+  images = _images(2, (2, 32, 32, 3))
+  reference = ResNet(depth=18, stem='imagenet', width=8, conv_impl='xla',
+                     pool_impl='reduce_window')
+  variables = reference.init(jax.random.key(0), images)
+
+  def grads(model):
+    def loss(params):
+      (out, _), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                images, train=True, mutable=['batch_stats'])
+      return jnp.sum(jnp.square(out))
+    return jax.grad(loss)(variables['params'])
+
+  want = grads(reference)
+  got = grads(ResNet(depth=18, stem='imagenet', width=8, conv_impl=conv_impl,
+                     pool_impl=pool_impl))
+  scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(want))
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale)

@@ -1,0 +1,56 @@
+"""XLA:CPU compiler options for jaxssl's jitted steps: convolutions kept out of YNNPACK.
+
+jaxlib 0.10 hands dots, reductions and convolutions to YNNPACK by default (the DebugOptions
+field `xla_cpu_experimental_ynn_fusion_type`). For convolutions that measured slower than
+XLA:CPU's own convolution emitter on every ResNet-18 layer (benchmarks/conv_lowering.py, 2-core
+Xeon VM, batch 64): forward 1.1-2.1x, the kernel gradient up to 4x (38 -> 146 GFLOP/s at
+56x56x64); the whole ResNet-18 forward + backward ran 7.7 s with YNNPACK's convolutions and
+3.5 s without (with XLA's own gradients). Its dots and reductions stay in YNNPACK, where they
+are fast (dropping the reductions too doubled the step time).
+
+`compiler_options(platform)` (`for_mesh(mesh)`) is what `jax.jit(..., compiler_options=...)`
+gets in `jaxssl.step.make_train_step` and the eval job's encoders: the option on CPU, nothing
+on other platforms, nothing when the user's XLA_FLAGS already set the field (their choice wins), and
+nothing (with a warning logged once) when the installed jaxlib does not know the option.
+"""
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
+# jaxlib 0.10.2's default YNN fusion types less LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION.
+# Compiler options take the whole list of enum names (XLA_FLAGS's '-individual_convolution'
+# form is rejected there), so a later jaxlib adding a default type would need it added here.
+YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+CPU_OPTIONS = {YNN_FUSION_TYPE: YNN_WITHOUT_CONVOLUTIONS}
+
+
+@functools.cache
+def supported() -> bool:
+  """Whether this jaxlib's CPU compiler accepts CPU_OPTIONS (one tiny compile, cached)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(
+        jnp.zeros((), jnp.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('XLA:CPU option %s=%s not accepted by jax %s (%s): convolutions stay in '
+                    'YNNPACK, which measured up to 2x slower for ResNet training.',
+                    YNN_FUSION_TYPE, YNN_WITHOUT_CONVOLUTIONS, jax.__version__,
+                    str(e).splitlines()[0])
+    return False
+  return True
+
+
+def compiler_options(platform: str | None = None) -> dict[str, str]:
+  """`jax.jit` compiler options for computations on `platform` (default: jax's backend)."""
+  platform = platform or jax.default_backend()
+  if platform != 'cpu' or YNN_FUSION_TYPE in os.environ.get('XLA_FLAGS', ''):
+    return {}
+  return dict(CPU_OPTIONS) if supported() else {}
+
+
+def for_mesh(mesh: jax.sharding.Mesh) -> dict[str, str]:
+  """`compiler_options` for a computation on `mesh`'s devices."""
+  return compiler_options(mesh.devices.flat[0].platform)

@@ -1,0 +1,75 @@
+"""xla_cpu: the compiler options take convolutions out of YNNPACK and leave its dots there, only
+on CPU and only when the user's XLA_FLAGS do not choose for themselves; the train step and the
+eval encoder compile with them."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxssl import xla_cpu
+
+
+def _conv_then_dot(x, kernel, weights):
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape(y.shape[0], -1) @ weights
+
+
+def _optimized_hlo(options):
+  # Channels enough for XLA to hand the convolution to YNNPACK by default (it keeps tiny ones).
+  args = (jnp.zeros((2, 16, 16, 64)), jnp.zeros((3, 3, 64, 64)), jnp.zeros((16 * 16 * 64, 8)))
+  return jax.jit(_conv_then_dot, compiler_options=options).lower(*args).compile().as_text()
+
+
+def _ynn_fusions(hlo):
+  """{fused computation of each YNNPACK fusion: whether it holds a convolution}."""
+  computations, name = {}, None
+  for line in hlo.splitlines():
+    if line.startswith("%") and line.endswith("{"):  # a computation's header
+      name = line.split(" ")[0][1:]
+      computations[name] = ""
+    elif name is not None:
+      computations[name] += line + "\n"
+      if line == "}":
+        name = None
+  names = {line.split("calls=%")[1].split(",")[0]
+           for line in hlo.splitlines() if "__ynn_fusion" in line and "calls=%" in line}
+  return {name: "convolution(" in computations[name] for name in names}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
+def test_options_keep_convolutions_out_of_ynnpack_and_dots_in_it(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  options = xla_cpu.compiler_options("cpu")
+  assert options == {xla_cpu.YNN_FUSION_TYPE: xla_cpu.YNN_WITHOUT_CONVOLUTIONS}
+  with_options = _optimized_hlo(options)
+  assert "convolution(" in with_options  # XLA's own convolution, outside any YNN fusion
+  fusions = _ynn_fusions(with_options)
+  assert fusions and not any(fusions.values()), fusions  # a YNN fusion remains: the dot
+  # jaxlib's default, what the options are there to change (if this fails, a new jaxlib
+  # changed its default YNN fusion types: re-measure and update YNN_WITHOUT_CONVOLUTIONS).
+  assert any(_ynn_fusions(_optimized_hlo(None)).values())
+
+
+def test_options_only_on_cpu_and_never_over_the_users_xla_flags(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert xla_cpu.compiler_options("gpu") == {}
+  assert xla_cpu.compiler_options("tpu") == {}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                     f"--{xla_cpu.YNN_FUSION_TYPE}=+individual_convolution")
+  assert xla_cpu.compiler_options("cpu") == {}
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  assert xla_cpu.for_mesh(mesh) == {}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert xla_cpu.for_mesh(mesh) == xla_cpu.compiler_options(jax.default_backend())
+
+
+def test_an_option_the_jaxlib_rejects_falls_back_to_none(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(xla_cpu, "CPU_OPTIONS", {xla_cpu.YNN_FUSION_TYPE: "NO_SUCH_TYPE"})
+  xla_cpu.supported.cache_clear()
+  try:
+    assert not xla_cpu.supported()
+    assert xla_cpu.compiler_options("cpu") == {}
+  finally:
+    xla_cpu.supported.cache_clear()
