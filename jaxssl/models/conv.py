@@ -38,7 +38,7 @@ CONV_IMPLS = ('auto', 'xla', 'gemm_grad')
 # Bytes of input per chunk of `kernel_grad`: the chunk's P^T is kh * kw times that, built and
 # consumed by one GEMM while it is still in cache. 2 MiB (a core's L2 on the 2-core VM it was
 # measured on) was the best chunk or within 10% of it on every ResNet-18 layer at batch 64;
-# the whole batch at once (one P^T) ran 1.1-2.5x slower.
+# one GEMM over the whole batch's unfolded input (the earlier gemm_grad) ran 1.0-2.7x slower.
 KERNEL_GRAD_CHUNK_BYTES = 2 << 20
 
 
