@@ -12,8 +12,8 @@ import numpy as np
 from jaxssl import checkpoint
 from jaxssl import methods
 from jaxssl import parallel
-from jaxssl import xla_cpu
 from jaxssl import state as state_lib
+from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import pipeline
 

@@ -58,17 +58,18 @@ def conv_xla(x, kernel, strides, padding):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _out_size(size, kernel, stride, kernel_size, padded):
-  out = (size - kernel) // stride + 1
-  if out < 1:
+def _output_size(padded_hw, kernel_size, strides):
+  """(H', W') of a convolution over a padded input of spatial size `padded_hw`."""
+  out = tuple((size - k) // s + 1 for size, k, s in zip(padded_hw, kernel_size, strides))
+  if min(out) < 1:
     raise ValueError(f'conv kernel {tuple(kernel_size)} is larger than the padded input '
-                     f'{tuple(padded)}.')
+                     f'{tuple(padded_hw)}.')
   return out
 
 
-def _window(x, *taps):
+def strided_window(x, *taps):
   """One kernel tap as a single slice: per (axis, offset, stride, out) in `taps`, the `out`
-  elements of `x` along `axis` from `offset` every `stride`."""
+  elements of `x` along `axis` from `offset` every `stride` (also max-pool's taps)."""
   start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
   for axis, offset, stride, out in taps:
     start[axis], limit[axis], step[axis] = offset, offset + stride * (out - 1) + 1, stride
@@ -83,10 +84,8 @@ def unfold(x, kernel_size, strides, padding):
   """
   (kh, kw), (sh, sw) = kernel_size, strides
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  height, width = x.shape[1:3]
-  h_out = _out_size(height, kh, sh, kernel_size, (height, width))
-  w_out = _out_size(width, kw, sw, kernel_size, (height, width))
-  windows = [_window(x, (1, i, sh, h_out), (2, j, sw, w_out))
+  h_out, w_out = _output_size(x.shape[1:3], kernel_size, strides)
+  windows = [strided_window(x, (1, i, sh, h_out), (2, j, sw, w_out))
              for i in range(kh) for j in range(kw)]
   return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
 
@@ -102,12 +101,11 @@ def unfold_transposed(x, kernel_size, strides, padding):
   (kh, kw), (sh, sw) = kernel_size, strides
   x = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)),
               ((0, 0), (0, 0), tuple(padding[0]), tuple(padding[1])))
-  channels, _, height, width = x.shape
-  h_out = _out_size(height, kh, sh, kernel_size, (height, width))
-  w_out = _out_size(width, kw, sw, kernel_size, (height, width))
-  cols = jnp.stack([_window(x, (3, j, sw, w_out)) for j in range(kw)])     # [kw, C, B, Hp, W']
-  rows = jnp.stack([_window(cols, (3, i, sh, h_out)) for i in range(kh)])  # [kh, kw, C, B, H', W']
-  return rows.reshape(kh * kw * channels, -1)
+  h_out, w_out = _output_size(x.shape[2:4], kernel_size, strides)
+  # [C, B, Hp, Wp] -> [kw, C, B, Hp, W'] -> [kh, kw, C, B, H', W'].
+  cols = jnp.stack([strided_window(x, (3, j, sw, w_out)) for j in range(kw)])
+  rows = jnp.stack([strided_window(cols, (3, i, sh, h_out)) for i in range(kh)])
+  return rows.reshape(kh * kw * x.shape[0], -1)
 
 
 def batch_chunk(batch: int, image_bytes: int, budget: int = KERNEL_GRAD_CHUNK_BYTES) -> int:

@@ -17,9 +17,13 @@ maxima: select-and-scatter sends the whole cotangent to the first of them, `jnp.
 splits it equally between them (both are valid subgradients and conserve the cotangent's sum;
 after a ReLU the tied values are the zeros, whose ReLU gradient is 0 either way).
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxssl.models import conv
 
 POOL_IMPLS = ('auto', 'reduce_window', 'slices')
 
@@ -39,13 +43,8 @@ def _max_along(x, axis, window, stride):
   if out < 1:
     raise ValueError(f'max_pool window {window} is larger than the padded input '
                      f'{x.shape[axis]} on axis {axis}.')
-  result = None
-  for offset in range(window):
-    start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
-    start[axis], limit[axis], step[axis] = offset, offset + stride * (out - 1) + 1, stride
-    tap = jax.lax.slice(x, start, limit, step)
-    result = tap if result is None else jnp.maximum(result, tap)
-  return result
+  taps = [conv.strided_window(x, (axis, offset, stride, out)) for offset in range(window)]
+  return functools.reduce(jnp.maximum, taps)
 
 
 def max_pool(x, window_shape, strides, padding, impl: str = 'auto'):
