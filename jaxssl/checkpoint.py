@@ -36,6 +36,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
+# How many times a listing is retried when a step vanishes while being listed (see
+# `_listing_retried`); each retry lists afresh, so only a trainer deleting faster than Orbax
+# lists could exhaust it.
+_LISTING_ATTEMPTS = 8
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -100,6 +104,23 @@ def read_state_numpy(workdir: str, step: int) -> Any:
     return jax.tree.map(np.asarray, reader.restore(path, target))
 
 
+def _listing_retried(list_steps):
+  """Calls `list_steps` (an Orbax listing), again when a step directory vanished mid-listing.
+
+  Orbax lists the step directories, then stats each one for its commit time; a trainer's
+  retention policy deleting a step between the two (an eval job watching a live run) makes
+  the stat raise FileNotFoundError. Listing afresh sees the directory as it now is.
+  """
+  for attempt in range(_LISTING_ATTEMPTS):
+    try:
+      return list_steps()
+    except FileNotFoundError as e:
+      if attempt == _LISTING_ATTEMPTS - 1:
+        raise
+      logging.info("A checkpoint was deleted while its directory was listed (%s); listing "
+                   "again.", e)
+
+
 class Checkpointer:
   """A thin owner of one `ocp.CheckpointManager` for a training run."""
 
@@ -119,10 +140,12 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only)
     self.directory = checkpoint_dir(workdir)
     self.unreadable_directory = os.path.join(os.path.abspath(workdir), "checkpoints_unreadable")
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = _listing_retried(
+        lambda: ocp.CheckpointManager(self.directory, options=options))
 
   def all_steps(self) -> list[int]:
-    self.manager.reload()
+    """The committed steps on disk now (listed afresh: another job may be saving/deleting)."""
+    _listing_retried(self.manager.reload)
     return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:

@@ -1,6 +1,7 @@
 """Checkpointer retention: the newest N steps plus every K-th, through Orbax preservation
 policies; a read-only manager creates nothing."""
 import os
+import shutil
 
 import jax.numpy as jnp
 import pytest
@@ -30,3 +31,34 @@ def test_read_only_creates_no_directory(tmp_path):
   assert reader.all_steps() == [] and reader.latest_step() is None
   reader.close()
   assert not os.path.exists(checkpoint.checkpoint_dir(str(tmp_path / "run")))
+
+
+def _delete_once_listed(monkeypatch, step_dir):
+  """Makes `step_dir` vanish at the first look inside it, after the listing found it: the
+  moment a trainer's retention policy deletes a step under an eval job listing the directory
+  (seen in CI: Orbax then stats the vanished step for its commit time)."""
+  real_stat = os.stat
+
+  def stat(path, *args, **kwargs):
+    if (isinstance(path, (str, os.PathLike)) and
+        os.fspath(path).startswith(step_dir + os.sep)):
+      monkeypatch.setattr(os, "stat", real_stat)  # once; rmtree's own stats go straight through
+      shutil.rmtree(step_dir)
+    return real_stat(path, *args, **kwargs)
+
+  monkeypatch.setattr(os, "stat", stat)
+
+
+def test_listing_survives_a_step_deleted_while_listed(tmp_path, monkeypatch):
+  writer = checkpoint.Checkpointer(str(tmp_path), max_to_keep=None)
+  for step in (1, 2, 3):
+    writer.save(step, {"x": jnp.full((3,), float(step))}, None)
+  writer.close()
+  ckpt_dir = checkpoint.checkpoint_dir(str(tmp_path))
+  _delete_once_listed(monkeypatch, os.path.join(ckpt_dir, "2"))
+  reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)  # lists in its constructor
+  assert not os.path.exists(os.path.join(ckpt_dir, "2"))
+  assert reader.all_steps() == [1, 3]
+  _delete_once_listed(monkeypatch, os.path.join(ckpt_dir, "3"))
+  assert reader.all_steps() == [1]
+  reader.close()
