@@ -7,16 +7,19 @@ MaxText pattern). Multi-host runs go through `jax.distributed`; there is no clus
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from absl import flags
 from absl import logging
 import flax.linen as nn
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import numpy as np
+from orbax.checkpoint import multihost as orbax_multihost
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -84,9 +87,46 @@ def initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize()
   else:
     return
+  _orbax_store_barriers_on_cpu()
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+_ORBAX_BARRIER_FLAG = "experimental_orbax_use_distributed_barrier"
+
+
+def _orbax_store_barriers_on_cpu() -> None:
+  """Switches Orbax's process barriers to the jax.distributed key-value store on CPU.
+
+  Orbax's default barrier is a device collective; on CPU that is gloo, whose context setup
+  gives up after 30 s (fixed inside XLA), so one host reaching a checkpoint barrier 30 s after
+  another (a slower machine, a longer compile) kills the job. The store's barrier waits for
+  Orbax's timeout (300 s) instead. TPU/GPU keep Orbax's default; an explicit
+  --experimental_orbax_use_distributed_barrier wins everywhere.
+  """
+  if jax.default_backend() != "cpu" or _ORBAX_BARRIER_FLAG not in flags.FLAGS:
+    return
+  if not flags.FLAGS[_ORBAX_BARRIER_FLAG].present:
+    flags.FLAGS[_ORBAX_BARRIER_FLAG].value = True
+
+
+_barrier_ids = itertools.count()
+
+
+def sync_processes(name: str, timeout_s: int = 1800) -> None:
+  """Returns once every process of the job has called it (at once with one process).
+
+  A jax.distributed key-value-store barrier, not a device collective, so it waits up to
+  `timeout_s` on every platform. Call it before the first collective that follows work whose
+  length differs between hosts (compiling the train step): on CPU the collective itself, gloo,
+  fails when its peers arrive more than 30 s apart. Every process must make the same calls in
+  the same order (the counter keeps barrier keys unique, as the store needs).
+  """
+  if jax.process_count() == 1:
+    return
+  key = f"jaxssl/{name}/{next(_barrier_ids)}"
+  orbax_multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
 def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:

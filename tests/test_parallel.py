@@ -1,4 +1,5 @@
-"""Mesh construction and logical-axis -> mesh sharding resolution."""
+"""Mesh construction, logical-axis -> mesh sharding resolution, process barriers."""
+from absl import flags
 import jax
 from jax.sharding import PartitionSpec as P
 import pytest
@@ -55,3 +56,15 @@ def test_rules_validation():
   with pytest.raises(ValueError, match="names mesh axis 'model'"):
     parallel.get_rules([("embed", "model")])
   assert parallel.get_rules([["embed", ["fsdp", "tensor"]]]) == (("embed", ("fsdp", "tensor")),)
+
+
+def test_orbax_barriers_use_the_key_value_store_on_cpu_unless_the_flag_is_given(monkeypatch):
+  flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+  monkeypatch.setattr(flag, "value", False)
+  monkeypatch.setattr(flag, "present", 0)
+  parallel._orbax_store_barriers_on_cpu()  # pylint: disable=protected-access
+  assert flag.value is True
+  monkeypatch.setattr(flag, "value", False)
+  monkeypatch.setattr(flag, "present", 1)  # --experimental_orbax_use_distributed_barrier=false
+  parallel._orbax_store_barriers_on_cpu()  # pylint: disable=protected-access
+  assert flag.value is False

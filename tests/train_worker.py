@@ -5,6 +5,9 @@
 Environment:
   JAXSSL_TEST_STEP_DELAY   seconds to sleep before each step, so a test can signal or kill the
                            process mid-run at a predictable point.
+  JAXSSL_TEST_START_SKEW   seconds process 1 sleeps after jax.distributed is up, before it
+                           trains, and again before it builds the train step: the skew a slower
+                           host and a slower compile put between processes.
   JAXSSL_TEST_RECORD_DIR   saves this process's first local batches (what its input pipeline
                            fed the step) to <dir>/process_<i>.npz, to check per-host shards.
 """
@@ -41,6 +44,20 @@ def _probe(global_batch):
   return probed
 
 
+def _skewed(fn):
+  skew = float(os.environ.get("JAXSSL_TEST_START_SKEW", "0"))
+
+  def skewed(*args, **kwargs):
+    import jax  # pylint: disable=g-import-not-at-top
+    if skew and jax.process_index() == 1:
+      time.sleep(skew)
+    return fn(*args, **kwargs)
+
+  return skewed
+
+
 if __name__ == "__main__":
   train.pipeline.global_batch = _probe(train.pipeline.global_batch)
+  train.train = _skewed(train.train)
+  train.step_lib.make_train_step = _skewed(train.step_lib.make_train_step)
   train.run()

@@ -67,8 +67,12 @@ class Encoder:
     sharding = parallel.batch_sharding(self.mesh, self.rules)
     feats, labels = [], []
     with jax.set_mesh(self.mesh):
-      for local in pipeline.make_eval_batches(source, transform, batch_size=batch_size):
+      for i, local in enumerate(pipeline.make_eval_batches(source, transform,
+                                                           batch_size=batch_size)):
         images = pipeline.global_batch({"image": local["image"]}, sharding)["image"]
+        if i == 0:  # compiled, then the hosts meet before the first collective (see train.py)
+          self._encode.lower(variables, images).compile()
+          parallel.sync_processes("eval_encoder_compiled")
         out = np.asarray(jax.device_get(self._encode(variables, images)), np.float32)
         # Features come back replicated for the whole global batch; host p holds the p-th
         # contiguous block of it, so gathering labels/valid in process order lines them up.
