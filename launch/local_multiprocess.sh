@@ -36,7 +36,8 @@ forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 for ((i = 0; i < n; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
+  # The caller's XLA_FLAGS are kept; the device count comes last, where XLA reads the last one.
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$d" JAX_PLATFORMS=cpu \
     "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$n" --process_id="$i" \
     >"$log_dir/process_$i.log" 2>&1 &
   pids+=($!)

@@ -78,3 +78,15 @@ def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
     log = (tmp_path / "logs" / f"process_{i}.log").read_text()
     expected = "malloc tcmalloc 0" if choice == "auto" else "malloc glibc None"
     assert expected in log, log
+
+
+def test_processes_keep_the_callers_xla_flags_and_get_their_device_count(tmp_path):
+  script = ("import os, jax; print('flags', os.environ['XLA_FLAGS']); "
+            "print('devices', jax.local_device_count())")
+  rc, out = _launch(tmp_path, script, env={"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
+                                           "--xla_force_host_platform_device_count=8"},
+                    timeout=60)
+  assert rc == 0, out
+  for i in range(2):
+    log = (tmp_path / "logs" / f"process_{i}.log").read_text()
+    assert "--xla_cpu_enable_fast_math=false" in log and "devices 1" in log, log

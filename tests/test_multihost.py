@@ -21,6 +21,10 @@ from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
 import launcher
 
+# One xdist worker runs this whole file (setup.cfg: --dist loadgroup), so the `runs` fixture's
+# two training jobs run once, not once per worker that receives one of its tests.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
 CONFIG = os.path.join(ROOT, "configs/simclr.py:test")
@@ -62,7 +66,7 @@ def runs(tmp_path_factory, data_dir):
   os.makedirs(env["LOG_DIR"])
   multi = launcher.start(2, 2, _trainer_args(out["multi"][0], data_dir), env=env)
   single_env = dict(os.environ, JAXSSL_TEST_RECORD_DIR=out["single"][1], JAX_PLATFORMS="cpu",
-                    XLA_FLAGS="--xla_force_host_platform_device_count=4")
+                    XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4")
   try:
     single = subprocess.run([sys.executable, *_trainer_args(out["single"][0], data_dir)],
                             env=single_env, cwd=ROOT, capture_output=True, text=True, timeout=540)

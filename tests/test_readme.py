@@ -31,7 +31,9 @@ def test_readme_main_command_trains_and_evaluates(tmp_path, data_dir):
   train = next(p for p in parts if p[0].endswith("jaxssl-train"))
   evaluate = next(p for p in parts if p[0].endswith("jaxssl-eval"))
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, JAXSSL_DATA_DIR=data_dir)
+  # As a user runs it: without conftest's test-only fast-compile flag (this test runs 60 steps).
+  env = dict(os.environ, JAXSSL_DATA_DIR=data_dir,
+             XLA_FLAGS=os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", ""))
 
   def swap_workdir(args):
     return [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]
