@@ -21,10 +21,6 @@ from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
 import launcher
 
-# One xdist worker runs this whole file (setup.cfg: --dist loadgroup), so the `runs` fixture's
-# two training jobs run once, not once per worker that receives one of its tests.
-pytestmark = pytest.mark.xdist_group("multihost")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
 CONFIG = os.path.join(ROOT, "configs/simclr.py:test")
