@@ -129,6 +129,14 @@ def sync_processes(name: str, timeout_s: int = 1800) -> None:
   orbax_multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
+def compile_then_sync(jitted, *args, name: str) -> None:
+  """Compiles `jitted` for `args` (its next call with matching arguments reuses the executable),
+  then `sync_processes(name)`: hosts finish compiling at different times, and the program's
+  first collective must not be where they meet (gloo, on CPU, gives up after 30 s)."""
+  jitted.lower(*args).compile()
+  sync_processes(name)
+
+
 def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   """Resolves a {'data': -1, 'fsdp': 2, 'tensor': 1} spec (one -1 = the rest) to sizes."""
   unknown = set(shape) - set(MESH_AXES)

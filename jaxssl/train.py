@@ -146,13 +146,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     with faults.StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if start_step < last_step:
-        # Compiled here (the loop's first call reuses it), then every process waits for the
-        # others: hosts finish compiling at different times, and the step's first collective
-        # must not be the place they meet (gloo, on CPU, gives up after 30 s).
-        train_step.lower(state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                                         sharding=batch_sharding)
-                                 for k, v in batch_spec.items()}).compile()
-        parallel.sync_processes("train_step_compiled")
+        parallel.compile_then_sync(
+            train_step, state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                                for k, v in batch_spec.items()}, name="train_step_compiled")
       for step in range(start_step + 1, last_step + 1):
         local = next(data_iter)
         batch = pipeline.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+import conftest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,7 +35,7 @@ def test_readme_main_command_trains_and_evaluates(tmp_path, data_dir):
   workdir = str(tmp_path / "run")
   # As a user runs it: without conftest's test-only fast-compile flag (this test runs 60 steps).
   env = dict(os.environ, JAXSSL_DATA_DIR=data_dir,
-             XLA_FLAGS=os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", ""))
+             XLA_FLAGS=os.environ["XLA_FLAGS"].replace(conftest.FAST_COMPILE_FLAG, ""))
 
   def swap_workdir(args):
     return [f"--workdir={workdir}" if a.startswith("--workdir=") else a for a in args]

@@ -70,9 +70,8 @@ class Encoder:
       for i, local in enumerate(pipeline.make_eval_batches(source, transform,
                                                            batch_size=batch_size)):
         images = pipeline.global_batch({"image": local["image"]}, sharding)["image"]
-        if i == 0:  # compiled, then the hosts meet before the first collective (see train.py)
-          self._encode.lower(variables, images).compile()
-          parallel.sync_processes("eval_encoder_compiled")
+        if i == 0:
+          parallel.compile_then_sync(self._encode, variables, images, name="eval_encoder_compiled")
         out = np.asarray(jax.device_get(self._encode(variables, images)), np.float32)
         # Features come back replicated for the whole global batch; host p holds the p-th
         # contiguous block of it, so gathering labels/valid in process order lines them up.
