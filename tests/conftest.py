@@ -24,6 +24,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -31,3 +35,31 @@ import pytest  # noqa: E402
 def data_dir(tmp_path_factory):
   """One TFDS data dir per test session, so embedded datasets are prepared once."""
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+def once_per_suite(tmp_path_factory, name, build):
+  """Runs `build(directory)` once per test run, however many xdist workers ask; returns its result.
+
+  `build` writes under `directory` and returns JSON-serialisable data. The first worker to ask
+  builds under an exclusive lock in the run's shared temp root (the parent of every worker's
+  basetemp); the others wait for the lock and read the saved result. For fixtures too costly to
+  repeat per worker (test_multihost's runs two multi-process training jobs). Modules cannot be
+  pinned to one worker instead: `xdist_group` with `--dist loadgroup` is silently ignored on
+  pytest >= 9.2 (pytest-dev/pytest-xdist#1386), and per-test scheduling around it split the
+  other modules' fixtures and in-process jit caches between the workers (a slower suite).
+  A build that raised leaves no result, so the next worker to ask builds again from scratch.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  directory, result_file = root / name, root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if result_file.exists():
+      return json.loads(result_file.read_text())
+    if directory.exists():
+      shutil.rmtree(directory)
+    directory.mkdir()
+    result = build(directory)
+    result_file.write_text(json.dumps(result))
+    return result

@@ -19,6 +19,7 @@ from jaxssl import config_lib
 from jaxssl import train as train_lib
 from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
+import conftest
 import launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,9 +51,15 @@ def _params(workdir, step=6):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-  """Runs both jobs at once; returns {'multi': (workdir, record_dir), 'single': (...)}."""
+  """{'multi': (workdir, record_dir), 'single': (...), 'logs': ...} of both jobs, run once per
+  test run (the xdist workers share them)."""
+  return conftest.once_per_suite(tmp_path_factory, "multihost",
+                                 lambda base: _run_both_jobs(base, data_dir))
+
+
+def _run_both_jobs(base, data_dir):
+  """Runs the 2-process and the 1-process job at once under `base`."""
   datasets.get_source("digits", "train", data_dir)  # prepare once, before 3 processes race
-  base = tmp_path_factory.mktemp("multihost")
   out = {name: (str(base / name), str(base / f"{name}_batches")) for name in ("multi", "single")}
   # Process 1 starts training 35 s after process 0 and starts compiling 35 s later again: XLA's
   # gloo gives up on peers more than 30 s apart, so this passes only through the trainer's
