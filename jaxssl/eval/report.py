@@ -13,7 +13,39 @@ from collections.abc import Mapping
 
 # The headline metric of each protocol: the column of the results table.
 HEADLINE = {"linear": "top1", "knn": "top1", "fewshot": "10shot_top1", "zeroshot": "top1",
-            "retrieval": "img_to_txt_top1"}
+            "retrieval": "img_to_txt_top1", "language": "bits_per_byte"}
+# Protocols whose plot is not accuracy: (metrics plotted, y-axis label). Their values are
+# shown as they are; accuracies (every other protocol's top1/top5 metrics) in %.
+NON_ACCURACY_PLOTS = {"language": (("bits_per_byte", "bits_per_token"), "bits (lower is better)")}
+
+
+def is_accuracy(metric: str) -> bool:
+  return "top1" in metric or "top5" in metric
+
+
+def format_value(metric: str, value: float) -> str:
+  """Accuracies as percentages (91.2), anything else (bits per byte) as it is (1.234)."""
+  return f"{100 * value:.1f}" if is_accuracy(metric) else f"{value:.3f}"
+
+
+def plot_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+  """{protocol: {metric: [(step, value), ...] by step}}: the lines of each protocol's plot.
+
+  Accuracies in % for the classification protocols (few-shot in shot order: 1, 5, 10, 25, not
+  10 before 5); the metrics of NON_ACCURACY_PLOTS as they are.
+  """
+  series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+  for r in rows:
+    protocol, metric = r["protocol"], r["metric"]
+    if protocol in NON_ACCURACY_PLOTS:
+      plotted, scale = metric in NON_ACCURACY_PLOTS[protocol][0], 1.0
+    else:
+      plotted, scale = is_accuracy(metric) and not metric.endswith("_std"), 100.0
+    if plotted:
+      series[protocol].setdefault(metric, []).append((r["step"], scale * r["value"]))
+  return {protocol: {name: sorted(by_metric[name]) for name in sorted(
+              by_metric, key=lambda name: (len(name.split("shot")[0]), name))}
+          for protocol, by_metric in series.items()}
 
 
 class EvalReport:
@@ -49,7 +81,8 @@ class EvalReport:
       self._tb.flush()
 
   def table(self) -> str:
-    """Markdown: one row per checkpoint, one column per protocol's headline metric (%)."""
+    """Markdown: one row per checkpoint, one column per protocol's headline metric (accuracies
+    in %)."""
     cells: dict[int, dict[str, float]] = defaultdict(dict)
     for r in self.rows():
       if HEADLINE.get(r["protocol"]) == r["metric"]:
@@ -59,7 +92,8 @@ class EvalReport:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for step in sorted(cells):
       label = "0 (random init)" if step == 0 else str(step)
-      vals = [f"{100 * cells[step][p]:.1f}" if p in cells[step] else "-" for p in protocols]
+      vals = [format_value(HEADLINE[p], cells[step][p]) if p in cells[step] else "-"
+              for p in protocols]
       lines.append("| " + " | ".join([label] + vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -70,26 +104,17 @@ class EvalReport:
     return text
 
   def write_plots(self) -> list[str]:
-    """One PNG per protocol: every metric of it against the checkpoint step."""
+    """One PNG per protocol: the lines of plot_series against the checkpoint step."""
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in self.rows():
-      if not r["metric"].endswith("_std"):
-        series[r["protocol"]][r["metric"]].append((r["step"], r["value"]))
     paths = []
-    for protocol, by_metric in series.items():
+    for protocol, by_metric in plot_series(self.rows()).items():
       fig, ax = plt.subplots(figsize=(5, 3.5))
-      # Natural order: 1shot, 5shot, 10shot, 25shot (not 10 before 5).
-      for name, points in sorted(by_metric.items(),
-                                 key=lambda kv: (len(kv[0].split("shot")[0]), kv[0])):
-        if "top1" not in name and "top5" not in name:
-          continue
-        points.sort()
-        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=name)
+      for name, points in by_metric.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
       ax.set_xlabel("training step (0 = random init)")
-      ax.set_ylabel("accuracy (%)")
+      ax.set_ylabel(NON_ACCURACY_PLOTS.get(protocol, (None, "accuracy (%)"))[1])
       ax.set_title(f"{protocol} evaluation")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
