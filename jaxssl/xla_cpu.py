@@ -15,6 +15,7 @@ nothing (with a warning logged once) when the installed jaxlib does not know the
 """
 import functools
 import os
+import re
 
 from absl import logging
 import jax
@@ -54,3 +55,15 @@ def compiler_options(platform: str | None = None) -> dict[str, str]:
 def for_mesh(mesh: jax.sharding.Mesh) -> dict[str, str]:
   """`compiler_options` for a computation on `mesh`'s devices."""
   return compiler_options(mesh.devices.flat[0].platform)
+
+
+def dot_operand_types(hlo_text: str) -> list[tuple[str, str]]:
+  """(lhs, rhs) element types ('bf16', 'f32', ...) of every dot in compiled HLO text.
+
+  Dots inside fusions count too; their operands are the fused computation's parameters. Shows
+  whether a bf16 dot kept bf16 operands or XLA upcast it to a float32 GEMM (jaxssl.models.matmul).
+  """
+  types = dict(re.findall(r'%([\w.\-]+) = (\w+)\[', hlo_text))
+  for name, dtype in re.findall(r'\(?%?([\w.\-]+): (\w+)\[', hlo_text):  # computation params
+    types.setdefault(name, dtype)
+  return [(types[a], types[b]) for a, b in re.findall(r' dot\(%([\w.\-]+), %([\w.\-]+)\)', hlo_text)]

@@ -73,3 +73,22 @@ def test_an_option_the_jaxlib_rejects_falls_back_to_none(monkeypatch):
     assert xla_cpu.compiler_options("cpu") == {}
   finally:
     xla_cpu.supported.cache_clear()
+
+
+def test_dot_operand_types_reads_fused_and_top_level_dots():
+  # Abridged from a compiled bf16 weight gradient that XLA upcast: a convert fusion feeding a
+  # fused float32 dot, and a top-level bf16 dot.
+  text = """
+%fused_computation (param_0: f32[384,12544], param_1.2: f32[12544,1536]) -> f32[384,1536] {
+  %param_0 = f32[384,12544]{1,0} parameter(0)
+  %param_1.2 = f32[12544,1536]{1,0} parameter(1)
+  ROOT %dot_general.0 = f32[384,1536]{1,0} dot(%param_0, %param_1.2), lhs_contracting_dims={1}
+}
+ENTRY %main (x.1: bf16[12544,384], w.1: bf16[384,1536]) -> f32[12544,1536] {
+  %x.1 = bf16[12544,384]{1,0} parameter(0)
+  %w.1 = bf16[384,1536]{1,0} parameter(1)
+  ROOT %dot.3 = f32[12544,1536]{1,0} dot(%x.1, %w.1), lhs_contracting_dims={1}
+}
+"""
+  assert xla_cpu.dot_operand_types(text) == [('f32', 'f32'), ('bf16', 'bf16')]
+

@@ -36,6 +36,7 @@ from jaxssl.data import masking
 from jaxssl.methods import common
 from jaxssl.methods import ema
 from jaxssl.methods import ijepa
+from jaxssl.models.matmul import Dense
 
 
 class MaskedRegressor(nn.Module):
@@ -48,10 +49,10 @@ class MaskedRegressor(nn.Module):
     """(predictions [B, N, D], encoder aux)."""
     _, aux = self.encoder(images, train=train, token_mask=token_mask)
     width = aux["tokens"].shape[-1]
-    head = nn.Dense(width, dtype=self.encoder.dtype, param_dtype=jnp.float32, name="head",
-                    kernel_init=nn.with_logical_partitioning(
-                        nn.initializers.xavier_uniform(), ("embed", None)),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+    head = Dense(width, dtype=self.encoder.dtype, param_dtype=jnp.float32, name="head",
+                 kernel_init=nn.with_logical_partitioning(
+                     nn.initializers.xavier_uniform(), ("embed", None)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
     return head(aux["tokens"]).astype(jnp.float32), aux
 
   def block_outputs(self, images):

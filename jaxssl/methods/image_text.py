@@ -31,6 +31,7 @@ from jaxssl.data import image_text as image_text_data
 from jaxssl.data import tokenizer as tokenizer_lib
 from jaxssl.methods import common
 from jaxssl.models import transformer
+from jaxssl.models.matmul import Dense
 
 
 def caption_text(element: dict[str, Any], fields: Sequence[str]) -> str:
@@ -76,11 +77,11 @@ def build_text_encoder(text_model: ml_collections.ConfigDict, tokenizer) -> nn.M
                                  **text_model.to_dict())
 
 
-def _projection(dim: int, name: str) -> nn.Dense:
+def _projection(dim: int, name: str) -> Dense:
   # CLIP's W_i / W_t: linear, no bias. Input is the tower width ('embed').
-  return nn.Dense(dim, use_bias=False, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                           ("embed", "mlp")))
+  return Dense(dim, use_bias=False, param_dtype=jnp.float32, name=name,
+               kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                        ("embed", "mlp")))
 
 
 class TwoTower(nn.Module):

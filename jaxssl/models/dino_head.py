@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxssl.models.matmul import Dense
+
 _NORM_EPS = 1e-12  # F.normalize's eps
 
 
@@ -54,7 +56,7 @@ class DINOHead(nn.Module):
   dtype: Any = jnp.float32
 
   def _dense(self, features, axes, name):
-    return nn.Dense(
+    return Dense(
         features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.truncated_normal(stddev=0.02), axes),

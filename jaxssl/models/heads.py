@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxssl.models.matmul import Dense
+
 
 class ProjectionHead(nn.Module):
   """MLP: (num_layers - 1) x [Dense(hidden_dim) -> BN -> ReLU] then Dense(out_dim) [-> BN].
@@ -36,7 +38,7 @@ class ProjectionHead(nn.Module):
     # Logical names of layers inside the MLP: the input side of the first layer is the
     # encoder width ('embed'); hidden units are 'mlp'; the output is treated as 'embed'.
     # Middle layers are ('mlp', None): flax rejects a name used twice in one spec.
-    return nn.Dense(
+    return Dense(
         features, use_bias=use_bias, dtype=self.dtype, param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (in_name, out_name)),

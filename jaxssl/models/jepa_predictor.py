@@ -17,10 +17,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models import vit
+from jaxssl.models.matmul import Dense
 
 
 def _dense(features, in_name, out_name, dtype, name):
-  return nn.Dense(
+  return Dense(
       features, dtype=dtype, param_dtype=jnp.float32, name=name,
       kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                (in_name, out_name)),

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models import vit
+from jaxssl.models.matmul import Dense
 
 
 class MAEDecoder(nn.Module):
@@ -45,7 +46,7 @@ class MAEDecoder(nn.Module):
   def _dense(self, features, logical_names, name):
     # MAE initialises every nn.Linear with xavier-uniform and zero bias. A spec may name a
     # logical axis once only, so the other side of these kernels stays unannotated.
-    return nn.Dense(
+    return Dense(
         features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                  logical_names),

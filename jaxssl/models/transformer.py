@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxssl.models.matmul import dot_general_for
 from jaxssl.models.vit import EncoderBlock, decode_variant, layer_norm
 
 POOLS = ('eos', 'last', 'first', 'mean')
@@ -169,7 +170,8 @@ class Transformer(nn.Module):
       head_bias = self.param(
           'head_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
           (self.vocab_size,), jnp.float32)
-      logits = jnp.einsum('btd,vd->btv', x.astype(self.dtype), head.astype(self.dtype))
+      logits = jnp.einsum('btd,vd->btv', x.astype(self.dtype), head.astype(self.dtype),
+                          _dot_general=dot_general_for(self.dtype))
       logits = logits.astype(jnp.float32) + head_bias
       aux['logits'] = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     return self._pool(x, tokens), aux
