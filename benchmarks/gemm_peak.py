@@ -12,7 +12,8 @@ This script times, in one run, one after the other, each in its own process:
 
 on square 2048^2 and 4096^2 products and on the largest GEMM of the SimCLR ViT-S/16 step
 (the MLP's first layer over 64 images x 196 tokens: [12544, 384] x [384, 1536]), in float32 and
-bfloat16 (not NumPy), on every core and pinned to one core (per-core efficiency, without the
+bfloat16 (not NumPy; XLA also with float32 accumulation, the ratio then against torch's bf16,
+which accumulates in float32 too), on every core and pinned to one core (per-core efficiency, without the
 threading). Fastest of --repeats calls after a warm-up: a kernel's achievable rate.
 
 The peer needs its own environment (as for vs_pytorch.py):
@@ -34,7 +35,11 @@ from timing import min_seconds  # pylint: disable=g-import-not-at-top,wrong-impo
 # (name, M, K, N): C[M, N] = A[M, K] B[K, N]
 SHAPES = (("2048^2", 2048, 2048, 2048), ("4096^2", 4096, 4096, 4096),
           ("ViT-S/16 MLP fc1", 64 * 196, 384, 1536))
-DTYPES = ("float32", "bfloat16")
+# "bfloat16 acc. float32": bf16 operands, float32 accumulation and output (XLA's
+# preferred_element_type). XLA:CPU runs only this bf16 form on AMX / AVX512-BF16 (its bf16-output
+# dot is upcast to float32); torch's bf16 matmul accumulates in float32 anyway, so its
+# "bfloat16" row is the comparable one.
+DTYPES = ("float32", "bfloat16", "bfloat16 acc. float32")
 SIDES = ("xla", "torch", "numpy")
 
 
@@ -55,12 +60,15 @@ def time_side(side: str, repeats: int, one_core: bool) -> dict:
   if side == "xla":
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    matmul = jax.jit(jnp.matmul)
+    matmuls = {"float32": jax.jit(jnp.matmul), "bfloat16": jax.jit(jnp.matmul),
+               "bfloat16 acc. float32": jax.jit(
+                   lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))}
 
     def operands(m, k, n, dtype):
-      return jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+      operand_dtype = "float32" if dtype == "float32" else "bfloat16"
+      return jnp.ones((m, k), operand_dtype), jnp.ones((k, n), operand_dtype), matmuls[dtype]
 
-    def run(a, b):
+    def run(a, b, matmul):
       matmul(a, b).block_until_ready()
     version = f"jax {jax.__version__}"
   elif side == "torch":
@@ -69,6 +77,8 @@ def time_side(side: str, repeats: int, one_core: bool) -> dict:
       torch.set_num_threads(1)
 
     def operands(m, k, n, dtype):
+      if dtype not in ("float32", "bfloat16"):
+        return None
       return torch.ones(m, k, dtype=getattr(torch, dtype)), torch.ones(k, n,
                                                                           dtype=getattr(torch, dtype))
 
@@ -141,8 +151,8 @@ def main():
     for dtype in DTYPES:
       key = f"{name} {dtype}"
       cells = [results[col]["gflops"].get(key) for col in columns]
-      xla, torch_ = (results.get((s, False), {}).get("gflops", {}).get(key)
-                     for s in ("xla", "torch"))
+      xla, torch_ = (results.get((s, False), {}).get("gflops", {}).get(k)
+                     for s, k in (("xla", key), ("torch", key.replace(" acc. float32", ""))))
       ratio = f"{xla / torch_:.2f}" if xla and torch_ else "-"
       print(f"| {key} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in cells) +
             f" | {ratio} |")

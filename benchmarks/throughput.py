@@ -11,8 +11,9 @@ For each case (SimCLR + ResNet-18, SimCLR + ViT-S/16, MAE + ViT-S/16; paper head
   * FLOPs per step: XLA's cost analysis of the compiled step (`lower().compile()`), i.e. what
     the compiler will execute, forward + backward + optimizer (LAPACK custom calls such as the
     RankMe SVD are not counted);
-  * MFU: achieved FLOP/s over the peak FLOP/s of a large jitted matmul in the same dtype,
-    measured in the same run on the same device just before and after the timed steps (not a
+  * MFU: achieved FLOP/s over the peak FLOP/s of a large jitted matmul in the same dtype
+    (bfloat16: bf16 operands accumulated in float32, the form the model's matmuls take and
+    the only one XLA:CPU runs on AVX512-BF16 / AMX; jaxssl/models/matmul.py), measured in the same run on the same device just before and after the timed steps (not a
     datasheet number);
   * the Grain pipeline alone (examples/s with 0 and 2 worker processes) on an in-memory source
     of random uint8 `--source_size`^2 RGB images (no JPEG decoding: add that on real ImageNet),
@@ -23,6 +24,7 @@ itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timin
 shared with other jobs are noisy: the JSON records the date, machine and load average next to
 every figure.
 """
+import functools
 import datetime
 import importlib
 import json
@@ -54,6 +56,7 @@ from jaxssl import state as state_lib  # pylint: disable=g-import-not-at-top,wro
 from jaxssl import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.models.matmul import LOW_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CASES = {  # name: (config file, backbone section)
@@ -98,10 +101,11 @@ def matmul_peak(n: int, dtype) -> float:
 
 def gemm_rate(lhs_shape, rhs_shape, dtype, repeats: int = 3) -> float:
   """FLOP/s of one jitted (batched) matmul of these shapes: the best of 5 medians of `repeats`
-  calls each, after one warm-up."""
+  calls each, after one warm-up. Low-precision operands accumulate in float32."""
   a = jax.random.normal(jax.random.PRNGKey(0), lhs_shape, dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), rhs_shape, dtype)
-  matmul = jax.jit(jnp.matmul)
+  accumulate = jnp.float32 if jnp.dtype(dtype) in LOW_PRECISION else None
+  matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=accumulate))
   matmul(a, b).block_until_ready()
   best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
              for _ in range(5))

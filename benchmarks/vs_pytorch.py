@@ -17,8 +17,9 @@ mean), its fused scaled-dot-product attention, and a 384-2048-128 projection hea
 Both sides train the same thing on the same machine, one after the other in one invocation:
 ResNet-18 (ImageNet stem, torchvision layout; or ViT-S/16, above) + SimCLR projection head 512-2048-128 (Linear
 -> BN -> ReLU -> Linear), NT-Xent at T=0.1 over both views of the batch (one forward over 2N
-images, so BatchNorm sees both views), LARS (momentum 0.9, weight decay 1e-6), float32, the
-same batch and image size, and the same SimCLR augmentations (random resized crop
+images, so BatchNorm sees both views), LARS (momentum 0.9, weight decay 1e-6), float32
+(--dtype=bfloat16: bf16 compute with float32 weights on both sides, ours `model.dtype`, the
+peer `torch.autocast`), the same batch and image size, and the same SimCLR augmentations (random resized crop
 (0.08, 1), flip 0.5, colour jitter 0.8 at the config's strength, grayscale 0.2, blur 0.5 with
 sigma in (0.1, 2)) on the same random uint8 source images: ours `SimCLRAugment` in Grain
 workers, the peer's `lightly.transforms.SimCLRTransform` in DataLoader workers (same count).
@@ -64,6 +65,9 @@ def parse_args(argv=None):
   p.add_argument("--source_size", type=int, default=256)
   p.add_argument("--steps", type=int, default=10, help="timed steps (median for the step)")
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="compute dtype: ours model.dtype (float32 master weights); the peer "
+                      "torch.autocast(cpu, bfloat16) around forward and loss")
   p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
   p.add_argument("--jitter_strength", type=float, default=None,
                  help="default: configs/simclr.py:imagenet's augment.jitter_strength")
@@ -96,7 +100,7 @@ def run_ours(args):
   config = config_lib.load_config_file(os.path.join(ROOT, "configs/simclr.py:imagenet"))
   config.batch_size = args.batch_size
   config.data.image_size = args.image_size
-  config.model = ml_collections.ConfigDict(dict(BACKBONES[args.backbone][0], dtype="float32"))
+  config.model = ml_collections.ConfigDict(dict(BACKBONES[args.backbone][0], dtype=args.dtype))
   config.simclr.temperature = TEMPERATURE
   config.optim.name, config.optim.weight_decay = "lars", WEIGHT_DECAY
   config.total_epochs, config.total_steps = None, 1000
@@ -163,8 +167,11 @@ def run_peer(args):
 
   def step(views):
     x0, x1 = views
-    z0, z1 = model(torch.cat([x0, x1])).chunk(2)  # one forward: BN over both views, as ours
-    loss = criterion(z0, z1)
+    # --dtype=bfloat16: torch's standard CPU mixed precision (float32 weights and optimizer;
+    # autocast runs matmuls and convolutions in bf16, on the AMX tiles where the CPU has them).
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+      z0, z1 = model(torch.cat([x0, x1])).chunk(2)  # one forward: BN over both views, as ours
+      loss = criterion(z0, z1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -210,7 +217,7 @@ def main():
   def side_args(role):
     return [os.path.abspath(__file__), f"--role={role}"] + [
         f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size",
-                                              "source_size", "steps", "warmup", "workers",
+                                              "source_size", "steps", "warmup", "workers", "dtype",
                                               "jitter_strength", "malloc")
         if getattr(args, k) is not None]
   proc = subprocess.run([sys.executable] + side_args("ours"), capture_output=True, text=True)
@@ -234,7 +241,7 @@ def main():
 
   b = args.batch_size
   rows = [("jaxssl", ours), ("lightly/torch", peer)]
-  print(f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, float32, "
+  print(f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, {args.dtype}, "
         f"{args.workers} loader workers, malloc {ours['malloc']} (peer {peer['malloc']}); "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n")
