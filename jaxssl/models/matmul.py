@@ -234,7 +234,8 @@ class Dense(nn.Dense):
   There the bias is added to the float32 product before its one rounding to bf16: XLA:CPU's
   bf16 elementwise code (the bias add and its gradient's reduction) is slower than its float32
   code (a ViT-S/16 MLP at 64 images, forward + backward: 967 ms with bf16 bias adds, 787 ms
-  so). Other dtypes and backends compute exactly what `nn.Dense` does.
+  so). Other dtypes and backends, and a `dot_general` / `dot_general_cls` given to the layer,
+  compute exactly what `nn.Dense` does.
   """
 
   @nn.compact
@@ -246,8 +247,10 @@ class Dense(nn.Dense):
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     dims = (((inputs.ndim - 1,), (0,)), ((), ()))
     dtype = inputs.dtype
-    if dot_general_for(dtype) is not dot_general:
-      out = lax.dot_general(inputs, kernel, dims, precision=self.precision)
+    # A dot the caller chose (nn.Dense's dot_general / dot_general_cls) is used as nn.Dense would.
+    chosen = self.dot_general_cls() if self.dot_general_cls is not None else self.dot_general
+    if chosen is not None or dot_general_for(dtype) is not dot_general:
+      out = (chosen or lax.dot_general)(inputs, kernel, dims, precision=self.precision)
       return out if bias is None else out + bias
     out = dot_general(inputs, kernel, dims, precision=self.precision,
                       preferred_element_type=jnp.float32)

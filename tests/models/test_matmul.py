@@ -244,6 +244,23 @@ def test_bf16_attention_matches_float32_attention():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=5e-2 * np.abs(want).max())
 
 
+def test_dense_is_nn_dense_in_float32_and_with_a_given_dot_general():
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 6, 12)), jnp.float32)
+  params = nn.Dense(8).init(jax.random.key(0), x)
+  np.testing.assert_array_equal(matmul.Dense(8).apply(params, x), nn.Dense(8).apply(params, x))
+  calls = []
+
+  def counting_dot(*args, **kwargs):
+    calls.append(1)
+    return lax.dot_general(*args, **kwargs)
+
+  for dtype in (jnp.float32, jnp.bfloat16):
+    got = matmul.Dense(8, dtype=dtype, dot_general=counting_dot).apply(params, x)
+    want = nn.Dense(8, dtype=dtype, dot_general=lax.dot_general).apply(params, x)
+    np.testing.assert_array_equal(got, want)
+  assert len(calls) == 2  # the caller's dot, in bf16 too
+
+
 def test_bf16_dense_under_a_sharded_batch_matches_one_device():
   devices = np.array(jax.devices()[:8])
   if devices.size < 2:
