@@ -70,7 +70,7 @@ def materialized_swapaxes(x: jax.Array, axis: int) -> jax.Array:
   shape = x.shape
   rows = shape[axis]
   if not is_materializable(rows):
-    raise ValueError(f'materialized_transpose needs an even row count of at least 4, got '
+    raise ValueError(f'materialized_swapaxes needs an even row count of at least 4, got '
                      f'{rows} rows (dimension {axis} of {shape}).')
   # At least two row groups: a split into one group is a bitcast XLA folds away again.
   split = next(c for c in (16, 8, 4, 2) if rows % c == 0 and rows // c > 1)
@@ -90,14 +90,29 @@ def matmul_f32_accumulate(a: jax.Array, b: jax.Array, b_transposed: bool,
   cotangent over its M rows, so M must be even and at least 4
   (`is_materializable`).
   """
-  return _batched_dot(a, b, b.ndim - (1 if b_transposed else 2)).astype(out_dtype or a.dtype)
+  return _batched_dot(a, b, _k_dim(b, b_transposed)).astype(out_dtype or a.dtype)
 
 
-def _batched_dot(a, b, b_contracting):
+def _k_dim(b, b_transposed):
+  """The dimension of b ([..., K, N], or [..., N, K] when b_transposed) that holds K."""
+  return b.ndim - (1 if b_transposed else 2)
+
+
+def _batched_dot(a, b, b_contracting, preferred_element_type=jnp.float32):
   """a's last dim contracted with b's dim `b_contracting`; leading dims (all but 2) batched."""
   batch = tuple(range(a.ndim - 2))
   return lax.dot_general(a, b, (((a.ndim - 1,), (b_contracting,)), (batch, batch)),
-                         preferred_element_type=jnp.float32)
+                         preferred_element_type=preferred_element_type)
+
+
+def _accumulates_in_float32(lhs, rhs, preferred_element_type) -> bool:
+  """Whether lhs . rhs can be a float32-accumulating low-precision dot returning the type asked.
+
+  Both operands of one low-precision dtype, and an output in that dtype or float32.
+  """
+  dtype = jnp.result_type(lhs)
+  return (dtype in LOW_PRECISION and jnp.result_type(rhs) == dtype
+          and preferred_element_type in (None, dtype, jnp.float32))
 
 
 def _matmul_fwd(a, b, b_transposed, out_dtype):
@@ -109,7 +124,7 @@ def _matmul_bwd(b_transposed, out_dtype, residuals, grad):
   a, b = residuals
   grad = grad.astype(a.dtype)
   # dA = g B^T: contracts g's minor dim with B's N dim (minor of [K, N], major of [N, K]).
-  grad_a = _batched_dot(grad, b, b.ndim - (2 if b_transposed else 1))
+  grad_a = _batched_dot(grad, b, _k_dim(b, not b_transposed))  # b's N dim
   # dB = A^T g ([K, N]), or g^T A for B stored [N, K]: a plain transpose of the [K, N] result
   # would become the dot's output layout, which YNNPACK rejects (then XLA:CPU's fallback dot
   # fails: "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
@@ -131,15 +146,10 @@ def batched_matmul(a: jax.Array, b: jax.Array, b_transposed: bool = False,
   `matmul_f32_accumulate` (forward and gradients as float32-accumulating bf16 dots); anywhere
   else `lax.dot_general`, so float32 and accelerators compute exactly what an einsum would.
   """
-  rows = a.shape[-2]
-  fast = (dot_general_for(jnp.result_type(a)) is dot_general and jnp.result_type(b) == a.dtype
-          and is_materializable(rows) and preferred_element_type in (None, a.dtype, jnp.float32))
-  if fast:
+  if (dot_general_for(jnp.result_type(a)) is dot_general and is_materializable(a.shape[-2])
+      and _accumulates_in_float32(a, b, preferred_element_type)):
     return matmul_f32_accumulate(a, b, b_transposed, preferred_element_type)
-  batch = tuple(range(a.ndim - 2))
-  contract = b.ndim - (1 if b_transposed else 2)
-  return lax.dot_general(a, b, (((a.ndim - 1,), (contract,)), (batch, batch)),
-                         preferred_element_type=preferred_element_type)
+  return _batched_dot(a, b, _k_dim(b, b_transposed), preferred_element_type)
 
 
 def _is_trailing(dims: Sequence[int], ndim: int) -> bool:
@@ -160,10 +170,8 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   """
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
   lhs_contract, rhs_contract = tuple(lhs_contract), tuple(rhs_contract)
-  dtype = jnp.result_type(lhs)
-  eligible = (dtype in LOW_PRECISION and jnp.result_type(rhs) == dtype
+  eligible = (_accumulates_in_float32(lhs, rhs, preferred_element_type)
               and not lhs_batch and not rhs_batch and not kwargs.get('out_sharding')
-              and preferred_element_type in (None, dtype, jnp.float32)
               and [lhs.shape[i] for i in lhs_contract] == [rhs.shape[j] for j in rhs_contract])
   if not eligible:  # including shape errors, which lax.dot_general reports
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
@@ -191,11 +199,12 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 
 
 def _transposes_are_materializable(a, a_contract) -> bool:
-  """Whether every transpose the GEMM and its gradient take can be materialized (even rows).
+  """Whether every transpose the GEMM and its gradient take can be materialized.
 
   The gradient transposes the [M, K] side (M rows); a side contracting its leading dims is
-  transposed in the forward too (K rows). With an odd count XLA might fold the transpose into
-  the dot, so such products keep lax.dot_general (slower in bf16 on CPU, never wrong).
+  transposed in the forward too (K rows). With an odd count, or under 4 rows, XLA might fold
+  the transpose into the dot, so such products keep lax.dot_general (slower in bf16 on CPU,
+  never wrong).
   """
   m = math.prod(a.shape[i] for i in range(a.ndim) if i not in a_contract)
   k = math.prod(a.shape[i] for i in a_contract)

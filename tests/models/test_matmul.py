@@ -181,6 +181,11 @@ def test_dot_general_for_picks_it_for_bf16_on_cpu_only():
   assert matmul.dot_general_for(jnp.bfloat16, backend='tpu') is lax.dot_general
 
 
+def _grad_dot_types(loss, params):
+  """Dot operand types of the compiled gradient of loss at params."""
+  return xla_cpu.dot_operand_types(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+
+
 def _mlp_grad_dots(dot_general):
   """Dot operand types of one compiled bf16 MLP block's forward + backward on this backend."""
   block = MlpBlock(mlp_dim=64, dtype=jnp.bfloat16)
@@ -189,9 +194,7 @@ def _mlp_grad_dots(dot_general):
   # Force the implementation under test whatever the backend picks.
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr('jaxssl.models.matmul.dot_general_for', lambda dtype: dot_general)
-    loss = lambda p: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2)
-    text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-  return xla_cpu.dot_operand_types(text)
+    return _grad_dot_types(lambda p: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2), params)
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernel selection')
@@ -212,7 +215,7 @@ def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
   x = jnp.ones((2, 16, 32), jnp.float32)
   params = layer.init(jax.random.key(0), x)
   loss = lambda p: jnp.sum(layer.apply(p, x).astype(jnp.float32) ** 2)
-  dots = xla_cpu.dot_operand_types(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  dots = _grad_dot_types(loss, params)
   # q, k, v and out projections: forward + weight gradient each, input gradients of q, k, v
   # and out's (x is not differentiated, so only y's); logits and weights @ values: forward
   # and two gradients each. XLA may merge the q/k/v input gradients' sum into fewer dots.
@@ -221,8 +224,7 @@ def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
   # batched dots' operand layouts and upcasts those dots to float32.
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr('jaxssl.models.vit.is_materializable', lambda rows: False)
-    uncopied = xla_cpu.dot_operand_types(
-        jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+    uncopied = _grad_dot_types(loss, params)
   assert any(d == ('f32', 'f32') for d in uncopied), uncopied
 
 
@@ -271,7 +273,8 @@ def test_bf16_dense_under_a_sharded_batch_matches_one_device():
   params = dense.init(jax.random.key(0), x)
   apply = jax.jit(dense.apply)
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(dense.apply(p, x).astype(jnp.float32) ** 2)))
-  sharded_x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  sharded_x = jax.device_put(x, sharding)
   # Rows are independent in the forward, so sharding them changes nothing.
   np.testing.assert_array_equal(apply(params, sharded_x), apply(params, x))
   # Gradients sum over the sharded rows: other summation order, bf16-level differences only.
