@@ -55,16 +55,31 @@ def gflops(flops, fn, args, options, repeats):
                               repeats=repeats) / 1e9
 
 
+def layer_operands(batch, side, c_in, c_out, k, stride):
+  """(strides, padding, x, kernel) of a k x k / stride conv with torchvision's padding k // 2."""
+  pad = k // 2
+  x = jax.random.normal(jax.random.key(0), (batch, side, side, c_in))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out)) / np.sqrt(k * k * c_in)
+  return (stride, stride), ((pad, pad), (pad, pad)), x, kernel
+
+
+def table_layers(caption, columns, layers, batch):
+  """Prints `caption` and a markdown table head ('conv' + `columns`); yields each layer of
+  `layers` (side, C_in, C_out, kernel, stride) with its `layer_operands` at `batch`."""
+  print(caption + "\n")
+  print("| conv | " + " | ".join(columns) + " |")
+  print("|---|" + "---|" * len(columns))
+  for layer in layers:
+    yield layer, layer_operands(batch, *layer)
+
+
 def layer_table(batch, repeats):
-  print(f"GFLOP/s at batch {batch}; ynn: jaxlib's default options (convolutions in YNNPACK), "
-        "xla: jaxssl.xla_cpu's; GEMM: jaxssl.models.conv's gradients (xla options)\n")
-  print("| conv | fwd ynn | fwd xla | dX ynn | dX xla | dX GEMM | dW ynn | dW xla | dW GEMM |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for side, c_in, c_out, k, stride in LAYERS:
-    pad = k // 2
-    strides, padding = (stride, stride), ((pad, pad), (pad, pad))
-    x = jax.random.normal(jax.random.key(0), (batch, side, side, c_in))
-    kernel = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out)) / np.sqrt(k * k * c_in)
+  rows = table_layers(
+      f"GFLOP/s at batch {batch}; ynn: jaxlib's default options (convolutions in YNNPACK), "
+      "xla: jaxssl.xla_cpu's; GEMM: jaxssl.models.conv's gradients (xla options)",
+      ["fwd ynn", "fwd xla", "dX ynn", "dX xla", "dX GEMM", "dW ynn", "dW xla", "dW GEMM"],
+      LAYERS, batch)
+  for (side, c_in, c_out, k, stride), (strides, padding, x, kernel) in rows:
     forward = lambda x, w: conv.conv_xla(x, w, strides, padding)
     grad_out = jax.random.normal(jax.random.key(2), forward(x, kernel).shape)
     flops = 2 * np.prod(grad_out.shape) * k * k * c_in
@@ -116,18 +131,26 @@ def network_seconds(batch, image_size, repeats):
   return results
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args_and_start(description, extra_args=()):
+  """--batch_size, --repeats, --malloc (+ `extra_args`: (flag, type, default)); re-executes the
+  script under the chosen allocator, prints what ran where, and returns the parsed args."""
+  p = argparse.ArgumentParser(description=description)
   p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--malloc", default="auto", choices=("auto", "glibc", "tcmalloc"),
                  help="host allocator (jaxssl/host_malloc.py); auto: tcmalloc where installed")
+  for flag, kind, default in extra_args:
+    p.add_argument(flag, type=kind, default=default)
   args = p.parse_args()
   host_malloc.exec_with(args.malloc)  # re-executes the script under it, before any allocation
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}, "
         f"malloc {host_malloc.loaded()}\n")
+  return args
+
+
+def main():
+  args = parse_args_and_start(__doc__.split("\n")[0], [("--image_size", int, 224)])
   layer_table(args.batch_size, args.repeats)
   pool_line(args.batch_size, args.repeats)
   net = network_seconds(args.batch_size, args.image_size, args.repeats)

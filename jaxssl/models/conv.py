@@ -16,8 +16,11 @@ computed:
                col2im being the transpose of the unfolding (autodiff of its slices). dW is
                summed over chunks of the batch small enough for a chunk's P^T to stay in cache
                (`kernel_grad`).
-  'auto'       'gemm_grad' for strided convolutions on CPU, 'xla' for the rest and on other
-               backends (decided at trace time).
+  'gemm'       the forward too as that GEMM, conv = P W (its gradients are autodiff's: the
+               GEMM's two products and the slices' transpose).
+  'auto'       on CPU: 'gemm' where the kernel is larger than the unpadded input in a
+               spatial dimension, 'gemm_grad' for other strided convolutions, 'xla' for the
+               rest; 'xla' on other backends (decided at trace time from the shapes).
 
 Why (benchmarks/conv_lowering.py prints each per ResNet-18 layer): with XLA:CPU's convolutions
 kept out of YNNPACK (`jaxssl.xla_cpu`), its forward and both gradients of stride-1
@@ -25,6 +28,14 @@ convolutions run at 150-350 GFLOP/s, at or above the GEMMs, but its input gradie
 strided convolution lags col2im by 1.2-1.8x and its kernel gradient of the 1x1/2 projections
 by 2x. The forward and its residuals (x and the kernel) are unchanged, so activation memory is
 too.
+
+A kernel larger than its input (a 3x3 conv on 2x2 or 1x1 feature maps: ResNet's last stage at
+64px or 32px images with the ImageNet stem; a 7x7 stem on inputs under 7px) drops XLA:CPU's
+convolution emitter to a path 7-80x slower than the same arithmetic as a GEMM
+(benchmarks/conv_small_input.py: a 3x3 conv, 512 -> 512 channels on 2x2 maps, batch 64, 526 ms
+forward against 8 ms), so 'auto' computes those as 'gemm'. The unfolded input there is at most
+kh * kw times a feature map that is tiny, and the boundary is sharp: at input side = kernel
+side XLA's emitter is as fast as or faster than the GEMM again.
 """
 import functools
 from typing import Any, Callable
@@ -33,7 +44,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ('auto', 'xla', 'gemm_grad')
+from jaxssl.models import matmul
+
+CONV_IMPLS = ('auto', 'xla', 'gemm_grad', 'gemm')
 
 # Bytes of input per chunk of `kernel_grad`: the chunk's P^T is kh * kw times that, built and
 # consumed by one GEMM while it is still in cache. 2 MiB (a core's L2 on the 2-core VM it was
@@ -42,14 +55,20 @@ CONV_IMPLS = ('auto', 'xla', 'gemm_grad')
 KERNEL_GRAD_CHUNK_BYTES = 2 << 20
 
 
-def resolve_impl(impl: str, strides=(1, 1)) -> str:
-  """'xla' or 'gemm_grad' for `impl` ('auto': gemm_grad for strided convolutions on CPU)."""
+def resolve_impl(impl: str, strides=(1, 1), kernel_size=(1, 1), input_hw=None) -> str:
+  """'xla', 'gemm_grad' or 'gemm' for `impl` (the module docstring says what 'auto' picks).
+
+  `input_hw`: the unpadded input's (H, W); None counts as large.
+  """
   if impl not in CONV_IMPLS:
     raise ValueError(f'Unknown conv_impl {impl!r}; use one of {CONV_IMPLS}.')
-  if impl == 'auto':
-    strided = max(strides) > 1
-    return 'gemm_grad' if strided and jax.default_backend() == 'cpu' else 'xla'
-  return impl
+  if impl != 'auto':
+    return impl
+  if jax.default_backend() != 'cpu':
+    return 'xla'
+  if input_hw is not None and any(k > size for k, size in zip(kernel_size, input_hw)):
+    return 'gemm'
+  return 'gemm_grad' if max(strides) > 1 else 'xla'
 
 
 def conv_xla(x, kernel, strides, padding):
@@ -146,6 +165,19 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
   return total.reshape(*kernel_size, c_in, c_out)
 
 
+def conv_gemm(x, kernel, strides, padding):
+  """`conv_xla` as one GEMM over the unfolded input, P W (float32 accumulation in bf16).
+
+  Differentiated by autodiff: dW = P^T dY and dP = dY W^T, folded back by the slices' transpose.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  patches = unfold(x, (kh, kw), strides, padding)
+  dot = matmul.dot_general_for(x.dtype)
+  out = dot(patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32 if x.dtype in matmul.LOW_PRECISION else None)
+  return out.astype(x.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_gemm_grad(x, kernel, strides, padding):
   """`conv_xla` with both gradients as GEMMs over the unfolded input (module docstring)."""
@@ -185,7 +217,8 @@ class Conv2D(nn.Module):
     kernel_size: (kh, kw).
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)) zero padding.
-    impl: 'auto', 'xla' or 'gemm_grad': how the gradients are computed (module docstring).
+    impl: 'auto', 'xla', 'gemm_grad' or 'gemm': how the convolution and its gradients are
+      computed (module docstring).
     dtype: compute dtype (input and kernel are cast to it); param_dtype: the kernel's.
     kernel_init: initializer of the [kh, kw, C_in, C_out] kernel.
   """
@@ -200,12 +233,14 @@ class Conv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    impl = resolve_impl(self.impl, self.strides)
+    impl = resolve_impl(self.impl, self.strides, self.kernel_size, x.shape[1:3])
     kernel = self.param('kernel', self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     x, kernel = x.astype(self.dtype), jnp.asarray(kernel, self.dtype)
     strides = tuple(self.strides)
     padding = tuple(tuple(p) for p in self.padding)
+    if impl == 'gemm':
+      return conv_gemm(x, kernel, strides, padding)
     if impl == 'gemm_grad':
       return conv_gemm_grad(x, kernel, strides, padding)
     return conv_xla(x, kernel, strides, padding)

@@ -97,9 +97,10 @@ class ResNet(nn.Module):
     width: channels of the stem and the first stage; stage s has width * 2**s (times 4 for
       bottleneck outputs), so C_final is 8 * width (basic) or 32 * width (bottleneck).
     dtype: compute dtype; parameters and BN statistics are float32.
-    conv_impl: how the convolutions' gradients are computed (jaxssl.models.conv): 'xla',
-      'gemm_grad' (im2col + GEMM) or 'auto' (gemm_grad for the strided ones on CPU, where it
-      measured faster). The forward and the parameters are the same either way.
+    conv_impl: how the convolutions and their gradients are computed (jaxssl.models.conv):
+      'xla', 'gemm_grad' (gradients as im2col + GEMM), 'gemm' (forward too) or 'auto' (on CPU:
+      gemm where the kernel is larger than the feature map, gemm_grad for the other strided
+      ones, where each measured faster). The parameters are the same either way.
     pool_impl: the stem's max-pool (jaxssl.models.pooling): 'reduce_window', 'slices' or
       'auto' (slices on CPU). Same values; gradients differ only at tied maxima.
   """

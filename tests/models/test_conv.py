@@ -55,7 +55,7 @@ def test_unfold_times_kernel_is_the_convolution(x64):
                              conv.conv_xla(x, kernel, (2, 2), padding), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["xla", "gemm_grad", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "gemm_grad", "gemm", "auto"])
 def test_module_has_flax_conv_parameters_and_values(impl):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 3)), jnp.float32)
   ours = conv.Conv2D(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), impl=impl)
@@ -134,5 +134,66 @@ def test_auto_picks_gemm_grad_for_strided_convs_on_cpu_and_unknown_impl_fails():
   assert conv.resolve_impl("auto", (2, 2)) == ("gemm_grad" if cpu else "xla")
   assert conv.resolve_impl("auto", (1, 1)) == "xla"
   assert conv.resolve_impl("gemm_grad", (1, 1)) == "gemm_grad"
+  assert conv.resolve_impl("gemm", (1, 1)) == "gemm"
   with pytest.raises(ValueError, match=r"Unknown conv_impl 'im2col'.*'gemm_grad'"):
     conv.resolve_impl("im2col")
+
+
+# Kernels larger than the input in a spatial dimension (ResNet's last stage at 64px and 32px
+# images, a 7x7 stem on a tiny input), and the equal-size neighbours that stay with XLA.
+SMALL_INPUT_CASES = [(3, 1, 4, 5, 2), (3, 1, 4, 5, 1), (3, 2, 4, 5, 2), (7, 2, 3, 6, 5),
+                     (5, 1, 3, 4, 4)]
+
+
+@pytest.mark.parametrize("kernel_size, stride, c_in, c_out, side", CASES + SMALL_INPUT_CASES)
+def test_gemm_forward_and_gradients_equal_the_convolution(x64, kernel_size, stride, c_in, c_out,
+                                                          side):
+  del x64
+  rng = np.random.default_rng(kernel_size * 100 + stride * 10 + side)
+  x = jnp.asarray(rng.normal(size=(3, side, side + 1, c_in)))  # H != W: no axis mix-up hides
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, c_in, c_out)))
+  padding = ((kernel_size // 2,) * 2,) * 2
+  strides = (stride, stride)
+  want, vjp_xla = jax.vjp(lambda a, b: conv.conv_xla(a, b, strides, padding), x, kernel)
+  got, vjp_gemm = jax.vjp(lambda a, b: conv.conv_gemm(a, b, strides, padding), x, kernel)
+  assert got.shape == want.shape and got.dtype == jnp.float64
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  cotangent = jnp.asarray(rng.normal(size=want.shape))
+  for got_grad, want_grad in zip(vjp_gemm(cotangent), vjp_xla(cotangent)):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_in_bfloat16_returns_bfloat16_close_to_float32():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(8, 2, 2, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 8)) / 12, jnp.float32)
+  padding = ((1, 1), (1, 1))
+  want = conv.conv_xla(x, kernel, (1, 1), padding)
+  got = conv.conv_gemm(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), padding)
+  assert got.dtype == jnp.bfloat16
+  # bf16 rounding of the operands and the result (8 mantissa bits), sums of 144 terms.
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.05)
+
+
+def test_auto_computes_a_kernel_larger_than_its_input_as_a_gemm_on_cpu():
+  cpu = jax.default_backend() == "cpu"
+  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 2)) == ("gemm" if cpu else "xla")
+  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 5)) == ("gemm" if cpu else "xla")
+  assert conv.resolve_impl("auto", (2, 2), (7, 7), (6, 6)) == ("gemm" if cpu else "xla")
+  assert conv.resolve_impl("auto", (1, 1), (3, 3), (3, 3)) == "xla"  # equal size: XLA's
+  assert conv.resolve_impl("auto", (2, 2), (3, 3), (3, 3)) == ("gemm_grad" if cpu else "xla")
+  assert conv.resolve_impl("xla", (1, 1), (3, 3), (2, 2)) == "xla"  # an explicit choice stands
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' picks 'gemm' on CPU only")
+def test_auto_module_on_a_small_input_compiles_without_a_convolution():
+  """The compiled forward + backward of Conv2D('auto') on 2x2 maps holds no convolution op (the
+  7-80x slow path of XLA:CPU's emitter); on 4x4 maps it is XLA's convolution."""
+  def compiled_text(side):
+    x = jnp.ones((4, side, side, 8), jnp.float32)
+    layer = conv.Conv2D(8, (3, 3), padding=((1, 1), (1, 1)), impl="auto")
+    variables = layer.init(jax.random.key(0), x)
+    loss = lambda v, x: jnp.sum(jnp.square(layer.apply(v, x)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, x).compile().as_text()
+  assert " convolution(" not in compiled_text(2)
+  assert " convolution(" in compiled_text(4)
