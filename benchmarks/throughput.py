@@ -220,12 +220,18 @@ class StepRunner:
       self.step()
     return median_seconds(self.step, steps)
 
-  def fed_loop(self, dataset, workers: int, steps: int) -> tuple[float, float]:
-    """(wall seconds per step, fraction waiting in next()) of a pipeline-fed loop."""
+  def fed_loop(self, dataset, workers: int, steps: int, warmup: int) -> tuple[float, float]:
+    """(wall seconds per step, fraction waiting in next()) of a pipeline-fed loop.
+
+    `warmup` fed steps (at least one: worker start-up) run untimed first: at start-up every
+    worker fills its prefetch buffer at once, competing with the first steps for the cores,
+    which a long run never sees again.
+    """
     it = pipeline.make_train_iterator(dataset, worker_count=workers)
     waited = 0.0
     try:
-      next(it)  # worker start-up
+      for _ in range(max(warmup, 1)):
+        self.step(self.device_batch(next(it)))
       start = time.perf_counter()
       for _ in range(steps):
         t0 = time.perf_counter()
@@ -249,7 +255,7 @@ def run_case(case: str) -> dict:
   peak = max(peak_before, matmul_peak(_MATMUL.value, jnp.dtype(_DTYPE.value)))
   loop_s, wait_fraction = runner.fed_loop(
       pipeline.make_train_dataset(source, runner.transform, global_batch_size=_BATCH.value,
-                                  seed=1), _LOOP_WORKERS.value, _STEPS.value)
+                                  seed=1), _LOOP_WORKERS.value, _STEPS.value, _WARMUP.value)
   step_rate = _BATCH.value / step_s
   pipe = {w: pipeline_rate(source, runner.transform, int(w)) for w in _WORKERS.value}
   flops = runner.flops_per_step

@@ -23,7 +23,8 @@ peer `torch.autocast`), the same batch and image size, and the same SimCLR augme
 (0.08, 1), flip 0.5, colour jitter 0.8 at the config's strength, grayscale 0.2, blur 0.5 with
 sigma in (0.1, 2)) on the same random uint8 source images: ours `SimCLRAugment` in Grain
 workers, the peer's `lightly.transforms.SimCLRTransform` in DataLoader workers (same count).
-Reported: the step alone on a fixed batch (median), and a data-fed loop (examples/s).
+Reported: the step alone on a fixed batch (median), and a data-fed loop (examples/s) timed
+after --warmup untimed fed steps on each side, once the loader workers' prefetch buffers are full.
 Both sides run under the same host allocator, --malloc (default auto: tcmalloc where installed,
 `apt-get install libtcmalloc-minimal4`; jaxssl/host_malloc.py says why it matters on CPU).
 """
@@ -115,9 +116,9 @@ def run_ours(args):
   step_s = runner.median_step_seconds(args.warmup, args.steps)
   loop_s, wait = runner.fed_loop(
       pipeline.make_train_dataset(source, runner.transform, global_batch_size=args.batch_size,
-                                  seed=1), args.workers, args.steps)
+                                  seed=1), args.workers, args.steps, args.warmup)
   return dict(framework=f"jaxssl (jax {jax.__version__})", malloc=host_malloc.loaded(),
-              step_s=step_s, loop_s=loop_s,
+              step_s=step_s, loop_s=loop_s, flops_per_step=runner.flops_per_step,
               data_wait_fraction=wait, augment=config.augment.to_dict())
 
 
@@ -160,10 +161,13 @@ def run_peer(args):
     def __getitem__(self, i):
       return transform(Image.fromarray(self.arrays[i]))
 
+  images = Images(source_images(4 * args.batch_size, args.source_size))
+  # One iterator over many shuffled epochs, as ours (Grain repeats the shuffled source): a
+  # DataLoader re-iterated per epoch would idle its workers at each epoch's start.
+  epochs = 2 * args.warmup + 2 * args.steps + 2
   loader = torch.utils.data.DataLoader(
-      Images(source_images(4 * args.batch_size, args.source_size)), batch_size=args.batch_size,
-      shuffle=True, drop_last=True, num_workers=args.workers,
-      persistent_workers=args.workers > 0)
+      images, batch_size=args.batch_size, drop_last=True, num_workers=args.workers,
+      sampler=torch.utils.data.RandomSampler(images, num_samples=epochs * len(images)))
 
   def step(views):
     x0, x1 = views
@@ -182,11 +186,9 @@ def run_peer(args):
     step(fixed)
   step_s = median_seconds(lambda: step(fixed), args.steps)
 
-  def batches():
-    while True:
-      yield from loader
-  it = batches()
-  next(it)  # worker start-up
+  it = iter(loader)
+  for _ in range(max(args.warmup, 1)):  # untimed, as ours: workers start, fill their buffers
+    step(next(it))
   waited, start = 0.0, time.perf_counter()
   for _ in range(args.steps):
     t0 = time.perf_counter()
