@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cpuinfo  # pylint: disable=g-import-not-at-top,wrong-import-position
 from timing import min_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WIDTH, MLP_DIM, HEADS, TOKENS = 384, 1536, 6, 196  # ViT-S/16 at 224px
@@ -37,15 +38,6 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--json", default="/tmp/jaxssl_bf16_dense.json")
   return p.parse_args(argv)
-
-
-def cpu_flags() -> set[str]:
-  try:
-    with open("/proc/cpuinfo") as f:
-      line = next(l for l in f if l.startswith("flags"))
-    return set(line.split(":", 1)[1].split())
-  except (OSError, StopIteration):
-    return set()
 
 
 def main():
@@ -107,7 +99,7 @@ def main():
     print(f"{name}: GEMM {1e3 * gemm_s:.0f} ms, MLP block {part_ms['mlp']:.0f} ms, "
           f"attention {part_ms['attention']:.0f} ms", flush=True)
 
-  flags = cpu_flags()
+  flags = cpuinfo.flags()
   print(f"\nViT-S/16 layers at {args.batch} images, forward + backward, fastest of {args.repeats}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
         f"x{len(os.sched_getaffinity(0))} cores, AMX {'yes' if 'amx_bf16' in flags else 'no'}, "

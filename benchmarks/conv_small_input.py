@@ -5,7 +5,7 @@ r"""Convolutions whose kernel is larger than their input on XLA:CPU: XLA's emitt
 
 A ResNet's last stage sees 2x2 feature maps at 64px input and 1x1 at 32px (ImageNet stem). A
 3x3 convolution there is mostly padding, and XLA:CPU's convolution emitter (the one
-`jaxssl.xla_cpu`'s options keep convolutions on) takes a path that ran 7-80x slower than the
+`jaxssl.xla_cpu`'s options keep convolutions on) takes a path that ran 7-70x slower than the
 same products as one GEMM over the unfolded input (`jaxssl.models.conv.conv_gemm`); at input
 side >= kernel side it is fast again. `Conv2D(impl='auto')` therefore uses 'gemm' exactly where
 the kernel is larger than the input (README, "ResNet on CPU").
@@ -62,13 +62,13 @@ def conv_table(batch, repeats):
           flush=True)
 
 
+RESOLVE_IMPL = conv.resolve_impl
+
+
 def auto_without_small_input_rule(impl, strides=(1, 1), kernel_size=(1, 1), input_hw=None):
   """conv.resolve_impl as it was before the small-input rule (input size unknown)."""
   del input_hw
   return RESOLVE_IMPL(impl, strides, kernel_size, None)
-
-
-RESOLVE_IMPL = conv.resolve_impl
 
 
 def network_seconds(depth, batch, image_size, repeats):

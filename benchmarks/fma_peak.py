@@ -25,11 +25,14 @@ as a fraction of this ceiling: the bound on the issue's goal at equal FLOPs and 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpuinfo  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # A kernel runs `iters` rounds over its accumulators and prints "<seconds> <checksum>".
 #   fma kernels: acc <- acc * 0.5 + b, which converges to 2b (exactly, once acc = 2b) from any
@@ -107,37 +110,22 @@ int main(int argc, char **argv) {
 }
 """
 
-# kernel: (cpu flags it needs, float32 lanes, FLOP per lane per instruction, dtype, what it is,
-#          accumulator chains: as in KERNEL_C)
+class Kernel(NamedTuple):
+  needs: tuple[str, ...]  # /proc/cpuinfo flags the kernel's instructions need
+  lanes: int  # float32 lanes per register
+  flop_per_lane: int  # per instruction
+  dtype: str
+  instruction: str
+  chains: int  # independent accumulator registers, as in KERNEL_C
+
+
 KERNELS = {
-    "fma512": (("avx512f",), 16, 2, "float32", "AVX-512 FMA", 16),
-    "fma256": (("avx2", "fma"), 8, 2, "float32", "AVX2 FMA", 12),
-    "dpbf16": (("avx512f", "avx512_bf16"), 16, 4, "bfloat16 acc. float32",
-               "AVX512-BF16 vdpbf16ps", 16),
+    "fma512": Kernel(("avx512f",), 16, 2, "float32", "AVX-512 FMA", 16),
+    "fma256": Kernel(("avx2", "fma"), 8, 2, "float32", "AVX2 FMA", 12),
+    "dpbf16": Kernel(("avx512f", "avx512_bf16"), 16, 4, "bfloat16 acc. float32",
+                     "AVX512-BF16 vdpbf16ps", 16),
 }
 VALUE = 0.375  # b of the FMA kernels, x of dpbf16 (exact in bfloat16)
-
-
-def cpu_flags() -> set[str]:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def build(workdir: str, cc: str = "cc") -> str:
@@ -152,17 +140,22 @@ def build(workdir: str, cc: str = "cc") -> str:
   return exe
 
 
+def supported(flags: set[str]) -> list[str]:
+  """The kernels whose instructions a CPU with these /proc/cpuinfo `flags` runs."""
+  return [name for name, k in KERNELS.items() if all(f in flags for f in k.needs)]
+
+
 def flop_per_round(kernel: str) -> int:
   """FLOPs of one round of the kernel's loop: every chain issues one instruction."""
-  _, lanes, flop_per_lane, _, _, chains = KERNELS[kernel]
-  return chains * lanes * flop_per_lane
+  k = KERNELS[kernel]
+  return k.chains * k.lanes * k.flop_per_lane
 
 
 def expected_checksum(kernel: str) -> float:
-  lanes, chains = KERNELS[kernel][1], KERNELS[kernel][5]
+  k = KERNELS[kernel]
   if kernel == "dpbf16":  # every lane keeps its start value c
-    return lanes * sum(range(chains))
-  return lanes * chains * 2 * VALUE  # every lane converged to the fixed point 2b
+    return k.lanes * sum(range(k.chains))
+  return k.lanes * k.chains * 2 * VALUE  # every lane converged to the fixed point 2b
 
 
 def start(exe: str, kernel: str, iters: int, core: int | None) -> subprocess.Popen:
@@ -203,16 +196,14 @@ def rate(exe: str, kernel: str, cores: list[int], seconds: float, repeats: int) 
 
 def measure(seconds: float = 1.0, repeats: int = 3, cc: str = "cc") -> dict:
   """The FMA ceiling of every kernel this CPU runs: {kernel: {one_core, all_cores} GFLOP/s}."""
-  flags = cpu_flags()
   cores = sorted(os.sched_getaffinity(0))
   results = {}
   with tempfile.TemporaryDirectory() as workdir:
     exe = build(workdir, cc)
-    for kernel, (needs, lanes, flop, dtype, what, _) in KERNELS.items():
-      if not all(f in flags for f in needs):
-        continue
+    for kernel in supported(cpuinfo.flags()):
+      k = KERNELS[kernel]
       results[kernel] = dict(
-          dtype=dtype, instruction=what, flop_per_instruction=lanes * flop,
+          dtype=k.dtype, instruction=k.instruction, flop_per_instruction=k.lanes * k.flop_per_lane,
           one_core=rate(exe, kernel, cores[:1], seconds, repeats),
           all_cores=rate(exe, kernel, cores, seconds, repeats), cores=len(cores))
   return results
@@ -265,7 +256,7 @@ def main(argv=None):
   results = measure(args.seconds, args.repeats, args.cc)
   if not results:
     sys.exit("This CPU has neither AVX2+FMA nor AVX-512: no kernel here to measure it with.")
-  print(f"FMA ceiling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, "
+  print(f"FMA ceiling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpuinfo.model()}, "
         f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()}\n")
   print("| instruction | dtype | FLOP / instruction | 1 core GFLOP/s | all cores GFLOP/s |")
   print("|---|---|---|---|---|")
@@ -283,7 +274,7 @@ def main(argv=None):
             f"{r['gflop_per_step']:.0f} | {r['ours_gflops']:.1f} | {r['peer_gflops']:.1f} | "
             f"{r['ratio']:.2f}x | {r['goal_gflops']:.1f} | {of} |")
   with open(args.json, "w") as f:
-    json.dump(dict(cpu=cpu_model(), kernels=results, goal=rows,
+    json.dump(dict(cpu=cpuinfo.model(), kernels=results, goal=rows,
                    date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f, indent=1)
   print(f"\nwrote {args.json}")
 

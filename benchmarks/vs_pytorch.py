@@ -162,12 +162,15 @@ def run_peer(args):
       return transform(Image.fromarray(self.arrays[i]))
 
   images = Images(source_images(4 * args.batch_size, args.source_size))
+  fed_steps = max(args.warmup, 1) + args.steps  # the fed loop below: untimed, then timed
   # One iterator over many shuffled epochs, as ours (Grain repeats the shuffled source): a
-  # DataLoader re-iterated per epoch would idle its workers at each epoch's start.
-  epochs = 2 * args.warmup + 2 * args.steps + 2
+  # DataLoader re-iterated per epoch would idle its workers at each epoch's start. It runs on
+  # past the fed loop by what the workers keep in flight (prefetch_factor 2 each), so they
+  # prefetch through the last timed step as Grain's do.
+  batches = fed_steps + 2 * args.workers
   loader = torch.utils.data.DataLoader(
       images, batch_size=args.batch_size, drop_last=True, num_workers=args.workers,
-      sampler=torch.utils.data.RandomSampler(images, num_samples=epochs * len(images)))
+      sampler=torch.utils.data.RandomSampler(images, num_samples=batches * args.batch_size))
 
   def step(views):
     x0, x1 = views
@@ -187,7 +190,7 @@ def run_peer(args):
   step_s = median_seconds(lambda: step(fixed), args.steps)
 
   it = iter(loader)
-  for _ in range(max(args.warmup, 1)):  # untimed, as ours: workers start, fill their buffers
+  for _ in range(fed_steps - args.steps):  # untimed, as ours: workers start, fill buffers
     step(next(it))
   waited, start = 0.0, time.perf_counter()
   for _ in range(args.steps):

@@ -31,9 +31,9 @@ too.
 
 A kernel larger than its input (a 3x3 conv on 2x2 or 1x1 feature maps: ResNet's last stage at
 64px or 32px images with the ImageNet stem; a 7x7 stem on inputs under 7px) drops XLA:CPU's
-convolution emitter to a path 7-80x slower than the same arithmetic as a GEMM
-(benchmarks/conv_small_input.py: a 3x3 conv, 512 -> 512 channels on 2x2 maps, batch 64, 526 ms
-forward against 8 ms), so 'auto' computes those as 'gemm'. The unfolded input there is at most
+convolution emitter to a path 7-70x slower than the same arithmetic as a GEMM
+(benchmarks/conv_small_input.py: a 3x3 conv, 512 -> 512 channels on 2x2 maps, batch 64, 536 ms
+forward against 7.7 ms), so 'auto' computes those as 'gemm'. The unfolded input there is at most
 kh * kw times a feature map that is tiny, and the boundary is sharp: at input side = kernel
 side XLA's emitter is as fast as or faster than the GEMM again.
 """
@@ -166,16 +166,15 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
 
 
 def conv_gemm(x, kernel, strides, padding):
-  """`conv_xla` as one GEMM over the unfolded input, P W (float32 accumulation in bf16).
+  """`conv_xla` as one GEMM over the unfolded input, P W, in x's dtype (a bf16 product on CPU
+  accumulates in float32: `matmul.dot_general_for`).
 
   Differentiated by autodiff: dW = P^T dY and dP = dY W^T, folded back by the slices' transpose.
   """
   kh, kw, c_in, c_out = kernel.shape
   patches = unfold(x, (kh, kw), strides, padding)
-  dot = matmul.dot_general_for(x.dtype)
-  out = dot(patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())),
-            preferred_element_type=jnp.float32 if x.dtype in matmul.LOW_PRECISION else None)
-  return out.astype(x.dtype)
+  return matmul.dot_general_for(x.dtype)(
+      patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

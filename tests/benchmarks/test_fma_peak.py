@@ -22,8 +22,7 @@ fma_peak = _load()
 
 
 def _supported():
-  flags = fma_peak.cpu_flags()
-  return [k for k, v in fma_peak.KERNELS.items() if all(f in flags for f in v[0])]
+  return fma_peak.supported(fma_peak.cpuinfo.flags())
 
 
 @pytest.fixture(scope="module")
