@@ -15,7 +15,9 @@ Presets (the part after ':'; append ',<backbone>' to swap the image tower, e.g.
             transformer 12 x 512 (8 heads, 76 tokens), embed dim 512, batch 32,768, AdamW
             lr 5e-4 (b2 0.98) wd 0.2, 32 epochs, 2k warmup steps, temperature init 0.07
             clipped at 100. Data: a prepared TFDS image-text dataset (see below).
-  test      Tiny and fast: used by the test suite.
+  test      Tiny and fast, used by the test suite: the 5,573 DejaVu Sans characters that
+            matplotlib bundles, with their Unicode names + category keywords (pip only, no
+            Debian package; jaxssl/data/glyphs.py), 4 classes, at 8x8; 24 text bytes.
 configs/siglip.py builds on this file (same towers and data; its own loss and recipe).
 Image-text datasets: jaxssl/data/image_text.py; a catalog dataset works if it has 'image',
 'label' and the text features named in image_text.text_fields.
@@ -98,7 +100,7 @@ def image_text_config(method: str, arg: str) -> ml_collections.ConfigDict:
     model = config_lib.backbone(backbone or "vit_b16", image_size=224)
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)
-    c.data.name = "tuxpaint_stamps"
+    c.data.name = "dejavu_glyphs"
     c.image_text.embed_dim = 16
     c.text_model = dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=24)
     model = config_lib.backbone(backbone, image_size=c.data.image_size)

@@ -1,7 +1,7 @@
-"""Orbax checkpoints: train state + Grain iterator state per step, resolved config as JSON.
+"""Orbax checkpoints: train state + Grain iterator state per step.
 
 Layout of a workdir:
-  <workdir>/config.json                 the resolved config (written once, by process 0)
+  <workdir>/config.json                 the resolved config (jaxssl/workdir.py)
   <workdir>/input_spec.json             global shapes/dtypes of the model inputs
   <workdir>/checkpoints/<step>/state    TrainState (Orbax PyTree; restorable onto any mesh)
   <workdir>/checkpoints/<step>/data     Grain iterator state (one JSON file per process)
@@ -15,15 +15,19 @@ process count differs it cannot be used, and the iterator is instead moved to el
 `step` (one local batch per step; the pipeline's global batch k is the same examples for any
 process count), with a warning.
 
-A step that fails to restore (truncated or corrupt files) is skipped with a warning, the
-previous one is restored, and the unreadable ones are moved to `<workdir>/checkpoints_unreadable`
-(kept for inspection; never deleted) so later saves of those steps do not collide.
+A step that fails to restore (truncated or corrupt files) is skipped, the previous one is
+restored, and the unreadable ones are moved to `<workdir>/checkpoints_unreadable` (kept for
+inspection; never deleted) so later saves of those steps do not collide; one warning says so.
+A step whose arrays have other shapes than the config's model is not unreadable: it is another
+model, and restoring stops with a CheckpointError instead (its metadata is compared first).
 No pickle anywhere.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from typing import Any
 
 from absl import logging
@@ -31,9 +35,10 @@ from etils import epath
 import grain
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxssl import errors
 
 STATE, DATA = "state", "data"
 # How many times a listing is retried when a step vanishes while being listed (see
@@ -44,18 +49,6 @@ _LISTING_ATTEMPTS = 8
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes the resolved config next to the checkpoints (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
 
 
 def write_input_spec(workdir: str, batch_spec: dict[str, jax.ShapeDtypeStruct]) -> None:
@@ -69,20 +62,67 @@ def write_input_spec(workdir: str, batch_spec: dict[str, jax.ShapeDtypeStruct]) 
 
 
 def read_input_spec(workdir: str) -> dict[str, jax.ShapeDtypeStruct]:
-  with open(os.path.join(workdir, "input_spec.json")) as f:
-    spec = json.load(f)
+  path = os.path.join(workdir, "input_spec.json")
+  try:
+    with open(path) as f:
+      spec = json.load(f)
+  except FileNotFoundError:
+    raise errors.WorkdirError(f"No input_spec.json in {workdir!r}; the trainer writes it with "
+                              "config.json when training starts: re-run it there.") from None
+  except json.JSONDecodeError as e:
+    raise errors.WorkdirError(f"{path} is not valid JSON ({e}); re-run the trainer in "
+                              f"{workdir!r} to rewrite it.") from None
   return {k: jax.ShapeDtypeStruct(tuple(v["shape"]), v["dtype"]) for k, v in spec.items()}
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads `<workdir>/config.json` back into a ConfigDict."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"No config.json in {workdir!r}: is this a jaxssl training workdir? "
-        "(`python -m jaxssl.train --workdir=...` writes it at start.)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'a/b/c' -> shape for every array-like leaf of `tree` (dicts, dataclasses, namedtuples
+  and sequences alike, so a TrainState and Orbax's metadata of it give the same keys)."""
+  def name(key):
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, "shape")}
+
+
+def failure_summary(error: BaseException) -> str:
+  """`Type: first line` of a restore failure, without TensorStore's multi-line spec dump."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text.split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:300]}"
+
+
+def is_read_leftover(unraisable) -> bool:
+  """An error reported from an abandoned coroutine of a failed (async) Orbax read."""
+  return (isinstance(unraisable.object, types.CoroutineType)
+          or "Event loop is closed" in str(unraisable.exc_value))
+
+
+class _LeftoverFilter:
+  """A `sys.unraisablehook` that drops `is_read_leftover` reports and passes on the rest."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    if not is_read_leftover(unraisable):
+      self.previous(unraisable)
+
+
+def silence_failed_read_leftovers() -> None:
+  """Keeps what failed restores leave behind out of the output, from now on in this process.
+
+  Orbax reads arrays in concurrent coroutines; when one read fails the others are abandoned,
+  and Python reports each as it is collected, from Orbax's threads, seconds later ("Exception
+  ignored in <coroutine ...>", "Event loop is closed"): a wall of tracebacks after the one
+  failure the caller reports. They arrive after the restore has returned, so the filter stays
+  installed; any other unraisable error still reaches the hook that was there before.
+  """
+  if not isinstance(sys.unraisablehook, _LeftoverFilter):
+    sys.unraisablehook = _LeftoverFilter(sys.unraisablehook)
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -182,39 +222,79 @@ class Checkpointer:
       grain.experimental.set_next_index(data_iterator, step)
     return restored[STATE]
 
+  def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """'path/to/array' -> shape of every array of step's train state, from its metadata."""
+    # The item's handler, not a Checkpointer: that one looks for (and warns about) step-level
+    # metadata in the item directory.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      metadata = handler.metadata(epath.Path(self.directory) / str(step) / STATE)
+    finally:
+      handler.close()
+    return tree_shapes(getattr(metadata, "item_metadata", None) or metadata)
+
+  def check_same_model(self, step: int, abstract_state: Any) -> None:
+    """Raises CheckpointError (one line) when step's arrays are not those of `abstract_state`.
+
+    Runs before a restore, so another model's checkpoint is refused as such rather than
+    mistaken for a corrupt one. Unreadable metadata raises its own error (a corrupt step).
+    """
+    saved, wanted = self.saved_shapes(step), tree_shapes(abstract_state)
+    # Parameters first: they say what changed; optimizer moments only repeat them.
+    differ = sorted((k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)),
+                    key=lambda k: (not k.startswith("params/"), k))
+    if not differ:
+      return
+    shown = "; ".join(f"{k} is {saved.get(k, 'absent')} there, {wanted.get(k, 'absent')} here"
+                      for k in differ[:3])
+    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+    raise errors.CheckpointError(
+        f"Checkpoint step {step} in {self.directory} holds another model than this config "
+        f"builds: {shown}{more}. Train with the config that wrote it (its workdir's "
+        "config.json), or use a new --workdir.")
+
   def restore_latest_good(self, abstract_state: Any, shardings: Any,
                           data_iterator: grain.DatasetIterator | None):
-    """Restores the newest readable step, skipping (with a warning) any that fails to load.
+    """Restores the newest readable step, skipping any that fails to load.
 
     Steps newer than the restored one are moved to `checkpoints_unreadable/` (see the module
-    docstring). Returns (step, state), or (None, None) when there is no checkpoint at all;
-    raises when checkpoints exist but none can be read (e.g. the model config changed).
+    docstring) and one warning names them. Returns (step, state), or (None, None) when there is
+    no checkpoint at all. Raises CheckpointError when a step holds another model's arrays, or
+    when checkpoints exist but none can be read.
     """
     steps = self.all_steps()
-    unreadable = []
+    unreadable: dict[int, str] = {}
+    silence_failed_read_leftovers()
     for step in reversed(steps):
       try:
+        self.check_same_model(step, abstract_state)
         state = self.restore(step, abstract_state, shardings, data_iterator)
+      except errors.CheckpointError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint at step %d (%s) could not be restored (%s: %s); "
-                        "trying the previous one.", step, os.path.join(self.directory,
-                                                                       str(step)),
-                        type(e).__name__, str(e)[:500])
-        unreadable.append(step)
+        unreadable[step] = failure_summary(e)
         continue
       if unreadable:
-        logging.warning("Restored step %d instead of the newest step %d, which was unreadable.",
-                        step, unreadable[0])
-        self._set_aside(unreadable)
+        moved = self._set_aside(sorted(unreadable))
+        newest = max(unreadable)
+        several = len(unreadable) > 1
+        logging.warning(
+            "Checkpoint step%s %s in %s could not be read (%s%s); resumed from step %d instead "
+            "and moved the unreadable one%s to %s.", "s" if several else "",
+            ", ".join(str(s) for s in sorted(unreadable, reverse=True)), self.directory,
+            f"step {newest}: " if several else "", unreadable[newest], step,
+            "s" if several else "", moved)
       return step, state
     if steps:
-      raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} could be "
-                         "restored; see the warnings above (a changed model config?). Move the "
-                         "directory away to start afresh.")
+      reasons = "; ".join(f"step {s}: {r}" for s, r in sorted(unreadable.items(), reverse=True))
+      raise errors.CheckpointError(
+          f"None of the checkpoints {steps} in {self.directory} could be read ({reasons}). "
+          "Move that directory away to start afresh.")
     return None, None
 
-  def _set_aside(self, steps: list[int]) -> None:
-    """Moves unreadable steps out of the manager's directory (process 0; all wait)."""
+  def _set_aside(self, steps: list[int]) -> str:
+    """Moves unreadable steps out of the manager's directory (process 0; all wait); returns
+    where they went."""
     if jax.process_index() == 0:
       aside = epath.Path(self.unreadable_directory)  # epath: local disks and GCS alike
       aside.mkdir(parents=True, exist_ok=True)
@@ -224,10 +304,10 @@ class Checkpointer:
           suffix += 1
           target = aside / f"{step}.{suffix}"
         (epath.Path(self.directory) / str(step)).rename(target)
-        logging.warning("Moved unreadable checkpoint step %d to %s.", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("jaxssl_checkpoint_set_aside")
     self.manager.reload()
+    return self.unreadable_directory
 
   def restore_params(self, step: int, abstract_params_aux: Any, shardings: Any) -> Any:
     """Partial restore of {'params', 'aux'} only (the eval job): the optimizer state, often

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
 from collections.abc import Sequence
 
 import ml_collections
 from ml_collections import config_dict
+
+from jaxssl import errors
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -70,6 +73,8 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
         "Set exactly one of config.total_steps, config.total_epochs, config.total_examples; "
         f"got {given or 'none'}.")
   (key, value), = given.items()
+  if not value > 0:
+    raise ValueError(f"config.{key}={value}: a run needs a positive duration; set it above 0.")
   if key == "total_steps":
     return int(value)
   examples = value * num_train_examples if key == "total_epochs" else value
@@ -80,8 +85,9 @@ def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
   """Loads `configs/x.py[:arg]` the way `config_flags` does (used for error messages/tests)."""
   path, _, arg = path_and_arg.partition(":")
   spec = importlib.util.spec_from_file_location("_jaxssl_config", path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"Config file {path!r} not found.")
+  if spec is None or spec.loader is None or not os.path.isfile(path):
+    raise errors.ConfigError(f"Config file {path!r} not found; pass --config=configs/<method>.py"
+                             "[:preset] (the methods are the files in configs/).")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -93,10 +99,15 @@ def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
   `config_flags` would raise a bare KeyError/AttributeError deep inside flag parsing; this
   runs first and lists the valid keys at that level.
   """
-  file_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag_name}=")), None)
+  # The last one, as absl's flag parsing takes the last of a repeated flag.
+  file_arg = next((a.split("=", 1)[1] for a in reversed(argv)
+                   if a.startswith(f"--{flag_name}=")), None)
   if file_arg is None:
     return
-  config = load_config_file(file_arg)
+  try:
+    config = load_config_file(file_arg)
+  except ValueError as e:  # an unknown preset: the config file's own one-line message
+    raise errors.ConfigError(f"{file_arg}: {e}") from e
   for a in argv:
     m = re.match(rf"--{flag_name}\.([\w.]+)(=|$)", a)
     if not m:
@@ -106,8 +117,8 @@ def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         where = "config" + "".join(f".{w}" for w in walked)
-        raise ValueError(f"Unknown config key {where}.{key} (from {a!r}); valid keys in "
-                         f"{where}: {', '.join(valid)}.")
+        raise errors.ConfigError(f"Unknown config key {where}.{key} (from {a!r}); valid keys "
+                                 f"in {where}: {', '.join(valid)}.")
       node, walked = node[key], walked + [key]
 
 
@@ -156,15 +167,19 @@ def simclr_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5,
 
 def run_app(main, define_flags) -> None:
   """Runs an absl entry point: clear errors for unknown `--config.*` keys first, then the
-  flags (defined only now, so several entry-point modules can be imported together)."""
+  flags (defined only now, so several entry-point modules can be imported together).
+
+  A `jaxssl.errors.UserError` from anywhere in `main` prints its one line (`kind: message`) on
+  stderr and exits 1; any other exception keeps its traceback.
+  """
   import sys  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
     check_overrides(sys.argv)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  define_flags()
-  app.run(main)
+    define_flags()
+    app.run(main)
+  except errors.UserError as e:
+    sys.exit(f"{e.kind}: {e}")
 
 
 def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.ConfigDict:
@@ -209,76 +224,3 @@ def tiny_test_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
   c.checkpoint.every_steps = 3
   c.checkpoint.async_save = False
   return backbone or "vit_test"
-
-
-def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
-  """Adds DINO's paper defaults: `c.<section>` (teacher), `c.head`, `c.crops` and the optimizer
-  (configs/dino.py and configs/ibot.py)."""
-  c[section] = ml_collections.ConfigDict(dict(
-      base_momentum=0.996, student_temp=0.1, warmup_teacher_temp=0.04, teacher_temp=0.07,
-      teacher_temp_warmup_epochs=30.0, center_momentum=0.9, freeze_last_layer_epochs=1.0))
-  c.head = ml_collections.ConfigDict(dict(out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
-                                          num_layers=3, norm_last_layer=True))
-  c.crops = ml_collections.ConfigDict(dict(
-      global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0),
-      local_scale=(0.05, 0.4), flip_prob=0.5, jitter_strength=1.0))
-  c.optim.name = 'adamw'
-  c.optim.base_lr = 5e-4  # x B/256
-  c.optim.lr_scaling = 'linear'
-  c.optim.weight_decay = 0.04
-  c.optim.grad_clip_norm = 3.0
-
-
-def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str,
-                backbone_name: str) -> str:
-  """The fashion_mnist / imagenet / test settings DINO and iBOT share (sets c.model); returns
-  the backbone name."""
-  if preset == 'fashion_mnist':
-    backbone_name = fashion_mnist_preset(c, backbone_name)
-    c.head.update(out_dim=1024, hidden_dim=512, bottleneck_dim=128)
-    # 28px images: locals of 5% of the area would be ~6px, so the local scale starts at 0.1.
-    c.crops.update(global_size=28, local_size=14, num_local=4, local_scale=(0.1, 0.4),
-                   jitter_strength=0.5)
-    # DINO's own default (main_dino.py: 0.04, no warmup; "increase this slightly if needed").
-    # The paper's 0.04 -> 0.07 warmup, shrunk to a short run, reached 0.07 while the features
-    # were still near-identical across images and the teacher went uniform (README, "Method
-    # zoo"). The last layer stays frozen for DINO's 1 epoch.
-    c[section].update(warmup_teacher_temp=0.04, teacher_temp=0.04,
-                      teacher_temp_warmup_epochs=0.0)
-  elif preset == 'imagenet':
-    c.data.name = 'imagenet2012'
-    c.data.image_size = 224
-    c.data.worker_count = 16
-    c.batch_size = 1024
-    c.total_epochs = 100.0
-    c.optim.warmup_steps = 12_512  # 10 epochs of 1,281,167 images at batch 1024
-    c.log_every_steps = 100
-    c.checkpoint.every_steps = 2500
-    c.checkpoint.keep_every = 12_500
-    backbone_name = backbone_name or 'vit_s16'
-  elif preset == 'test':
-    backbone_name = tiny_test_preset(c, backbone_name)
-    c.head.update(out_dim=64, hidden_dim=32, bottleneck_dim=16)
-    c.crops.update(global_size=8, local_size=4, num_local=2, global_scale=(0.5, 1.0),
-                   local_scale=(0.2, 0.5), jitter_strength=0.5)
-    # digits: 88 steps per epoch at batch 16, so these put both phases inside the 6 steps:
-    # temperature warmup over 5 steps, last layer frozen for 3.
-    c[section].teacher_temp_warmup_epochs = 0.05
-    c[section].freeze_last_layer_epochs = 0.03
-  else:
-    raise ValueError(f'Unknown {c.method} preset {preset!r}; choose fashion_mnist, imagenet or '
-                     'test.')
-  c.crops.global_size = c.data.image_size
-  c.model = backbone(backbone_name, image_size=c.data.image_size)
-  if preset == 'imagenet':
-    # DINO's ViT: [cls] pooling, learned position embeddings resized bicubically for the
-    # local crops, exact GELU.
-    c.model.update(pool='cls', posemb='learn', posemb_resize='bicubic', gelu_approximate=False)
-  from jaxssl.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
-  patch = c.model.get('patch_size') or decode_variant(c.model.get('variant') or 'mu').get(
-      'patch_size', 1)
-  if c.crops.local_size % patch:
-    raise ValueError(f'crops.local_size={c.crops.local_size} is not a multiple of the '
-                     f'backbone {backbone_name!r} patch size {patch}; set '
-                     '--config.crops.local_size.')
-  return backbone_name

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from jaxssl import checkpoint
 from jaxssl import config_lib
+from jaxssl import errors
 from jaxssl import metrics as metrics_lib
 from jaxssl.data import datasets
 from jaxssl.eval import features as features_lib
@@ -56,7 +57,8 @@ def _check_protocols(eval_config) -> None:
   known = set(PROTOCOLS) | set(zeroshot.PROTOCOLS) | {language.PROTOCOL}
   unknown = set(eval_config.protocols) - known
   if unknown:
-    raise ValueError(f"Unknown eval protocols {sorted(unknown)}; choose from {sorted(known)}.")
+    raise errors.ConfigError(f"Unknown eval protocols {sorted(unknown)}; choose from "
+                             f"{sorted(known)} (--config.protocols).")
 
 
 class EvalJob:
@@ -137,13 +139,17 @@ class EvalJob:
         for step in steps:
           if not self._pending(step):
             continue
+          checkpoint.silence_failed_read_leftovers()
           try:
             variables = self.encoder.restore(checkpointer, step)
           except Exception as e:  # pylint: disable=broad-except
             if step not in checkpointer.all_steps():
               logging.warning("Checkpoint %d was deleted before it was read; skipped.", step)
               continue
-            raise RuntimeError(f"Checkpoint {step} in {ckpt_dir} could not be restored: {e}") from e
+            reason = checkpoint.failure_summary(e)
+            raise errors.CheckpointError(
+                f"Checkpoint {step} in {ckpt_dir} could not be read ({reason}); the trainer "
+                "sets unreadable steps aside when it resumes, or move it away by hand.") from None
           self.evaluate_variables(step, variables)
         checkpointer.close()
       finished = self.final_step in steps and not self._pending(self.final_step)

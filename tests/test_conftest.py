@@ -43,8 +43,9 @@ def test_two_workers_share_one_build(tmp_path):
   out.mkdir()
   (tmp_path / "tests").mkdir()
   (tmp_path / "pytest.ini").write_text("[pytest]\n")
-  with open(os.path.join(HERE, "conftest.py")) as f:
-    (tmp_path / "tests" / "conftest.py").write_text(f.read())
+  for name in ("conftest.py", "packaged_data.py"):  # conftest imports packaged_data
+    with open(os.path.join(HERE, name)) as f:
+      (tmp_path / "tests" / name).write_text(f.read())
   (tmp_path / "tests" / "test_shared.py").write_text(SHARED_BUILD_TESTS.format(out=str(out)))
   env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
   run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider",

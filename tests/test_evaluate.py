@@ -9,6 +9,7 @@ import pytest
 
 from jaxssl import checkpoint
 from jaxssl import config_lib
+from jaxssl import errors
 from jaxssl import evaluate
 from jaxssl import methods
 from jaxssl import train as train_lib
@@ -95,12 +96,12 @@ def test_features_come_from_the_checkpointed_encoder(trained_workdir, data_dir):
 
 
 def test_unknown_protocol_and_missing_run(tmp_path):
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(errors.WorkdirError, match="No config.json in"):
     evaluate.evaluate(str(tmp_path), _eval_config())
   c = _eval_config()
   c.unlock()
   c.protocols = ("linear", "svm")
-  with pytest.raises(ValueError, match=r"Unknown eval protocols \['svm'\]"):
+  with pytest.raises(errors.ConfigError, match=r"Unknown eval protocols \['svm'\]"):
     evaluate.EvalJob(str(tmp_path), c)
 
 

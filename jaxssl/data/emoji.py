@@ -52,6 +52,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from jaxssl import errors
 from jaxssl.data import image_text
 
 FONT_ENV = 'JAXSSL_EMOJI_FONT'
@@ -103,7 +104,7 @@ def source_paths(source_dir: str | None = None) -> tuple[pathlib.Path, pathlib.P
                                       (test, EMOJI_TEST_APT_PACKAGE, DEFAULT_EMOJI_TEST,
                                        EMOJI_TEST_ENV)):
     if not path.is_file():
-      raise FileNotFoundError(
+      raise errors.MissingDataError(
           f"Dataset 'emoji' needs {path.name}; {path} does not exist. Install it with "
           f'`apt-get install {package}` (into {default}), or set ${env} to the file (or pass a '
           f'source_dir holding {FONT_FILE} and {EMOJI_TEST_FILE}).')

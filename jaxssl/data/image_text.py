@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from jaxssl import errors
+
 TUXPAINT_DIR_ENV = 'JAXSSL_TUXPAINT_STAMPS_DIR'
 DEFAULT_TUXPAINT_DIR = '/usr/share/tuxpaint/stamps'
 TUXPAINT_APT_PACKAGE = 'tuxpaint-stamps-default'
@@ -59,7 +61,7 @@ def tuxpaint_dir(source_dir: str | None = None) -> pathlib.Path:
   """The stamps directory: `source_dir`, else $JAXSSL_TUXPAINT_STAMPS_DIR, else Debian's."""
   path = pathlib.Path(source_dir or os.environ.get(TUXPAINT_DIR_ENV) or DEFAULT_TUXPAINT_DIR)
   if not path.is_dir():
-    raise FileNotFoundError(
+    raise errors.MissingDataError(
         f"Dataset 'tuxpaint_stamps' needs the Tux Paint stamps; {path} does not exist. Install "
         f'them with `apt-get install {TUXPAINT_APT_PACKAGE}` (into {DEFAULT_TUXPAINT_DIR}), or '
         f'set ${TUXPAINT_DIR_ENV} to a directory laid out as <category>/.../<stamp>.png with a '
@@ -115,7 +117,7 @@ def list_stamps(source_dir: str | None = None) -> list[dict[str, str]]:
                    'caption': read_caption(txt),
                    'keywords': path_keywords(relative)})
   if not stamps:
-    raise FileNotFoundError(f'No captioned stamps (<stamp>.png + <stamp>.txt) under {root}; '
+    raise errors.MissingDataError(f'No captioned stamps (<stamp>.png + <stamp>.txt) under {root}; '
                             f'reinstall {TUXPAINT_APT_PACKAGE}.')
   return stamps
 

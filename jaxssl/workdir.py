@@ -1,0 +1,148 @@
+"""A workdir's record of its run, `<workdir>/config.json`, and the check that keeps it true.
+
+A workdir holds one run. Re-running the trainer there resumes that run, so before anything in
+the workdir is written the new config is compared with the recorded one (`check`):
+- keys that may change on resume (RESUMABLE: duration, logging and checkpoint cadence, data
+  workers and directory, mesh and sharding rules, NaN policy) are allowed; once training starts
+  they are logged, appended to `config_changes.jsonl` and written to `config.json` (`record`),
+  so the record always describes what the checkpoints were trained with;
+- any other difference (method, model, optimizer, data, augmentations, batch size, seed, ...)
+  stops the run with one line naming the keys and both values, and nothing is written.
+The mesh and sharding rules are layout, not maths (tests/test_sharding_invariance.py), and
+checkpoints restore onto any mesh, so a run may resume on another slice. Duration changes move
+the end of the learning-rate schedule; that is what a user extending a run asks for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+
+from jaxssl import errors
+
+CONFIG_FILE = "config.json"
+CHANGES_FILE = "config_changes.jsonl"
+# Dotted config keys (a key and everything below it) that may differ from the recorded config
+# when a run resumes; see the module docstring.
+RESUMABLE = (
+    "total_steps", "total_epochs", "total_examples",
+    "log_every_steps",
+    "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_every",
+    "checkpoint.async_save",
+    "data.worker_count", "data.data_dir",
+    "mesh", "sharding_rules",
+    "nan_policy",
+)
+_SHOWN_KEYS = 4  # differing keys named in the refusal before "and N more"
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG_FILE)
+
+
+def _as_plain(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """The config as config.json holds it (JSON types: tuples read back as lists)."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+  return json.loads(json.dumps(config, sort_keys=True))
+
+
+def _read_plain(workdir: str) -> dict[str, Any] | None:
+  """The recorded config as JSON data; None when the workdir has none."""
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.WorkdirError(
+        f"{path} is not valid JSON ({e}); it is this run's record: restore it from a copy, or "
+        "use a new --workdir.") from None
+  if not isinstance(data, dict):
+    raise errors.WorkdirError(f"{path} holds a {type(data).__name__}, not a config object; "
+                              "restore it from a copy, or use a new --workdir.")
+  return data
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The recorded config of the run in `workdir`, as a ConfigDict."""
+  data = _read_plain(workdir)
+  if data is None:
+    raise errors.WorkdirError(
+        f"No {CONFIG_FILE} in {workdir!r}: is this a jaxssl training workdir? "
+        "(`jaxssl-train --workdir=...` writes it when training starts.)")
+  return ml_collections.ConfigDict(data)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """Dotted key -> value for every non-dict value (lists stay whole, as config values)."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+  return flat
+
+
+def differences(recorded: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """Dotted key -> (recorded value, new value) for each key whose value differs; a key that
+  exists on one side only has the other side's value as the string '<absent>'."""
+  old, now = _flatten(recorded), _flatten(new)
+  return {k: (old.get(k, "<absent>"), now.get(k, "<absent>"))
+          for k in sorted(set(old) | set(now)) if old.get(k, "<absent>") != now.get(k, "<absent>")}
+
+
+def is_resumable(key: str) -> bool:
+  return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+
+
+def check(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+  """Compares `config` with the workdir's record; writes nothing.
+
+  Returns the allowed changes (empty for a new workdir or the same config). Raises
+  WorkdirError, one line, when a key outside RESUMABLE differs or the record is unreadable.
+  """
+  recorded = _read_plain(workdir)
+  if recorded is None:
+    return {}
+  changes = differences(recorded, _as_plain(config))
+  # The method first: when it differs, it explains every other difference.
+  refused = dict(sorted(((k, v) for k, v in changes.items() if not is_resumable(k)),
+                        key=lambda kv: kv[0] != "method"))
+  if refused:
+    shown = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
+                      list(refused.items())[:_SHOWN_KEYS])
+    more = f" (and {len(refused) - _SHOWN_KEYS} more)" if len(refused) > _SHOWN_KEYS else ""
+    raise errors.WorkdirError(
+        f"{workdir} holds a run with another config ({config_path(workdir)}): {shown}{more}. "
+        "Nothing was changed. Use a new --workdir, or repeat the recorded values; only "
+        "duration, logging/checkpoint cadence, data workers/dir, mesh, sharding rules and "
+        "nan_policy may change on resume (jaxssl/workdir.py RESUMABLE).")
+  return changes
+
+
+def record(workdir: str, config: ml_collections.ConfigDict,
+           changes: dict[str, tuple[Any, Any]]) -> None:
+  """Writes config.json (process 0), after logging `changes` (from `check`) and appending them
+  to config_changes.jsonl; the old file is replaced atomically."""
+  if changes:
+    logging.warning("Resuming %s with changed settings: %s", workdir,
+                    ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  if changes:
+    with open(os.path.join(workdir, CHANGES_FILE), "a") as f:
+      f.write(json.dumps({"time": time.time(),
+                          "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+  path = config_path(workdir)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
