@@ -14,9 +14,9 @@ stem's 3x3/2 max-pool forward + backward with XLA's reduce-window and with strid
 (`jaxssl.models.pooling`), and the whole network's forward + backward (BatchNorm, ReLU, pooling
 included) for each conv_impl with and without the options.
 
-What it showed on the 2-core Xeon VM (README "ResNet on CPU"): YNNPACK's convolutions were the
-slow part (forward up to 2.1x, dW up to 4x below XLA's own); without them XLA's gradients of
-stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so conv_impl='auto'
+What it showed on the 2-core Xeon VM (docs/performance_cpu.md "ResNet on CPU"): YNNPACK's
+convolutions were the slow part (forward up to 2.1x, dW up to 4x below XLA's own); without them
+XLA's gradients of stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so conv_impl='auto'
 uses 'gemm_grad' for strided convolutions only.
 """
 import argparse

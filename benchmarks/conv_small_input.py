@@ -8,7 +8,7 @@ A ResNet's last stage sees 2x2 feature maps at 64px input and 1x1 at 32px (Image
 `jaxssl.xla_cpu`'s options keep convolutions on) takes a path that ran 7-70x slower than the
 same products as one GEMM over the unfolded input (`jaxssl.models.conv.conv_gemm`); at input
 side >= kernel side it is fast again. `Conv2D(impl='auto')` therefore uses 'gemm' exactly where
-the kernel is larger than the input (README, "ResNet on CPU").
+the kernel is larger than the input (docs/performance_cpu.md, "ResNet on CPU").
 
 Prints, per convolution, milliseconds of the forward and of forward + both gradients with XLA's
 convolution (the gradients as 'auto' computed them before: XLA's for stride 1, GEMMs for

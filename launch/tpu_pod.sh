@@ -21,5 +21,5 @@ gcloud compute tpus tpu-vm scp /tmp/jaxssl_src.tgz "$TPU_NAME":/tmp/ --zone="$ZO
 args=$(printf '%q ' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command "
   set -e; mkdir -p ~/jaxssl && tar xzf /tmp/jaxssl_src.tgz -C ~/jaxssl && cd ~/jaxssl
-  python3 -m venv ~/jaxssl_venv && ~/jaxssl_venv/bin/pip install -q -e . 'jax[tpu]'
+  python3 -m venv ~/jaxssl_venv && ~/jaxssl_venv/bin/pip install -q -e '.[tpu]'
   ~/jaxssl_venv/bin/python -m jaxssl.train $args"

@@ -90,3 +90,22 @@ def test_processes_keep_the_callers_xla_flags_and_get_their_device_count(tmp_pat
   for i in range(2):
     log = (tmp_path / "logs" / f"process_{i}.log").read_text()
     assert "--xla_cpu_enable_fast_math=false" in log and "devices 1" in log, log
+
+
+def test_accelerator_installs_are_the_jax_extras_the_launchers_use():
+  """`.[cuda]` / `.[tpu]` name current jax extras (checked against the installed jax's own
+  metadata) and are what launch/slurm.sbatch and launch/tpu_pod.sh install."""
+  import configparser  # pylint: disable=g-import-not-at-top
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, "setup.cfg"))
+  extras = setup["options.extras_require"]
+  jax_extras = set(metadata.metadata("jax").get_all("Provides-Extra"))
+  for name, wanted in (("cuda", "cuda12"), ("tpu", "tpu")):
+    requirement = extras[name].split()
+    assert requirement == [f"jax[{wanted}]"], requirement
+    assert wanted in jax_extras
+  with open(os.path.join(ROOT, "launch", "slurm.sbatch")) as f:
+    assert "[cuda]" in f.read()
+  with open(os.path.join(ROOT, "launch", "tpu_pod.sh")) as f:
+    assert "-e '.[tpu]'" in f.read()

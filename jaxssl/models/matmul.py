@@ -15,7 +15,8 @@ with the same result up to rounding: it flattens an eligible product to one [M, 
 GEMM whose forward and both gradients are float32-accumulating bf16 dots in the supported
 form, with the transpose the weight gradient needs done as a real (materialised) copy. `Dense`
 is `nn.Dense` with the same parameters that uses it and adds its bias in float32.
-`benchmarks/bf16_dense.py` times both against float32 and autodiff's bf16 (README, "bfloat16").
+`benchmarks/bf16_dense.py` times both against float32 and autodiff's bf16
+(docs/performance_cpu.md, "bfloat16").
 
 `batched_matmul` does the same for attention's two batched products.
 

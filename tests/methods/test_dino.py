@@ -189,7 +189,7 @@ def test_transform_makes_the_preset_crops(data_dir):
 @pytest.mark.parametrize("name", ["dino", "ibot"])
 def test_fashion_mnist_preset_keeps_the_start_that_does_not_collapse(name):
   # With the paper's 0.04 -> 0.07 warmup this preset's teacher went uniform (entropy ~ln K)
-  # within 100 steps of a short run (README "Method zoo"); a constant 0.04 did not.
+  # within 100 steps of a short run (docs/results.md "Method zoo"); a constant 0.04 did not.
   section = harness.load_config(name, "fashion_mnist")[name]
   assert section.warmup_teacher_temp == section.teacher_temp == 0.04
   assert section.freeze_last_layer_epochs == 1.0
