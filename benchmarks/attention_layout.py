@@ -16,6 +16,7 @@ parameters, for each of its implementations:
 It checks that both compute the same value and gradients, then prints milliseconds (fastest
 of N calls).
 """
+
 import argparse
 import os
 import sys
@@ -44,16 +45,19 @@ def main():
   width = args.heads * args.head_dim
   x = jax.random.normal(jax.random.key(0), (args.batch_size, args.tokens, width))
   params = nn.unbox(vit.SelfAttention(num_heads=args.heads).init(jax.random.key(1), x[:1]))
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}; batch {args.batch_size}, "
-        f"{args.tokens} tokens, {args.heads} heads x {args.head_dim}; fastest of "
-        f"{args.repeats} calls")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform}; batch {args.batch_size}, "
+    f"{args.tokens} tokens, {args.heads} heads x {args.head_dim}; fastest of "
+    f"{args.repeats} calls"
+  )
   print("| impl | forward ms | forward + backward ms |\n|---|---|---|")
   reference = None
   for impl in IMPLS:
     attention = vit.SelfAttention(num_heads=args.heads, impl=impl)
     forward = jax.jit(attention.apply)
-    grads = jax.jit(jax.value_and_grad(lambda p, x, a=attention: jnp.sum(a.apply(p, x) ** 2),
-                                       argnums=(0, 1)))
+    grads = jax.jit(
+      jax.value_and_grad(lambda p, x, a=attention: jnp.sum(a.apply(p, x) ** 2), argnums=(0, 1))
+    )
     out = jax.block_until_ready(grads(params, x))
     reference = out if reference is None else reference
     for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(reference)):

@@ -17,6 +17,7 @@ heads-first as on CPU), in
 Also prints whether the CPU reports AMX / AVX512-BF16, and for each case the element types of
 the compiled dots (all 'bf16 x bf16' only in the last case).
 """
+
 import argparse
 import json
 import os
@@ -54,31 +55,40 @@ def main():
   kernel = jnp.asarray(rng.standard_normal((WIDTH, MLP_DIM)) * 0.05, jnp.float32)
   dims = (((2,), (0,)), ((), ()))
   gemm_flops = 3 * 2 * args.batch * TOKENS * WIDTH * MLP_DIM  # forward, dX, dW
-  cases = [("float32", jnp.float32, lax.dot_general),
-           ("bfloat16, lax.dot_general", jnp.bfloat16, lax.dot_general),
-           ("bfloat16, jaxssl.models.matmul", jnp.bfloat16, matmul.dot_general)]
+  cases = [
+    ("float32", jnp.float32, lax.dot_general),
+    ("bfloat16, lax.dot_general", jnp.bfloat16, lax.dot_general),
+    ("bfloat16, jaxssl.models.matmul", jnp.bfloat16, matmul.dot_general),
+  ]
   options = xla_cpu.compiler_options()  # what the trainer compiles with
   results = []
   for name, dtype, dot_general in cases:
+
     def gemm_loss(x, kernel, dtype=dtype, dot_general=dot_general):
       out = dot_general(x.astype(dtype), kernel.astype(dtype), dims)
       return jnp.sum(out.astype(jnp.float32) ** 2)
+
     gemm = jax.jit(jax.grad(gemm_loss, argnums=(0, 1)), compiler_options=options)
 
     # The trainer's own block; its Dense layers pick their dot from the dtype, so the
     # lax.dot_general case patches that choice.
     originals = matmul.dot_general_for, vit.dot_general_for
     matmul.dot_general_for = vit.dot_general_for = lambda dt, backend=None, d=dot_general: (
-        d if jnp.dtype(dt) == jnp.bfloat16 else lax.dot_general)
+      d if jnp.dtype(dt) == jnp.bfloat16 else lax.dot_general
+    )
     try:
       compiled = {}
-      for part, module in (("mlp", vit.MlpBlock(mlp_dim=MLP_DIM, dtype=dtype,
-                                                 gelu_approximate=False)),
-                           ("attention", vit.SelfAttention(num_heads=HEADS, dtype=dtype))):
+      for part, module in (
+        ("mlp", vit.MlpBlock(mlp_dim=MLP_DIM, dtype=dtype, gelu_approximate=False)),
+        ("attention", vit.SelfAttention(num_heads=HEADS, dtype=dtype)),
+      ):
         params = module.init(jax.random.key(0), x[:2])
-        grad = jax.jit(jax.grad(
-            lambda p, x, m=module: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2),
-            argnums=(0, 1)), compiler_options=options)
+        grad = jax.jit(
+          jax.grad(
+            lambda p, x, m=module: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)
+          ),
+          compiler_options=options,
+        )
         compiled[part] = grad.lower(params, x).compile(), params
     finally:
       matmul.dot_general_for, vit.dot_general_for = originals
@@ -87,33 +97,62 @@ def main():
     part_ms = {}
     for part, (fn, params) in compiled.items():
       jax.block_until_ready(fn(params, x))
-      part_ms[part] = 1e3 * min_seconds(lambda: jax.block_until_ready(fn(params, x)),  # pylint: disable=cell-var-from-loop
-                                        args.repeats)
-    types = sorted({" x ".join(t) for t in
-                    xla_cpu.dot_operand_types(gemm.lower(x, kernel).compile().as_text())})
-    attention_types = sorted({" x ".join(t) for t in xla_cpu.dot_operand_types(
-        compiled["attention"][0].as_text())})
-    results.append(dict(case=name, gemm_ms=1e3 * gemm_s, gemm_gflops=gemm_flops / gemm_s / 1e9,
-                        block_ms=part_ms["mlp"], attention_ms=part_ms["attention"],
-                        gemm_dot_types=types, attention_dot_types=attention_types))
-    print(f"{name}: GEMM {1e3 * gemm_s:.0f} ms, MLP block {part_ms['mlp']:.0f} ms, "
-          f"attention {part_ms['attention']:.0f} ms", flush=True)
+      part_ms[part] = 1e3 * min_seconds(
+        lambda: jax.block_until_ready(fn(params, x)),  # pylint: disable=cell-var-from-loop
+        args.repeats,
+      )
+    types = sorted(
+      {" x ".join(t) for t in xla_cpu.dot_operand_types(gemm.lower(x, kernel).compile().as_text())}
+    )
+    attention_types = sorted(
+      {" x ".join(t) for t in xla_cpu.dot_operand_types(compiled["attention"][0].as_text())}
+    )
+    results.append(
+      dict(
+        case=name,
+        gemm_ms=1e3 * gemm_s,
+        gemm_gflops=gemm_flops / gemm_s / 1e9,
+        block_ms=part_ms["mlp"],
+        attention_ms=part_ms["attention"],
+        gemm_dot_types=types,
+        attention_dot_types=attention_types,
+      )
+    )
+    print(
+      f"{name}: GEMM {1e3 * gemm_s:.0f} ms, MLP block {part_ms['mlp']:.0f} ms, "
+      f"attention {part_ms['attention']:.0f} ms",
+      flush=True,
+    )
 
   flags = cpuinfo.flags()
-  print(f"\nViT-S/16 layers at {args.batch} images, forward + backward, fastest of {args.repeats}; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
-        f"x{len(os.sched_getaffinity(0))} cores, AMX {'yes' if 'amx_bf16' in flags else 'no'}, "
-        f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}, jax {jax.__version__}\n")
-  print("| case | [N*196, 384] x [384, 1536] GEMM (ms) | GFLOP/s | MlpBlock (ms) | "
-        "SelfAttention (ms) | GEMM dot types | attention dot types |")
+  print(
+    f"\nViT-S/16 layers at {args.batch} images, forward + backward, fastest of {args.repeats}; "
+    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+    f"x{len(os.sched_getaffinity(0))} cores, AMX {'yes' if 'amx_bf16' in flags else 'no'}, "
+    f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}, jax {jax.__version__}\n"
+  )
+  print(
+    "| case | [N*196, 384] x [384, 1536] GEMM (ms) | GFLOP/s | MlpBlock (ms) | "
+    "SelfAttention (ms) | GEMM dot types | attention dot types |"
+  )
   print("|---|---|---|---|---|---|---|")
   for r in results:
-    print(f"| {r['case']} | {r['gemm_ms']:.0f} | {r['gemm_gflops']:.0f} | {r['block_ms']:.0f} | "
-          f"{r['attention_ms']:.0f} | {', '.join(r['gemm_dot_types'])} | "
-          f"{', '.join(r['attention_dot_types'])} |")
+    print(
+      f"| {r['case']} | {r['gemm_ms']:.0f} | {r['gemm_gflops']:.0f} | {r['block_ms']:.0f} | "
+      f"{r['attention_ms']:.0f} | {', '.join(r['gemm_dot_types'])} | "
+      f"{', '.join(r['attention_dot_types'])} |"
+    )
   with open(args.json, "w") as f:
-    json.dump(dict(args=vars(args), results=results, amx="amx_bf16" in flags,
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f, indent=1)
+    json.dump(
+      dict(
+        args=vars(args),
+        results=results,
+        amx="amx_bf16" in flags,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      ),
+      f,
+      indent=1,
+    )
   print(f"wrote {args.json}")
 
 

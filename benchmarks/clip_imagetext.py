@@ -12,6 +12,7 @@ Presets: `tuxpaint` (785 stamps, 16 categories; Debian tuxpaint-stamps-default) 
 (1,870 emoji, 9 groups; Debian fonts-noto-color-emoji and unicode-data). Not a test: it prints
 figures.
 """
+
 import collections
 import os
 import platform
@@ -31,18 +32,28 @@ from jaxssl import train  # pylint: disable=g-import-not-at-top,wrong-import-pos
 from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.eval import report as report_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_PRESET = flags.DEFINE_enum("preset", "tuxpaint", ["tuxpaint", "emoji"],
-                            "Config preset, i.e. the image-caption set.")
+_PRESET = flags.DEFINE_enum(
+  "preset", "tuxpaint", ["tuxpaint", "emoji"], "Config preset, i.e. the image-caption set."
+)
 _METHODS = flags.DEFINE_list("methods", ["clip", "siglip"], "Methods to run.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Pretraining steps per method (the CPU budget).")
-_FIELDS = flags.DEFINE_list("text_fields", ["keywords", "caption"],
-                            "Example fields composing the training text.")
+_FIELDS = flags.DEFINE_list(
+  "text_fields", ["keywords", "caption"], "Example fields composing the training text."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bench_clip_imagetext", "Parent run directory.")
 
-_COLUMNS = [("zeroshot", "top1"), ("zeroshot", "balanced_top1"), ("zeroshot", "chance_uniform"),
-            ("zeroshot", "chance_majority"), ("retrieval", "img_to_txt_top1"),
-            ("retrieval", "img_to_txt_top5"), ("retrieval", "txt_to_img_top1"),
-            ("retrieval", "txt_to_img_top5"), ("knn", "top1"), ("linear", "top1")]
+_COLUMNS = [
+  ("zeroshot", "top1"),
+  ("zeroshot", "balanced_top1"),
+  ("zeroshot", "chance_uniform"),
+  ("zeroshot", "chance_majority"),
+  ("retrieval", "img_to_txt_top1"),
+  ("retrieval", "img_to_txt_top5"),
+  ("retrieval", "txt_to_img_top1"),
+  ("retrieval", "txt_to_img_top5"),
+  ("knn", "top1"),
+  ("linear", "top1"),
+]
 
 
 def _table(workdir: str) -> str:
@@ -53,8 +64,7 @@ def _table(workdir: str) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for step in sorted(values):
     cells = [f"{100 * values[step][c]:.1f}" if c in values[step] else "-" for c in _COLUMNS]
-    lines.append("| " + " | ".join(["0 (random init)" if step == 0 else str(step)] + cells)
-                 + " |")
+    lines.append("| " + " | ".join(["0 (random init)" if step == 0 else str(step)] + cells) + " |")
   return "\n".join(lines)
 
 
@@ -65,8 +75,7 @@ def main(_):
     eval_config.protocols = ("zeroshot", "retrieval", "knn", "linear")
   reports = []
   for method in _METHODS.value:
-    config = config_lib.load_config_file(
-        os.path.join(ROOT, f"configs/{method}.py:{_PRESET.value}"))
+    config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{method}.py:{_PRESET.value}"))
     config.total_steps = _STEPS.value
     config.checkpoint.every_steps = _STEPS.value
     config.image_text.text_fields = tuple(_FIELDS.value)
@@ -79,13 +88,16 @@ def main(_):
     eval_s = time.perf_counter() - t0
     info = datasets.get_info(config.data.name)
     reports.append(
-        f"\n{method.upper()} on {info.name} ({info.split_sizes['train']} train / "
-        f"{info.split_sizes['test']} test pairs, {info.num_classes} classes), text = "
-        f"{' + '.join(_FIELDS.value)}, batch {config.batch_size}, {_STEPS.value} steps; "
-        f"pretraining {train_s / 60:.1f} min, eval {eval_s / 60:.1f} min; final loss "
-        f"{logged.get('train/loss', float('nan')):.3f}\n\n{_table(workdir)}")
-  print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores. Figures in % on the "
-        "test split; step 0 = random init of the same run.")
+      f"\n{method.upper()} on {info.name} ({info.split_sizes['train']} train / "
+      f"{info.split_sizes['test']} test pairs, {info.num_classes} classes), text = "
+      f"{' + '.join(_FIELDS.value)}, batch {config.batch_size}, {_STEPS.value} steps; "
+      f"pretraining {train_s / 60:.1f} min, eval {eval_s / 60:.1f} min; final loss "
+      f"{logged.get('train/loss', float('nan')):.3f}\n\n{_table(workdir)}"
+    )
+  print(
+    f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores. Figures in % on the "
+    "test split; step 0 = random init of the same run."
+  )
   print("\n".join(reports))
 
 

@@ -19,6 +19,7 @@ convolutions were the slow part (forward up to 2.1x, dW up to 4x below XLA's own
 XLA's gradients of stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so conv_impl='auto'
 uses 'gemm_grad' for strided convolutions only.
 """
+
 import argparse
 import os
 import sys
@@ -38,9 +39,19 @@ from jaxssl import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-p
 from jaxssl.models import conv, pooling, resnet  # pylint: disable=wrong-import-position
 
 # (input side, C_in, C_out, kernel, stride) of ResNet-18 with the ImageNet stem at 224px.
-LAYERS = [(224, 3, 64, 7, 2), (56, 64, 64, 3, 1), (56, 64, 128, 3, 2), (28, 128, 128, 3, 1),
-          (28, 128, 256, 3, 2), (14, 256, 256, 3, 1), (14, 256, 512, 3, 2), (7, 512, 512, 3, 1),
-          (56, 64, 128, 1, 2), (28, 128, 256, 1, 2), (14, 256, 512, 1, 2)]
+LAYERS = [
+  (224, 3, 64, 7, 2),
+  (56, 64, 64, 3, 1),
+  (56, 64, 128, 3, 2),
+  (28, 128, 128, 3, 1),
+  (28, 128, 256, 3, 2),
+  (14, 256, 256, 3, 1),
+  (14, 256, 512, 3, 2),
+  (7, 512, 512, 3, 1),
+  (56, 64, 128, 1, 2),
+  (28, 128, 256, 1, 2),
+  (14, 256, 512, 1, 2),
+]
 OPTIONS = {"ynn": None, "xla": xla_cpu.CPU_OPTIONS}
 
 
@@ -51,8 +62,7 @@ def best_seconds(fn, *args, repeats):
 
 
 def gflops(flops, fn, args, options, repeats):
-  return flops / best_seconds(jax.jit(fn, compiler_options=options), *args,
-                              repeats=repeats) / 1e9
+  return flops / best_seconds(jax.jit(fn, compiler_options=options), *args, repeats=repeats) / 1e9
 
 
 def layer_operands(batch, side, c_in, c_out, k, stride):
@@ -75,10 +85,12 @@ def table_layers(caption, columns, layers, batch):
 
 def layer_table(batch, repeats):
   rows = table_layers(
-      f"GFLOP/s at batch {batch}; ynn: jaxlib's default options (convolutions in YNNPACK), "
-      "xla: jaxssl.xla_cpu's; GEMM: jaxssl.models.conv's gradients (xla options)",
-      ["fwd ynn", "fwd xla", "dX ynn", "dX xla", "dX GEMM", "dW ynn", "dW xla", "dW GEMM"],
-      LAYERS, batch)
+    f"GFLOP/s at batch {batch}; ynn: jaxlib's default options (convolutions in YNNPACK), "
+    "xla: jaxssl.xla_cpu's; GEMM: jaxssl.models.conv's gradients (xla options)",
+    ["fwd ynn", "fwd xla", "dX ynn", "dX xla", "dX GEMM", "dW ynn", "dW xla", "dW GEMM"],
+    LAYERS,
+    batch,
+  )
   for (side, c_in, c_out, k, stride), (strides, padding, x, kernel) in rows:
     forward = lambda x, w: conv.conv_xla(x, w, strides, padding)
     grad_out = jax.random.normal(jax.random.key(2), forward(x, kernel).shape)
@@ -87,8 +99,7 @@ def layer_table(batch, repeats):
     grad_w = lambda g, x: jax.vjp(lambda v: forward(x, v), kernel)[1](g)[0]
     gemm_x = lambda g, w: conv.input_grad(x.shape, w, g, strides, padding)
     gemm_w = lambda g, x: conv.kernel_grad(x, g, (k, k), strides, padding)
-    for want, got, args in ((grad_x, gemm_x, (grad_out, kernel)),
-                            (grad_w, gemm_w, (grad_out, x))):
+    for want, got, args in ((grad_x, gemm_x, (grad_out, kernel)), (grad_w, gemm_w, (grad_out, x))):
       want, got = np.asarray(jax.jit(want)(*args)), np.asarray(jax.jit(got)(*args))
       diff = float(np.max(np.abs(want - got)))
       assert diff < 1e-3 * float(np.max(np.abs(want))), f"gradients disagree by {diff}"
@@ -97,8 +108,12 @@ def layer_table(batch, repeats):
     cells.append(gflops(flops, gemm_x, (grad_out, kernel), OPTIONS["xla"], repeats))
     cells += [gflops(flops, grad_w, (grad_out, x), o, repeats) for o in OPTIONS.values()]
     cells.append(gflops(flops, gemm_w, (grad_out, x), OPTIONS["xla"], repeats))
-    print(f"| {side}x{side}x{c_in} -> {c_out}, {k}x{k}/{stride} | "
-          + " | ".join(f"{c:.0f}" for c in cells) + " |", flush=True)
+    print(
+      f"| {side}x{side}x{c_in} -> {c_out}, {k}x{k}/{stride} | "
+      + " | ".join(f"{c:.0f}" for c in cells)
+      + " |",
+      flush=True,
+    )
 
 
 def pool_line(batch, repeats):
@@ -106,11 +121,13 @@ def pool_line(batch, repeats):
   cells = []
   for impl in ("reduce_window", "slices"):
     pool = lambda v, impl=impl: pooling.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=impl)
-    both = jax.jit(jax.grad(lambda v, pool=pool: jnp.sum(pool(v) ** 2)),
-                   compiler_options=OPTIONS["xla"])
+    both = jax.jit(
+      jax.grad(lambda v, pool=pool: jnp.sum(pool(v) ** 2)), compiler_options=OPTIONS["xla"]
+    )
     cells.append(f"{impl} {best_seconds(both, x, repeats=repeats) * 1e3:.0f} ms")
-  print(f"\nStem max-pool 3x3/2 of [{batch}, 112, 112, 64], forward + backward: "
-        + ", ".join(cells))
+  print(
+    f"\nStem max-pool 3x3/2 of [{batch}, 112, 112, 64], forward + backward: " + ", ".join(cells)
+  )
 
 
 def network_seconds(batch, image_size, repeats):
@@ -121,13 +138,18 @@ def network_seconds(batch, image_size, repeats):
     variables = model.init(jax.random.key(0), images[:1])
 
     def loss(params, model=model, variables=variables):
-      (out, _), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                                images, train=True, mutable=["batch_stats"])
-      return jnp.sum(out ** 2)
+      (out, _), _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return jnp.sum(out**2)
+
     for name, options in OPTIONS.items():
       results[f"{impl}, {name}"] = best_seconds(
-          jax.jit(jax.grad(loss), compiler_options=options), variables["params"],
-          repeats=repeats)
+        jax.jit(jax.grad(loss), compiler_options=options), variables["params"], repeats=repeats
+      )
   return results
 
 
@@ -137,15 +159,21 @@ def parse_args_and_start(description, extra_args=()):
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--malloc", default="auto", choices=("auto", "glibc", "tcmalloc"),
-                 help="host allocator (jaxssl/host_malloc.py); auto: tcmalloc where installed")
+  p.add_argument(
+    "--malloc",
+    default="auto",
+    choices=("auto", "glibc", "tcmalloc"),
+    help="host allocator (jaxssl/host_malloc.py); auto: tcmalloc where installed",
+  )
   for flag, kind, default in extra_args:
     p.add_argument(flag, type=kind, default=default)
   args = p.parse_args()
   host_malloc.exec_with(args.malloc)  # re-executes the script under it, before any allocation
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}, "
-        f"malloc {host_malloc.loaded()}\n")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}, "
+    f"malloc {host_malloc.loaded()}\n"
+  )
   return args
 
 
@@ -154,8 +182,10 @@ def main():
   layer_table(args.batch_size, args.repeats)
   pool_line(args.batch_size, args.repeats)
   net = network_seconds(args.batch_size, args.image_size, args.repeats)
-  print(f"\nResNet-18 forward + backward, batch {args.batch_size}, {args.image_size}px "
-        "(conv_impl, options): " + ", ".join(f"{k} {v:.2f} s" for k, v in net.items()))
+  print(
+    f"\nResNet-18 forward + backward, batch {args.batch_size}, {args.image_size}px "
+    "(conv_impl, options): " + ", ".join(f"{k} {v:.2f} s" for k, v in net.items())
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What /proc/cpuinfo says of this CPU (Linux; empty answers elsewhere). No JAX import."""
+
 import platform
 
 

@@ -22,6 +22,7 @@ With --vs_pytorch_json (files written by `vs_pytorch.py`, whose JSON carries XLA
 step's FLOPs), it prints each side's achieved FLOP/s, and what 1.5x the peer's rate would need
 as a fraction of this ceiling: the bound on the issue's goal at equal FLOPs and precision.
 """
+
 import argparse
 import json
 import os
@@ -110,6 +111,7 @@ int main(int argc, char **argv) {
 }
 """
 
+
 class Kernel(NamedTuple):
   needs: tuple[str, ...]  # /proc/cpuinfo flags the kernel's instructions need
   lanes: int  # float32 lanes per register
@@ -120,10 +122,11 @@ class Kernel(NamedTuple):
 
 
 KERNELS = {
-    "fma512": Kernel(("avx512f",), 16, 2, "float32", "AVX-512 FMA", 16),
-    "fma256": Kernel(("avx2", "fma"), 8, 2, "float32", "AVX2 FMA", 12),
-    "dpbf16": Kernel(("avx512f", "avx512_bf16"), 16, 4, "bfloat16 acc. float32",
-                     "AVX512-BF16 vdpbf16ps", 16),
+  "fma512": Kernel(("avx512f",), 16, 2, "float32", "AVX-512 FMA", 16),
+  "fma256": Kernel(("avx2", "fma"), 8, 2, "float32", "AVX2 FMA", 12),
+  "dpbf16": Kernel(
+    ("avx512f", "avx512_bf16"), 16, 4, "bfloat16 acc. float32", "AVX512-BF16 vdpbf16ps", 16
+  ),
 }
 VALUE = 0.375  # b of the FMA kernels, x of dpbf16 (exact in bfloat16)
 
@@ -135,8 +138,10 @@ def build(workdir: str, cc: str = "cc") -> str:
     f.write(KERNEL_C)
   proc = subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True, text=True)
   if proc.returncode != 0:
-    sys.exit(f"Could not compile the FMA kernels with {cc!r} (a C compiler with x86 intrinsics, "
-             f"gcc >= 10 or clang >= 11, is needed):\n{proc.stderr[-2000:]}")
+    sys.exit(
+      f"Could not compile the FMA kernels with {cc!r} (a C compiler with x86 intrinsics, "
+      f"gcc >= 10 or clang >= 11, is needed):\n{proc.stderr[-2000:]}"
+    )
   return exe
 
 
@@ -160,8 +165,9 @@ def expected_checksum(kernel: str) -> float:
 
 def start(exe: str, kernel: str, iters: int, core: int | None) -> subprocess.Popen:
   pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-  return subprocess.Popen([exe, kernel, str(iters), repr(VALUE)], stdout=subprocess.PIPE,
-                          text=True, preexec_fn=pin)
+  return subprocess.Popen(
+    [exe, kernel, str(iters), repr(VALUE)], stdout=subprocess.PIPE, text=True, preexec_fn=pin
+  )
 
 
 def finish(proc: subprocess.Popen, kernel: str, iters: int) -> float:
@@ -171,8 +177,10 @@ def finish(proc: subprocess.Popen, kernel: str, iters: int) -> float:
     raise RuntimeError(f"kernel {kernel} exited {proc.returncode}")
   secs, checksum = (float(v) for v in out.split())
   if abs(checksum - expected_checksum(kernel)) > 1e-6 * abs(expected_checksum(kernel)) + 1e-9:
-    raise RuntimeError(f"kernel {kernel}: checksum {checksum} != {expected_checksum(kernel)}; "
-                       "the loop did not compute what it is credited with")
+    raise RuntimeError(
+      f"kernel {kernel}: checksum {checksum} != {expected_checksum(kernel)}; "
+      "the loop did not compute what it is credited with"
+    )
   return iters * flop_per_round(kernel) / secs / 1e9
 
 
@@ -203,9 +211,13 @@ def measure(seconds: float = 1.0, repeats: int = 3, cc: str = "cc") -> dict:
     for kernel in supported(cpuinfo.flags()):
       k = KERNELS[kernel]
       results[kernel] = dict(
-          dtype=k.dtype, instruction=k.instruction, flop_per_instruction=k.lanes * k.flop_per_lane,
-          one_core=rate(exe, kernel, cores[:1], seconds, repeats),
-          all_cores=rate(exe, kernel, cores, seconds, repeats), cores=len(cores))
+        dtype=k.dtype,
+        instruction=k.instruction,
+        flop_per_instruction=k.lanes * k.flop_per_lane,
+        one_core=rate(exe, kernel, cores[:1], seconds, repeats),
+        all_cores=rate(exe, kernel, cores, seconds, repeats),
+        cores=len(cores),
+      )
   return results
 
 
@@ -224,19 +236,30 @@ def goal_rows(results: dict, vs_pytorch_files: list[str], goal: float = 1.5) -> 
       run = json.load(f)
     flops = run["ours"].get("flops_per_step")
     if not flops:
-      raise ValueError(f"{path} has no ours.flops_per_step: rerun vs_pytorch.py (it records "
-                       "XLA's FLOP count of the step since 2026-12-06)")
+      raise ValueError(
+        f"{path} has no ours.flops_per_step: rerun vs_pytorch.py (it records "
+        "XLA's FLOP count of the step since 2026-12-06)"
+      )
     dtype = run["args"]["dtype"]
     peak = ceiling(results, "bfloat16 acc. float32" if dtype == "bfloat16" else "float32")
     for mode in ("step", "loop"):
       ours_s, peer_s = run["ours"][f"{mode}_s"], run["peer"][f"{mode}_s"]
       need = goal * flops / peer_s / 1e9
-      rows.append(dict(
-          run=os.path.basename(path), backbone=run["args"]["backbone"], dtype=dtype,
-          mode="step alone" if mode == "step" else "fed", gflop_per_step=flops / 1e9,
-          ours_gflops=flops / ours_s / 1e9, peer_gflops=flops / peer_s / 1e9,
-          goal_gflops=need, ceiling_gflops=peak, goal_of_ceiling=need / peak if peak else None,
-          ratio=peer_s / ours_s))
+      rows.append(
+        dict(
+          run=os.path.basename(path),
+          backbone=run["args"]["backbone"],
+          dtype=dtype,
+          mode="step alone" if mode == "step" else "fed",
+          gflop_per_step=flops / 1e9,
+          ours_gflops=flops / ours_s / 1e9,
+          peer_gflops=flops / peer_s / 1e9,
+          goal_gflops=need,
+          ceiling_gflops=peak,
+          goal_of_ceiling=need / peak if peak else None,
+          ratio=peer_s / ours_s,
+        )
+      )
   return rows
 
 
@@ -245,8 +268,12 @@ def parse_args(argv=None):
   p.add_argument("--seconds", type=float, default=1.0, help="length of each timed kernel run")
   p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
   p.add_argument("--cc", default="cc", help="C compiler")
-  p.add_argument("--vs_pytorch_json", nargs="*", default=[],
-                 help="vs_pytorch.py result files: print what the 1.5x goal needs of the ceiling")
+  p.add_argument(
+    "--vs_pytorch_json",
+    nargs="*",
+    default=[],
+    help="vs_pytorch.py result files: print what the 1.5x goal needs of the ceiling",
+  )
   p.add_argument("--json", default="/tmp/jaxssl_fma_peak.json")
   return p.parse_args(argv)
 
@@ -256,26 +283,42 @@ def main(argv=None):
   results = measure(args.seconds, args.repeats, args.cc)
   if not results:
     sys.exit("This CPU has neither AVX2+FMA nor AVX-512: no kernel here to measure it with.")
-  print(f"FMA ceiling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpuinfo.model()}, "
-        f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()}\n")
+  print(
+    f"FMA ceiling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpuinfo.model()}, "
+    f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()}\n"
+  )
   print("| instruction | dtype | FLOP / instruction | 1 core GFLOP/s | all cores GFLOP/s |")
   print("|---|---|---|---|---|")
   for r in results.values():
-    print(f"| {r['instruction']} | {r['dtype']} | {r['flop_per_instruction']} | "
-          f"{r['one_core']:.1f} | {r['all_cores']:.1f} |")
+    print(
+      f"| {r['instruction']} | {r['dtype']} | {r['flop_per_instruction']} | "
+      f"{r['one_core']:.1f} | {r['all_cores']:.1f} |"
+    )
   rows = goal_rows(results, args.vs_pytorch_json)
   if rows:
-    print("\n| run | backbone | dtype | | GFLOP/step | ours GFLOP/s | peer GFLOP/s | ratio | "
-          "1.5x peer needs GFLOP/s | of the ceiling |")
+    print(
+      "\n| run | backbone | dtype | | GFLOP/step | ours GFLOP/s | peer GFLOP/s | ratio | "
+      "1.5x peer needs GFLOP/s | of the ceiling |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
       of = f"{100 * r['goal_of_ceiling']:.0f}%" if r["goal_of_ceiling"] else "-"
-      print(f"| {r['run']} | {r['backbone']} | {r['dtype']} | {r['mode']} | "
-            f"{r['gflop_per_step']:.0f} | {r['ours_gflops']:.1f} | {r['peer_gflops']:.1f} | "
-            f"{r['ratio']:.2f}x | {r['goal_gflops']:.1f} | {of} |")
+      print(
+        f"| {r['run']} | {r['backbone']} | {r['dtype']} | {r['mode']} | "
+        f"{r['gflop_per_step']:.0f} | {r['ours_gflops']:.1f} | {r['peer_gflops']:.1f} | "
+        f"{r['ratio']:.2f}x | {r['goal_gflops']:.1f} | {of} |"
+      )
   with open(args.json, "w") as f:
-    json.dump(dict(cpu=cpuinfo.model(), kernels=results, goal=rows,
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f, indent=1)
+    json.dump(
+      dict(
+        cpu=cpuinfo.model(),
+        kernels=results,
+        goal=rows,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      ),
+      f,
+      indent=1,
+    )
   print(f"\nwrote {args.json}")
 
 

@@ -20,6 +20,7 @@ Nothing runs on data: shapes come from the method's own transform on one example
 backend's SPMD partitioner is the one TPU/GPU use, but its collective combining differs, so op
 counts (not bytes) may differ on accelerators. Not a test: it prints figures.
 """
+
 import argparse
 import math
 import os
@@ -31,8 +32,9 @@ _ARGS.add_argument("--methods", default="simclr,mae")
 _ARGS.add_argument("--preset", default="fashion_mnist")
 _ARGS.add_argument("--devices", type=int, default=8)
 ARGS = _ARGS.parse_args()
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={ARGS.devices}")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,11 +53,12 @@ from jaxssl import step as step_lib
 from jaxssl.data import datasets
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 # `%name = <shape> <op>(`; a tuple shape may hold `/*index=5*/` comments, hence the lazy `.*?`.
-_OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s+"
-                 r"(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(")
+_OP = re.compile(
+  r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s+"
+  r"(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\("
+)
 _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,]+)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[\d+,(\d+)\]")
@@ -86,14 +89,18 @@ def collective_bytes(hlo: str, num_devices: int) -> dict[str, dict[str, float]]:
       continue
     op, sizes = m.group("op"), _bytes(m.group("shape"))
     if m.group("start") and op in ("all-gather", "collective-permute") and len(sizes) > 1:
-      sizes = sizes[len(sizes) // 2:]  # async start ops return (operands, results)
+      sizes = sizes[len(sizes) // 2 :]  # async start ops return (operands, results)
     size = float(sum(sizes))
     n = _group_size(line, num_devices)
     if n <= 1:
       continue
-    ring = {"all-reduce": 2 * (n - 1) / n * size, "all-gather": (n - 1) / n * size,
-            "reduce-scatter": (n - 1) * size,  # the result is 1/n of the input
-            "all-to-all": (n - 1) / n * size, "collective-permute": size}[op]
+    ring = {
+      "all-reduce": 2 * (n - 1) / n * size,
+      "all-gather": (n - 1) / n * size,
+      "reduce-scatter": (n - 1) * size,  # the result is 1/n of the input
+      "all-to-all": (n - 1) / n * size,
+      "collective-permute": size,
+    }[op]
     out[op]["count"] += 1
     out[op]["hlo_bytes"] += size
     out[op]["ring_bytes"] += ring
@@ -105,24 +112,33 @@ def _batch_spec(config, method) -> dict[str, jax.ShapeDtypeStruct]:
   h, w, c = info.image_shape
   example = {"image": np.zeros((h, w, c), np.uint8), "label": 0}
   element = method.train_transform(info).random_map(example, np.random.default_rng(0))
-  return {k: jax.ShapeDtypeStruct((config.batch_size,) + np.shape(element[k]),
-                                  np.asarray(element[k]).dtype) for k in method.batch_keys}
+  return {
+    k: jax.ShapeDtypeStruct(
+      (config.batch_size,) + np.shape(element[k]), np.asarray(element[k]).dtype
+    )
+    for k in method.batch_keys
+  }
 
 
 def _tree_bytes_per_device(abstract, shardings) -> int:
-  return sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
-             for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+  return sum(
+    math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings))
+  )
 
 
 def compiled_hlo(method, config, tx, spec, mesh, rules) -> tuple[str, object, object]:
-  _, abstract, shardings = state_lib.abstract_and_shardings(method, tx, spec, mesh, rules,
-                                                            config.seed)
+  _, abstract, shardings = state_lib.abstract_and_shardings(
+    method, tx, spec, mesh, rules, config.seed
+  )
   step = step_lib.make_train_step(method, tx, shardings, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
-  args = (jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shardings),
-          {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-           for k, v in spec.items()})
+  args = (
+    jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    ),
+    {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in spec.items()},
+  )
   with jax.set_mesh(mesh):
     return step.lower(*args).compile().as_text(), abstract, shardings
 
@@ -134,13 +150,16 @@ def _mb(x: float) -> str:
 def main() -> None:
   n = ARGS.devices
   dump = os.environ.get("HLO_COMM_DUMP")  # a directory: also write each compiled HLO there
-  print(f"jax {jax.__version__}, {jax.device_count()} simulated {jax.devices()[0].platform} "
-        f"devices; MiB per step and device\n")
+  print(
+    f"jax {jax.__version__}, {jax.device_count()} simulated {jax.devices()[0].platform} "
+    f"devices; MiB per step and device\n"
+  )
   for name in ARGS.methods.split(","):
     config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{name}.py:{ARGS.preset}"))
     method = methods.build(config)
-    tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim,
-                                                                config.batch_size, 1000))
+    tx = optim.make_optimizer(
+      config.optim, optim.make_schedule(config.optim, config.batch_size, 1000)
+    )
     spec = _batch_spec(config, method)
     print(f"## {name} ({ARGS.preset}: {config.model.name} backbone, batch {config.batch_size})")
     print("| mesh | P params | op | count | HLO bytes | ring traffic | minimum |")
@@ -155,19 +174,24 @@ def main() -> None:
           f.write(hlo)
       p_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
       found = collective_bytes(hlo, n)
-      minimum = {"dp": {"all-reduce": 2 * (n - 1) / n * p_bytes},
-                 "fsdp": {"all-gather": (n - 1) / n * p_bytes,
-                          "reduce-scatter": (n - 1) / n * p_bytes}}[rules_name]
+      minimum = {
+        "dp": {"all-reduce": 2 * (n - 1) / n * p_bytes},
+        "fsdp": {"all-gather": (n - 1) / n * p_bytes, "reduce-scatter": (n - 1) / n * p_bytes},
+      }[rules_name]
       label = f"{rules_name.upper()} {axis}={n}"
       for op in COLLECTIVES:
         if found[op]["count"] or op in minimum:
-          print(f"| {label} | {_mb(p_bytes)} | {op} | {found[op]['count']} | "
-                f"{_mb(found[op]['hlo_bytes'])} | {_mb(found[op]['ring_bytes'])} | "
-                f"{_mb(minimum.get(op, 0.0))} |")
+          print(
+            f"| {label} | {_mb(p_bytes)} | {op} | {found[op]['count']} | "
+            f"{_mb(found[op]['hlo_bytes'])} | {_mb(found[op]['ring_bytes'])} | "
+            f"{_mb(minimum.get(op, 0.0))} |"
+          )
       total = sum(v["ring_bytes"] for v in found.values())
-      print(f"| {label} | | **total** | {sum(v['count'] for v in found.values())} | "
-            f"{_mb(sum(v['hlo_bytes'] for v in found.values()))} | {_mb(total)} | "
-            f"{_mb(sum(minimum.values()))} |")
+      print(
+        f"| {label} | | **total** | {sum(v['count'] for v in found.values())} | "
+        f"{_mb(sum(v['hlo_bytes'] for v in found.values()))} | {_mb(total)} | "
+        f"{_mb(sum(minimum.values()))} |"
+      )
     print()
     print(f"Per-device parameter / optimizer-state memory under FSDP ({name}):")
     print("| N | params MiB | opt state MiB | params x N / params at N=1 |")
@@ -178,7 +202,8 @@ def main() -> None:
         break
       mesh = parallel.make_mesh({"data": 1, "fsdp": k, "tensor": 1}, devices=jax.devices()[:k])
       _, abstract, shardings = state_lib.abstract_and_shardings(
-          method, tx, spec, mesh, parallel.get_rules("fsdp"), config.seed)
+        method, tx, spec, mesh, parallel.get_rules("fsdp"), config.seed
+      )
       params = _tree_bytes_per_device(abstract.params, shardings.params)
       opt = _tree_bytes_per_device(abstract.opt_state, shardings.opt_state)
       base = base or params

@@ -8,6 +8,7 @@ every checkpoint and on the random-init encoder of the same run, and prints the 
 wall times. Needs the Debian package dataset-fashion-mnist (or JAXSSL_FASHION_MNIST_DIR).
 Not a test: it prints figures.
 """
+
 import os
 import platform
 import sys
@@ -34,7 +35,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bench_simclr_fashion_mnist", "Ru
 def main(_):
   metrics_lib.quiet_library_logs()
   config = config_lib.load_config_file(
-      os.path.join(ROOT, f"configs/simclr.py:fashion_mnist,{_BACKBONE.value}"))
+    os.path.join(ROOT, f"configs/simclr.py:fashion_mnist,{_BACKBONE.value}")
+  )
   config.total_epochs = None
   config.total_steps = _STEPS.value
   config.batch_size = _BATCH.value
@@ -49,12 +51,16 @@ def main(_):
   table = evaluate.evaluate(_WORKDIR.value, eval_config)
   eval_s = time.perf_counter() - t0
 
-  print(f"\nSimCLR on Fashion-MNIST, backbone {_BACKBONE.value}, batch {_BATCH.value}, "
-        f"{_STEPS.value} steps ({_STEPS.value * _BATCH.value / 60000:.1f} epochs)")
-  print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; pretraining "
-        f"{train_s / 60:.1f} min ({logged.get('perf/examples_per_s', float('nan')):.0f} "
-        f"examples/s at the end), eval job {eval_s / 60:.1f} min; "
-        f"final loss {logged.get('train/loss', float('nan')):.3f}\n")
+  print(
+    f"\nSimCLR on Fashion-MNIST, backbone {_BACKBONE.value}, batch {_BATCH.value}, "
+    f"{_STEPS.value} steps ({_STEPS.value * _BATCH.value / 60000:.1f} epochs)"
+  )
+  print(
+    f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; pretraining "
+    f"{train_s / 60:.1f} min ({logged.get('perf/examples_per_s', float('nan')):.0f} "
+    f"examples/s at the end), eval job {eval_s / 60:.1f} min; "
+    f"final loss {logged.get('train/loss', float('nan')):.3f}\n"
+  )
   print("Test accuracy (%) of frozen features; step 0 = random init of the same encoder:\n")
   print(table)
 

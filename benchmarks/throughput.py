@@ -24,6 +24,7 @@ itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timin
 shared with other jobs are noisy: the JSON records the date, machine and load average next to
 every figure.
 """
+
 import functools
 import datetime
 import importlib
@@ -60,9 +61,9 @@ from jaxssl.models.matmul import LOW_PRECISION  # pylint: disable=g-import-not-a
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CASES = {  # name: (config file, backbone section)
-    "simclr_resnet18": ("simclr", dict(name="resnet", depth=18, stem="imagenet", width=64)),
-    "simclr_vit_s16": ("simclr", dict(name="vit", variant="S/16", pool="gap")),
-    "mae_vit_s16": ("mae", dict(name="vit", variant="S/16", pool="gap")),
+  "simclr_resnet18": ("simclr", dict(name="resnet", depth=18, stem="imagenet", width=64)),
+  "simclr_vit_s16": ("simclr", dict(name="vit", variant="S/16", pool="gap")),
+  "mae_vit_s16": ("mae", dict(name="vit", variant="S/16", pool="gap")),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -77,20 +78,30 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square peak-FLO
 _PIPE_BATCHES = flags.DEFINE_integer("pipeline_batches", 8, "Batches timed per pipeline run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker counts to time.")
 _LOOP_WORKERS = flags.DEFINE_integer("loop_workers", 2, "Workers of the pipeline-fed loop.")
-_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "glibc", "tcmalloc"],
-                            "Host allocator; auto: tcmalloc where installed "
-                            "(jaxssl/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
-                            "buffers). The script re-executes itself under it.")
+_MALLOC = flags.DEFINE_enum(
+  "malloc",
+  "auto",
+  ["auto", "glibc", "tcmalloc"],
+  "Host allocator; auto: tcmalloc where installed "
+  "(jaxssl/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
+  "buffers). The script re-executes itself under it.",
+)
 _JSON = flags.DEFINE_string("json", "/tmp/jaxssl_throughput.json", "Where to write results.")
 
 
 def machine() -> dict:
-  return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              host=platform.node(), cpu=platform.processor() or platform.machine(),
-              cpu_count=os.cpu_count(), load_avg=os.getloadavg(),
-              device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
-              jax=jax.__version__, openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
-              malloc=host_malloc.loaded())
+  return dict(
+    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    host=platform.node(),
+    cpu=platform.processor() or platform.machine(),
+    cpu_count=os.cpu_count(),
+    load_avg=os.getloadavg(),
+    device=str(jax.devices()[0].device_kind),
+    num_devices=jax.device_count(),
+    jax=jax.__version__,
+    openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
+    malloc=host_malloc.loaded(),
+  )
 
 
 def matmul_peak(n: int, dtype) -> float:
@@ -107,8 +118,7 @@ def gemm_rate(lhs_shape, rhs_shape, dtype, repeats: int = 3) -> float:
   accumulate = jnp.float32 if jnp.dtype(dtype) in LOW_PRECISION else None
   matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=accumulate))
   matmul(a, b).block_until_ready()
-  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
-             for _ in range(5))
+  best = min(median_seconds(lambda: matmul(a, b).block_until_ready(), repeats) for _ in range(5))
   return 2 * np.prod(lhs_shape) * rhs_shape[-1] / best
 
 
@@ -118,15 +128,19 @@ def mae_gemm_shapes(batch: int, image_size: int) -> dict[str, tuple[tuple, tuple
   tokens = (image_size // 16) ** 2
   enc, dec = batch * tokens // 4, batch * tokens  # rows: visible tokens / all tokens
   return {
-      "enc qkv [T,384]x[384,1152]": ((enc, 384), (384, 1152)),
-      "enc mlp [T,384]x[384,1536]": ((enc, 384), (384, 1536)),
-      "enc mlp [T,1536]x[1536,384]": ((enc, 1536), (1536, 384)),
-      f"enc attn QK^T [B*6,{tokens // 4},64]x[64,{tokens // 4}]":
-          ((batch * 6, tokens // 4, 64), (batch * 6, 64, tokens // 4)),
-      "dec mlp [T,512]x[512,2048]": ((dec, 512), (512, 2048)),
-      "dec mlp [T,2048]x[2048,512]": ((dec, 2048), (2048, 512)),
-      f"dec attn QK^T [B*16,{tokens},32]x[32,{tokens}]":
-          ((batch * 16, tokens, 32), (batch * 16, 32, tokens)),
+    "enc qkv [T,384]x[384,1152]": ((enc, 384), (384, 1152)),
+    "enc mlp [T,384]x[384,1536]": ((enc, 384), (384, 1536)),
+    "enc mlp [T,1536]x[1536,384]": ((enc, 1536), (1536, 384)),
+    f"enc attn QK^T [B*6,{tokens // 4},64]x[64,{tokens // 4}]": (
+      (batch * 6, tokens // 4, 64),
+      (batch * 6, 64, tokens // 4),
+    ),
+    "dec mlp [T,512]x[512,2048]": ((dec, 512), (512, 2048)),
+    "dec mlp [T,2048]x[2048,512]": ((dec, 2048), (2048, 512)),
+    f"dec attn QK^T [B*16,{tokens},32]x[32,{tokens}]": (
+      (batch * 16, tokens, 32),
+      (batch * 16, 32, tokens),
+    ),
   }
 
 
@@ -144,14 +158,21 @@ def build_config(case: str) -> ml_collections.ConfigDict:
 def synthetic_source(n: int):
   rng = np.random.default_rng(0)
   side = _SOURCE.value
-  return [{"image": rng.integers(0, 256, (side, side, 3), np.uint8), "label": np.int32(0)}
-          for _ in range(n)]
+  return [
+    {"image": rng.integers(0, 256, (side, side, 3), np.uint8), "label": np.int32(0)}
+    for _ in range(n)
+  ]
 
 
 def synthetic_info() -> datasets.DatasetInfo:
-  return datasets.DatasetInfo(name="synthetic", num_classes=1000,
-                              image_shape=(_SOURCE.value, _SOURCE.value, 3),
-                              split_sizes={"train": 1}, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  return datasets.DatasetInfo(
+    name="synthetic",
+    num_classes=1000,
+    image_shape=(_SOURCE.value, _SOURCE.value, 3),
+    split_sizes={"train": 1},
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+  )
 
 
 def pipeline_rate(source, transform, workers: int) -> float:
@@ -161,8 +182,7 @@ def pipeline_rate(source, transform, workers: int) -> float:
   before the clock starts; after that the loop drains faster than workers produce, so the
   timed batches measure production.
   """
-  dataset = pipeline.make_train_dataset(source, transform, global_batch_size=_BATCH.value,
-                                        seed=0)
+  dataset = pipeline.make_train_dataset(source, transform, global_batch_size=_BATCH.value, seed=0)
   it = pipeline.make_train_iterator(dataset, worker_count=workers, prefetch_buffer_size=2)
   try:
     for _ in range(1 + 2 * workers):
@@ -187,15 +207,20 @@ class StepRunner:
     self.mesh = parallel.make_mesh(config.mesh)
     rules = parallel.get_rules(config.sharding_rules)
     self.batch_sharding = parallel.batch_sharding(self.mesh, rules)
-    first = next(iter(pipeline.make_train_dataset(source, transform,
-                                                  global_batch_size=config.batch_size, seed=0)))
+    first = next(
+      iter(
+        pipeline.make_train_dataset(source, transform, global_batch_size=config.batch_size, seed=0)
+      )
+    )
     self.batch = self.device_batch(first)
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.batch.items()}
-    tx = optim.make_optimizer(config.optim,
-                              optim.make_schedule(config.optim, config.batch_size, 1000))
+    tx = optim.make_optimizer(
+      config.optim, optim.make_schedule(config.optim, config.batch_size, 1000)
+    )
     with jax.set_mesh(self.mesh):
-      self.state, shardings = state_lib.create_train_state(self.method, tx, spec, self.mesh,
-                                                           rules, 0)
+      self.state, shardings = state_lib.create_train_state(
+        self.method, tx, spec, self.mesh, rules, 0
+      )
       self.train_step = step_lib.make_train_step(self.method, tx, shardings, self.mesh, rules)
       start = time.perf_counter()
       compiled = self.train_step.lower(self.state, self.batch).compile()
@@ -207,8 +232,7 @@ class StepRunner:
     self.bytes_per_step = float(cost.get("bytes accessed", float("nan")))
 
   def device_batch(self, local):
-    return pipeline.global_batch({k: local[k] for k in self.method.batch_keys},
-                                 self.batch_sharding)
+    return pipeline.global_batch({k: local[k] for k in self.method.batch_keys}, self.batch_sharding)
 
   def step(self, batch=None):
     with jax.set_mesh(self.mesh):
@@ -254,68 +278,106 @@ def run_case(case: str) -> dict:
   step_s = runner.median_step_seconds(_WARMUP.value, _STEPS.value)
   peak = max(peak_before, matmul_peak(_MATMUL.value, jnp.dtype(_DTYPE.value)))
   loop_s, wait_fraction = runner.fed_loop(
-      pipeline.make_train_dataset(source, runner.transform, global_batch_size=_BATCH.value,
-                                  seed=1), _LOOP_WORKERS.value, _STEPS.value, _WARMUP.value)
+    pipeline.make_train_dataset(source, runner.transform, global_batch_size=_BATCH.value, seed=1),
+    _LOOP_WORKERS.value,
+    _STEPS.value,
+    _WARMUP.value,
+  )
   step_rate = _BATCH.value / step_s
   pipe = {w: pipeline_rate(source, runner.transform, int(w)) for w in _WORKERS.value}
   flops = runner.flops_per_step
-  return dict(case=case, batch_size=_BATCH.value, image_size=_IMAGE.value, dtype=_DTYPE.value,
-              params=state_lib.count_params(runner.state.params), compile_s=runner.compile_s,
-              step_s=step_s, steps_per_s=1 / step_s, examples_per_s=step_rate,
-              flops_per_step=flops, achieved_flops_per_s=flops / step_s,
-              bytes_per_step=runner.bytes_per_step, flops_per_byte=flops / runner.bytes_per_step,
-              peak_flops_per_s=peak, mfu=flops / step_s / peak,
-              pipeline_examples_per_s=pipe,
-              pipeline_over_step={w: r / step_rate for w, r in pipe.items()},
-              loop_workers=_LOOP_WORKERS.value, loop_s_per_step=loop_s,
-              data_wait_fraction=wait_fraction)
+  return dict(
+    case=case,
+    batch_size=_BATCH.value,
+    image_size=_IMAGE.value,
+    dtype=_DTYPE.value,
+    params=state_lib.count_params(runner.state.params),
+    compile_s=runner.compile_s,
+    step_s=step_s,
+    steps_per_s=1 / step_s,
+    examples_per_s=step_rate,
+    flops_per_step=flops,
+    achieved_flops_per_s=flops / step_s,
+    bytes_per_step=runner.bytes_per_step,
+    flops_per_byte=flops / runner.bytes_per_step,
+    peak_flops_per_s=peak,
+    mfu=flops / step_s / peak,
+    pipeline_examples_per_s=pipe,
+    pipeline_over_step={w: r / step_rate for w, r in pipe.items()},
+    loop_workers=_LOOP_WORKERS.value,
+    loop_s_per_step=loop_s,
+    data_wait_fraction=wait_fraction,
+  )
 
 
 def main(_):
   host_malloc.exec_with(_MALLOC.value)  # before anything allocates: the process is replaced
   info = machine()
-  print(f"{info['date']}  {info['cpu']} x{info['cpu_count']} ({info['device']}), jax "
-        f"{info['jax']}, malloc {info['malloc']}, load average {info['load_avg']}")
+  print(
+    f"{info['date']}  {info['cpu']} x{info['cpu_count']} ({info['device']}), jax "
+    f"{info['jax']}, malloc {info['malloc']}, load average {info['load_avg']}"
+  )
   results = []
   for case in _CASES.value:
     if case not in CASES:
       raise ValueError(f"Unknown case {case!r}; choose from {list(CASES)}.")
     results.append(run_case(case))
-    print(f"  done {case}: {results[-1]['step_s']:.2f} s/step, peak "
-          f"{results[-1]['peak_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+    print(
+      f"  done {case}: {results[-1]['step_s']:.2f} s/step, peak "
+      f"{results[-1]['peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+      flush=True,
+    )
   info["load_avg_end"] = os.getloadavg()
 
   workers = list(_WORKERS.value)
-  print(f"\nbatch {_BATCH.value}, {_IMAGE.value}x{_IMAGE.value}, {_DTYPE.value}; median of "
-        f"{_STEPS.value} steps; pipeline on random {_SOURCE.value}^2 uint8 sources\n")
-  header = ("| case | params | s/step | steps/s | examples/s | GFLOP/step | peak GFLOP/s | MFU | "
-            + " | ".join(f"pipeline ex/s ({w} workers)" for w in workers)
-            + f" | data wait ({_LOOP_WORKERS.value} workers) |")
+  print(
+    f"\nbatch {_BATCH.value}, {_IMAGE.value}x{_IMAGE.value}, {_DTYPE.value}; median of "
+    f"{_STEPS.value} steps; pipeline on random {_SOURCE.value}^2 uint8 sources\n"
+  )
+  header = (
+    "| case | params | s/step | steps/s | examples/s | GFLOP/step | peak GFLOP/s | MFU | "
+    + " | ".join(f"pipeline ex/s ({w} workers)" for w in workers)
+    + f" | data wait ({_LOOP_WORKERS.value} workers) |"
+  )
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   for r in results:
-    pipe = " | ".join(f"{r['pipeline_examples_per_s'][w]:.1f} ({r['pipeline_over_step'][w]:.1f}x)"
-                      for w in workers)
-    print(f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['step_s']:.2f} | "
-          f"{r['steps_per_s']:.2f} | {r['examples_per_s']:.1f} | "
-          f"{r['flops_per_step'] / 1e9:.0f} | {r['peak_flops_per_s'] / 1e9:.1f} | "
-          f"{100 * r['mfu']:.0f}% | {pipe} | "
-          f"{100 * r['data_wait_fraction']:.0f}% |")
+    pipe = " | ".join(
+      f"{r['pipeline_examples_per_s'][w]:.1f} ({r['pipeline_over_step'][w]:.1f}x)" for w in workers
+    )
+    print(
+      f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['step_s']:.2f} | "
+      f"{r['steps_per_s']:.2f} | {r['examples_per_s']:.1f} | "
+      f"{r['flops_per_step'] / 1e9:.0f} | {r['peak_flops_per_s'] / 1e9:.1f} | "
+      f"{100 * r['mfu']:.0f}% | {pipe} | "
+      f"{100 * r['data_wait_fraction']:.0f}% |"
+    )
   print("\n(pipeline ex/s: Grain alone; in brackets its rate over the step's consumption)")
   gemms = {}
   if "mae_vit_s16" in _CASES.value:
     # What bounds the MAE step's MFU: the same matmuls alone, at the step's own shapes.
     dtype = jnp.dtype(_DTYPE.value)
     peak = matmul_peak(_MATMUL.value, dtype)
-    print(f"\nMAE ViT-S/16 matmuls alone (batch {_BATCH.value}, {_DTYPE.value}; peak "
-          f"{_MATMUL.value}^2 = {peak / 1e9:.1f} GFLOP/s)\n\n| matmul | GFLOP/s | of peak |\n|---|---|---|")
+    print(
+      f"\nMAE ViT-S/16 matmuls alone (batch {_BATCH.value}, {_DTYPE.value}; peak "
+      f"{_MATMUL.value}^2 = {peak / 1e9:.1f} GFLOP/s)\n\n| matmul | GFLOP/s | of peak |\n|---|---|---|"
+    )
     for name, (lhs, rhs) in mae_gemm_shapes(_BATCH.value, _IMAGE.value).items():
       rate = gemm_rate(lhs, rhs, dtype)
       gemms[name] = dict(flops_per_s=rate, of_peak=rate / peak)
       print(f"| {name} | {rate / 1e9:.1f} | {100 * rate / peak:.0f}% |")
   with open(_JSON.value, "w") as f:
-    json.dump(dict(machine=info, matmul_size=_MATMUL.value,
-                   source_size=_SOURCE.value, results=results, mae_gemms=gemms), f, indent=1)
+    json.dump(
+      dict(
+        machine=info,
+        matmul_size=_MATMUL.value,
+        source_size=_SOURCE.value,
+        results=results,
+        mae_gemms=gemms,
+      ),
+      f,
+      indent=1,
+    )
   print(f"wrote {_JSON.value}")
 
 

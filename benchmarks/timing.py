@@ -1,4 +1,5 @@
 """Timing helpers shared by the benchmarks (no JAX or torch import: the PyTorch peer uses it)."""
+
 import time
 
 import numpy as np

@@ -28,6 +28,7 @@ after --warmup untimed fed steps on each side, once the loader workers' prefetch
 Both sides run under the same host allocator, --malloc (default auto: tcmalloc where installed,
 `apt-get install libtcmalloc-minimal4`; jaxssl/host_malloc.py says why it matters on CPU).
 """
+
 import argparse
 import json
 import os
@@ -51,10 +52,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TEMPERATURE, LR, WEIGHT_DECAY = 0.1, 0.3, 1e-6
 # --backbone: (our model config, its feature width, the name in the printed table)
 BACKBONES = {
-    "resnet18": (dict(name="resnet", depth=18, stem="imagenet", width=64), 512, "ResNet-18"),
-    # Exact erf GELU, as timm's (ours defaults to big_vision's tanh form).
-    "vit_s16": (dict(name="vit", variant="S/16", pool="gap", gelu_approximate=False), 384,
-                "ViT-S/16"),
+  "resnet18": (dict(name="resnet", depth=18, stem="imagenet", width=64), 512, "ResNet-18"),
+  # Exact erf GELU, as timm's (ours defaults to big_vision's tanh form).
+  "vit_s16": (
+    dict(name="vit", variant="S/16", pool="gap", gelu_approximate=False),
+    384,
+    "ViT-S/16",
+  ),
 }
 
 
@@ -66,19 +70,34 @@ def parse_args(argv=None):
   p.add_argument("--source_size", type=int, default=256)
   p.add_argument("--steps", type=int, default=10, help="timed steps (median for the step)")
   p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                 help="compute dtype: ours model.dtype (float32 master weights); the peer "
-                      "torch.autocast(cpu, bfloat16) around forward and loss")
+  p.add_argument(
+    "--dtype",
+    choices=["float32", "bfloat16"],
+    default="float32",
+    help="compute dtype: ours model.dtype (float32 master weights); the peer "
+    "torch.autocast(cpu, bfloat16) around forward and loss",
+  )
   p.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-  p.add_argument("--jitter_strength", type=float, default=None,
-                 help="default: configs/simclr.py:imagenet's augment.jitter_strength")
-  p.add_argument("--torch_python", default="/tmp/torchvenv/bin/python",
-                 help="python of the environment with torch, torchvision and lightly")
+  p.add_argument(
+    "--jitter_strength",
+    type=float,
+    default=None,
+    help="default: configs/simclr.py:imagenet's augment.jitter_strength",
+  )
+  p.add_argument(
+    "--torch_python",
+    default="/tmp/torchvenv/bin/python",
+    help="python of the environment with torch, torchvision and lightly",
+  )
   p.add_argument("--role", choices=["ours", "peer", "both"], default="both")
-  p.add_argument("--malloc", choices=["auto", "glibc", "tcmalloc"], default="auto",
-                 help="host allocator of both sides (jaxssl/host_malloc.py); auto: tcmalloc "
-                      "where installed. The script re-executes itself under it and the peer "
-                      "inherits the environment")
+  p.add_argument(
+    "--malloc",
+    choices=["auto", "glibc", "tcmalloc"],
+    default="auto",
+    help="host allocator of both sides (jaxssl/host_malloc.py); auto: tcmalloc "
+    "where installed. The script re-executes itself under it and the peer "
+    "inherits the environment",
+  )
   p.add_argument("--json", default="/tmp/jaxssl_vs_pytorch.json")
   return p.parse_args(argv)
 
@@ -96,6 +115,7 @@ def run_ours(args):
   from jaxssl import config_lib  # pylint: disable=g-import-not-at-top
   from jaxssl.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   import throughput  # pylint: disable=g-import-not-at-top  (StepRunner: the real trainer step)
+
   flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
 
   config = config_lib.load_config_file(os.path.join(ROOT, "configs/simclr.py:imagenet"))
@@ -109,17 +129,33 @@ def run_ours(args):
     config.augment.jitter_strength = args.jitter_strength
   images = source_images(4 * args.batch_size, args.source_size)
   source = [{"image": im, "label": np.int32(0)} for im in images]
-  info = datasets.DatasetInfo(name="synthetic", num_classes=1000,
-                              image_shape=images.shape[1:], split_sizes={"train": len(source)},
-                              mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  info = datasets.DatasetInfo(
+    name="synthetic",
+    num_classes=1000,
+    image_shape=images.shape[1:],
+    split_sizes={"train": len(source)},
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+  )
   runner = throughput.StepRunner(config, source, info)
   step_s = runner.median_step_seconds(args.warmup, args.steps)
   loop_s, wait = runner.fed_loop(
-      pipeline.make_train_dataset(source, runner.transform, global_batch_size=args.batch_size,
-                                  seed=1), args.workers, args.steps, args.warmup)
-  return dict(framework=f"jaxssl (jax {jax.__version__})", malloc=host_malloc.loaded(),
-              step_s=step_s, loop_s=loop_s, flops_per_step=runner.flops_per_step,
-              data_wait_fraction=wait, augment=config.augment.to_dict())
+    pipeline.make_train_dataset(
+      source, runner.transform, global_batch_size=args.batch_size, seed=1
+    ),
+    args.workers,
+    args.steps,
+    args.warmup,
+  )
+  return dict(
+    framework=f"jaxssl (jax {jax.__version__})",
+    malloc=host_malloc.loaded(),
+    step_s=step_s,
+    loop_s=loop_s,
+    flops_per_step=runner.flops_per_step,
+    data_wait_fraction=wait,
+    augment=config.augment.to_dict(),
+  )
 
 
 # ------------------------------------------------------------------------------- the peer
@@ -135,9 +171,18 @@ def run_peer(args):
   torch.manual_seed(0)
   if args.backbone == "vit_s16":
     from timm.models.vision_transformer import VisionTransformer  # pylint: disable=g-import-not-at-top
-    backbone = VisionTransformer(img_size=args.image_size, patch_size=16, embed_dim=384,
-                                 depth=12, num_heads=6, num_classes=0, class_token=False,
-                                 global_pool="avg", fc_norm=False)
+
+    backbone = VisionTransformer(
+      img_size=args.image_size,
+      patch_size=16,
+      embed_dim=384,
+      depth=12,
+      num_heads=6,
+      num_classes=0,
+      class_token=False,
+      global_pool="avg",
+      fc_norm=False,
+    )
   else:
     backbone = torchvision.models.resnet18()
     backbone.fc = torch.nn.Identity()
@@ -145,11 +190,18 @@ def run_peer(args):
   model = torch.nn.Sequential(backbone, SimCLRProjectionHead(width, 2048, 128, num_layers=2))
   model.train()
   criterion = NTXentLoss(temperature=TEMPERATURE)
-  optimizer = LARS(model.parameters(), lr=LR * args.batch_size / 256, momentum=0.9,
-                   weight_decay=WEIGHT_DECAY)
-  transform = SimCLRTransform(input_size=args.image_size, cj_strength=args.jitter_strength,
-                              min_scale=0.08, random_gray_scale=0.2, gaussian_blur=0.5,
-                              sigmas=(0.1, 2.0), hf_prob=0.5)
+  optimizer = LARS(
+    model.parameters(), lr=LR * args.batch_size / 256, momentum=0.9, weight_decay=WEIGHT_DECAY
+  )
+  transform = SimCLRTransform(
+    input_size=args.image_size,
+    cj_strength=args.jitter_strength,
+    min_scale=0.08,
+    random_gray_scale=0.2,
+    gaussian_blur=0.5,
+    sigmas=(0.1, 2.0),
+    hf_prob=0.5,
+  )
 
   class Images(torch.utils.data.Dataset):
     def __init__(self, arrays):
@@ -169,8 +221,12 @@ def run_peer(args):
   # prefetch through the last timed step as Grain's do.
   batches = fed_steps + 2 * args.workers
   loader = torch.utils.data.DataLoader(
-      images, batch_size=args.batch_size, drop_last=True, num_workers=args.workers,
-      sampler=torch.utils.data.RandomSampler(images, num_samples=batches * args.batch_size))
+    images,
+    batch_size=args.batch_size,
+    drop_last=True,
+    num_workers=args.workers,
+    sampler=torch.utils.data.RandomSampler(images, num_samples=batches * args.batch_size),
+  )
 
   def step(views):
     x0, x1 = views
@@ -199,10 +255,14 @@ def run_peer(args):
     waited += time.perf_counter() - t0
     step(views)
   loop_total = time.perf_counter() - start
-  return dict(framework=f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-              f"lightly", malloc=host_malloc.loaded(), torch_threads=torch.get_num_threads(),
-              step_s=step_s,
-              loop_s=loop_total / args.steps, data_wait_fraction=waited / loop_total)
+  return dict(
+    framework=f"torch {torch.__version__}, torchvision {torchvision.__version__}, lightly",
+    malloc=host_malloc.loaded(),
+    torch_threads=torch.get_num_threads(),
+    step_s=step_s,
+    loop_s=loop_total / args.steps,
+    data_wait_fraction=waited / loop_total,
+  )
 
 
 def main():
@@ -213,55 +273,90 @@ def main():
     return
   if args.role == "ours":
     ours = run_ours(args)
-    print(f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed",
-          flush=True)
+    print(
+      f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed", flush=True
+    )
     print("OURS_RESULT " + json.dumps(ours))
     return
+
   # Each side in its own process, one after the other: an allocator that keeps its peak mapped
   # (tcmalloc with TCMALLOC_RELEASE_RATE=0) would otherwise hold ours while the peer runs.
   def side_args(role):
     return [os.path.abspath(__file__), f"--role={role}"] + [
-        f"--{k}={getattr(args, k)}" for k in ("backbone", "batch_size", "image_size",
-                                              "source_size", "steps", "warmup", "workers", "dtype",
-                                              "jitter_strength", "malloc")
-        if getattr(args, k) is not None]
+      f"--{k}={getattr(args, k)}"
+      for k in (
+        "backbone",
+        "batch_size",
+        "image_size",
+        "source_size",
+        "steps",
+        "warmup",
+        "workers",
+        "dtype",
+        "jitter_strength",
+        "malloc",
+      )
+      if getattr(args, k) is not None
+    ]
+
   proc = subprocess.run([sys.executable] + side_args("ours"), capture_output=True, text=True)
   if proc.returncode != 0 or "OURS_RESULT " not in proc.stdout:
-    sys.exit(f"Our side failed (exit {proc.returncode}; a negative one is a signal, -9 often the "
-             f"OOM killer):\n{proc.stderr[-3000:]}")
+    sys.exit(
+      f"Our side failed (exit {proc.returncode}; a negative one is a signal, -9 often the "
+      f"OOM killer):\n{proc.stderr[-3000:]}"
+    )
   ours = json.loads(proc.stdout.split("OURS_RESULT ", 1)[1].splitlines()[0])
-  print(f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed",
-        flush=True)
+  print(
+    f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed", flush=True
+  )
   if args.jitter_strength is None:
     args.jitter_strength = ours["augment"]["jitter_strength"]
   command = [args.torch_python] + side_args("peer")
   try:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
   except (FileNotFoundError, subprocess.CalledProcessError) as e:
-    sys.exit(f"The PyTorch peer did not run ({e}; {getattr(e, 'stderr', '')[-2000:]}).\n"
-             "Install it in a separate venv:\n  python3 -m venv /tmp/torchvenv\n"
-             "  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm\n"
-             "and pass --torch_python=/tmp/torchvenv/bin/python.")
+    sys.exit(
+      f"The PyTorch peer did not run ({e}; {getattr(e, 'stderr', '')[-2000:]}).\n"
+      "Install it in a separate venv:\n  python3 -m venv /tmp/torchvenv\n"
+      "  /tmp/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly timm\n"
+      "and pass --torch_python=/tmp/torchvenv/bin/python."
+    )
   peer = json.loads(out.split("PEER_RESULT ", 1)[1].splitlines()[0])
 
   b = args.batch_size
   rows = [("jaxssl", ours), ("lightly/torch", peer)]
-  print(f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, {args.dtype}, "
-        f"{args.workers} loader workers, malloc {ours['malloc']} (peer {peer['malloc']}); "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n")
+  print(
+    f"\nSimCLR {BACKBONES[args.backbone][2]}, batch {b} x 2 views, {args.image_size}px, {args.dtype}, "
+    f"{args.workers} loader workers, malloc {ours['malloc']} (peer {peer['malloc']}); "
+    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    f"{platform.machine()} x{os.cpu_count()} cores, load average {os.getloadavg()}\n"
+  )
   print("| | step alone (s) | examples/s | data-fed loop (s/step) | examples/s | data wait |")
   print("|---|---|---|---|---|---|")
   for name, r in rows:
-    print(f"| {name} | {r['step_s']:.2f} | {b / r['step_s']:.1f} | {r['loop_s']:.2f} | "
-          f"{b / r['loop_s']:.1f} | {100 * r['data_wait_fraction']:.0f}% |")
+    print(
+      f"| {name} | {r['step_s']:.2f} | {b / r['step_s']:.1f} | {r['loop_s']:.2f} | "
+      f"{b / r['loop_s']:.1f} | {100 * r['data_wait_fraction']:.0f}% |"
+    )
   ratio_step, ratio_loop = peer["step_s"] / ours["step_s"], peer["loop_s"] / ours["loop_s"]
-  print(f"\nours / peer examples/s: step alone {ratio_step:.2f}x, data-fed {ratio_loop:.2f}x "
-        "(goal >= 1.5x)")
+  print(
+    f"\nours / peer examples/s: step alone {ratio_step:.2f}x, data-fed {ratio_loop:.2f}x "
+    "(goal >= 1.5x)"
+  )
   with open(args.json, "w") as f:
-    json.dump(dict(args=vars(args), ours=ours, peer=peer, ratio_step=ratio_step,
-                   ratio_loop=ratio_loop, load_avg=os.getloadavg(),
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f, indent=1)
+    json.dump(
+      dict(
+        args=vars(args),
+        ours=ours,
+        peer=peer,
+        ratio_step=ratio_step,
+        ratio_loop=ratio_loop,
+        load_avg=os.getloadavg(),
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      ),
+      f,
+      indent=1,
+    )
   print(f"wrote {args.json}")
 
 

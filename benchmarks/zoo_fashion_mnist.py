@@ -15,6 +15,7 @@ not redone. A method that fails is a row saying so, not a missing row.
 Needs the Debian package dataset-fashion-mnist (or JAXSSL_FASHION_MNIST_DIR). Not a test: it
 prints figures.
 """
+
 import json
 import os
 import platform
@@ -39,14 +40,29 @@ from jaxssl import train
 from jaxssl.eval import report as report_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-ZOO = ("simclr", "moco_v3", "byol", "simsiam", "dino", "ibot", "vicreg", "barlow_twins", "mae",
-       "ijepa", "data2vec")
+ZOO = (
+  "simclr",
+  "moco_v3",
+  "byol",
+  "simsiam",
+  "dino",
+  "ibot",
+  "vicreg",
+  "barlow_twins",
+  "mae",
+  "ijepa",
+  "data2vec",
+)
 
 _METHODS = flags.DEFINE_list("methods", list(ZOO), "Methods to run (configs/<m>.py).")
 _STEPS = flags.DEFINE_integer("steps", 500, "Pretraining steps per method (the budget).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size for every method.")
-_BACKBONE = flags.DEFINE_string("backbone", "", "Backbone override (config_lib.BACKBONES); "
-                                "empty: each preset's own (vit_mnist for all zoo presets).")
+_BACKBONE = flags.DEFINE_string(
+  "backbone",
+  "",
+  "Backbone override (config_lib.BACKBONES); "
+  "empty: each preset's own (vit_mnist for all zoo presets).",
+)
 _WORKERS = flags.DEFINE_integer("workers", 1, "Grain worker processes for augmentation.")
 _EVAL = flags.DEFINE_string("eval_config", "default", "Preset of configs/eval.py.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/zoo_fashion_mnist", "Parent run directory.")
@@ -91,8 +107,9 @@ def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> 
 def _config(method: str):
   arg = "fashion_mnist" + (f",{_BACKBONE.value}" if _BACKBONE.value else "")
   config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{method}.py:{arg}"))
-  shrink_schedules(config, config_lib.total_steps(config, FASHION_MNIST_TRAIN),
-                   _STEPS.value, _BATCH.value)
+  shrink_schedules(
+    config, config_lib.total_steps(config, FASHION_MNIST_TRAIN), _STEPS.value, _BATCH.value
+  )
   config.total_epochs = None
   config.total_examples = None
   config.total_steps = _STEPS.value
@@ -130,8 +147,10 @@ def _run(method: str, eval_config) -> dict:
     if reached != _STEPS.value:
       # train() returns normally after SIGTERM/SIGINT (it checkpointed): stop the whole zoo
       # instead of moving on to the next method; re-running continues where it stopped.
-      raise SystemExit(f"{method} stopped at step {reached} of {_STEPS.value}; re-run the same "
-                       "command to continue.")
+      raise SystemExit(
+        f"{method} stopped at step {reached} of {_STEPS.value}; re-run the same "
+        "command to continue."
+      )
     # A resumed run's wall time covers only its last part: not a figure for the table.
     timing = {"train_s": time.perf_counter() - t0 if started_at == 0 else None}
   t0 = time.perf_counter()
@@ -140,8 +159,12 @@ def _run(method: str, eval_config) -> dict:
   with open(timing_path, "w") as f:
     json.dump(timing, f)
   cells = _headline(workdir)
-  return {**timing, "random": cells.get(0, {}), "trained": cells.get(_STEPS.value, {}),
-          "final_loss": _final_loss(workdir)}
+  return {
+    **timing,
+    "random": cells.get(0, {}),
+    "trained": cells.get(_STEPS.value, {}),
+    "final_loss": _final_loss(workdir),
+  }
 
 
 def _final_loss(workdir: str) -> float:
@@ -165,12 +188,14 @@ def main(_):
   unknown = [m for m in _METHODS.value if m not in methods.available()]
   if unknown:
     raise app.UsageError(f"Unknown methods {unknown}; available: {methods.available()}.")
-  eval_config = config_lib.load_config_file(
-      os.path.join(ROOT, f"configs/eval.py:{_EVAL.value}"))
+  eval_config = config_lib.load_config_file(os.path.join(ROOT, f"configs/eval.py:{_EVAL.value}"))
   # Image-only methods: the image-text protocols (zero-shot, retrieval) never run for them.
   protocols = [p for p in ("linear", "knn", "fewshot") if p in eval_config.protocols]
-  header = (["method"] + [f"{p} {report_lib.HEADLINE[p]}" for p in protocols]
-            + ["pretrain min", "final loss"])
+  header = (
+    ["method"]
+    + [f"{p} {report_lib.HEADLINE[p]}" for p in protocols]
+    + ["pretrain min", "final loss"]
+  )
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for method in _METHODS.value:
     try:
@@ -179,16 +204,26 @@ def main(_):
       traceback.print_exc()
       lines.append(f"| {method} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |")
       continue
-    lines.append("| " + " | ".join(
-        [method] + [_cell(result, p) for p in protocols]
-        + ["-" if result.get("train_s") is None else f"{result['train_s'] / 60:.1f}",
-           f"{result['final_loss']:.3f}"]) + " |")
+    lines.append(
+      "| "
+      + " | ".join(
+        [method]
+        + [_cell(result, p) for p in protocols]
+        + [
+          "-" if result.get("train_s") is None else f"{result['train_s'] / 60:.1f}",
+          f"{result['final_loss']:.3f}",
+        ]
+      )
+      + " |"
+    )
     print("\n".join(lines), flush=True)
   table = "\n".join(lines) + "\n"
-  summary = (f"Fashion-MNIST, {_STEPS.value} steps x batch {_BATCH.value} "
-             f"({_STEPS.value * _BATCH.value / 60000:.1f} epochs) per method; test accuracy % of "
-             f"frozen features, random init → pretrained; {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n\n")
+  summary = (
+    f"Fashion-MNIST, {_STEPS.value} steps x batch {_BATCH.value} "
+    f"({_STEPS.value * _BATCH.value / 60000:.1f} epochs) per method; test accuracy % of "
+    f"frozen features, random init → pretrained; {platform.machine()}, "
+    f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n\n"
+  )
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "zoo.md"), "w") as f:
     f.write(summary + table)

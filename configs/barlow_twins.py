@@ -15,11 +15,12 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test', 'test,resnet18_small')
+PRESETS = ("fashion_mnist", "imagenet", "test", "test,resnet18_small")
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -59,8 +60,9 @@ def get_config(arg: str = "fashion_mnist"):
     c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=3, use_bn=True)
   else:
-    raise ValueError(f"Unknown barlow_twins preset {preset!r}; choose fashion_mnist, imagenet "
-                     "or test.")
+    raise ValueError(
+      f"Unknown barlow_twins preset {preset!r}; choose fashion_mnist, imagenet or test."
+    )
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   c.lock()
   return c

@@ -13,11 +13,12 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test', 'test,resnet18_small')
+PRESETS = ("fashion_mnist", "imagenet", "test", "test,resnet18_small")
 
 
 def get_config(arg: str = "fashion_mnist"):

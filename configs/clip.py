@@ -22,6 +22,7 @@ configs/siglip.py builds on this file (same towers and data; its own loss and re
 Image-text datasets: jaxssl/data/image_text.py; a catalog dataset works if it has 'image',
 'label' and the text features named in image_text.text_fields.
 """
+
 import math
 
 import ml_collections
@@ -29,17 +30,20 @@ import ml_collections
 from jaxssl import config_lib
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('tuxpaint', 'emoji', 'paper', 'test', 'tuxpaint,vit_mu4', 'test,vit_test')
+PRESETS = ("tuxpaint", "emoji", "paper", "test", "tuxpaint,vit_mu4", "test,vit_test")
 
 # 32x32 images: a 4x4 grid of 8x8 patches, width 128, 4 blocks.
-_TUXPAINT_VIT = dict(name="vit", width=128, depth=4, mlp_dim=256, num_heads=4, patch_size=8,
-                     pool="gap")
+_TUXPAINT_VIT = dict(
+  name="vit", width=128, depth=4, mlp_dim=256, num_heads=4, patch_size=8, pool="gap"
+)
 # The 32x32 image-caption sets of the CPU presets: dataset, text bytes, steps at batch 128.
 _CPU_SETS = {
-    "tuxpaint": dict(data="tuxpaint_stamps", max_len=48,
-                     total_steps=600),  # ~120 epochs of the 633 training pairs
-    "emoji": dict(data="emoji", max_len=64,
-                  total_steps=1200),  # ~100 epochs of the 1,481 training pairs
+  "tuxpaint": dict(
+    data="tuxpaint_stamps", max_len=48, total_steps=600
+  ),  # ~120 epochs of the 633 training pairs
+  "emoji": dict(
+    data="emoji", max_len=64, total_steps=1200
+  ),  # ~100 epochs of the 1,481 training pairs
 }
 
 
@@ -105,8 +109,7 @@ def image_text_config(method: str, arg: str) -> ml_collections.ConfigDict:
     c.text_model = dict(width=32, depth=1, num_heads=2, mlp_dim=64, max_len=24)
     model = config_lib.backbone(backbone, image_size=c.data.image_size)
   else:
-    raise ValueError(f"Unknown {method} preset {preset!r}; choose tuxpaint, emoji, paper or "
-                     "test.")
+    raise ValueError(f"Unknown {method} preset {preset!r}; choose tuxpaint, emoji, paper or test.")
   c.model = ml_collections.ConfigDict(dict(model))
   c.lock()
   return c

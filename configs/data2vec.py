@@ -16,6 +16,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT; data2vec need
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -23,16 +24,21 @@ from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test')
+PRESETS = ("fashion_mnist", "imagenet", "test")
 
 
 def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
   c.method = "data2vec"
-  c.data2vec = dict(mask_ratio=0.6, top_k=6, loss_beta=2.0, base_momentum=0.999,
-                    end_momentum=0.9999,
-                    anneal_steps=config_dict.placeholder(int))  # None: the whole run
+  c.data2vec = dict(
+    mask_ratio=0.6,
+    top_k=6,
+    loss_beta=2.0,
+    base_momentum=0.999,
+    end_momentum=0.9999,
+    anneal_steps=config_dict.placeholder(int),
+  )  # None: the whole run
   c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.08, 1.0), flip_prob=0.5))
   c.optim.name = "adamw"
   c.optim.base_lr = 2e-3 / 8  # 2e-3 at batch 2048, x B/256 linear scaling
@@ -61,8 +67,7 @@ def get_config(arg: str = "fashion_mnist"):
     # vit_test has 2 blocks; the momentum reaches its end value at step 4 of 6.
     c.data2vec.update(top_k=2, anneal_steps=4)
   else:
-    raise ValueError(f"Unknown data2vec preset {preset!r}; choose fashion_mnist, imagenet or "
-                     "test.")
+    raise ValueError(f"Unknown data2vec preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   c.lock()
   return c

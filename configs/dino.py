@@ -18,50 +18,67 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT, e.g.
                  the weight-decay cosine 0.04 -> 0.4 and drop-path 0.1 (jaxssl has neither).
   test           Tiny and fast: used by the test suite.
 """
+
 import ml_collections
 
 from jaxssl import config_lib
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test')
+PRESETS = ("fashion_mnist", "imagenet", "test")
 
 
 def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
   """Adds DINO's paper defaults: `c.<section>` (teacher), `c.head`, `c.crops` and the optimizer
   (this file and configs/ibot.py, which loads it)."""
-  c[section] = ml_collections.ConfigDict(dict(
-      base_momentum=0.996, student_temp=0.1, warmup_teacher_temp=0.04, teacher_temp=0.07,
-      teacher_temp_warmup_epochs=30.0, center_momentum=0.9, freeze_last_layer_epochs=1.0))
-  c.head = ml_collections.ConfigDict(dict(out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
-                                          num_layers=3, norm_last_layer=True))
-  c.crops = ml_collections.ConfigDict(dict(
-      global_size=224, local_size=96, num_local=8, global_scale=(0.4, 1.0),
-      local_scale=(0.05, 0.4), flip_prob=0.5, jitter_strength=1.0))
-  c.optim.name = 'adamw'
+  c[section] = ml_collections.ConfigDict(
+    dict(
+      base_momentum=0.996,
+      student_temp=0.1,
+      warmup_teacher_temp=0.04,
+      teacher_temp=0.07,
+      teacher_temp_warmup_epochs=30.0,
+      center_momentum=0.9,
+      freeze_last_layer_epochs=1.0,
+    )
+  )
+  c.head = ml_collections.ConfigDict(
+    dict(out_dim=65536, hidden_dim=2048, bottleneck_dim=256, num_layers=3, norm_last_layer=True)
+  )
+  c.crops = ml_collections.ConfigDict(
+    dict(
+      global_size=224,
+      local_size=96,
+      num_local=8,
+      global_scale=(0.4, 1.0),
+      local_scale=(0.05, 0.4),
+      flip_prob=0.5,
+      jitter_strength=1.0,
+    )
+  )
+  c.optim.name = "adamw"
   c.optim.base_lr = 5e-4  # x B/256
-  c.optim.lr_scaling = 'linear'
+  c.optim.lr_scaling = "linear"
   c.optim.weight_decay = 0.04
   c.optim.grad_clip_norm = 3.0
 
 
-def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str,
-                backbone_name: str) -> str:
+def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbone_name: str) -> str:
   """The fashion_mnist / imagenet / test settings DINO and iBOT share (sets c.model); returns
   the backbone name."""
-  if preset == 'fashion_mnist':
+  if preset == "fashion_mnist":
     backbone_name = config_lib.fashion_mnist_preset(c, backbone_name)
     c.head.update(out_dim=1024, hidden_dim=512, bottleneck_dim=128)
     # 28px images: locals of 5% of the area would be ~6px, so the local scale starts at 0.1.
-    c.crops.update(global_size=28, local_size=14, num_local=4, local_scale=(0.1, 0.4),
-                   jitter_strength=0.5)
+    c.crops.update(
+      global_size=28, local_size=14, num_local=4, local_scale=(0.1, 0.4), jitter_strength=0.5
+    )
     # DINO's own default (main_dino.py: 0.04, no warmup; "increase this slightly if needed").
     # The paper's 0.04 -> 0.07 warmup, shrunk to a short run, reached 0.07 while the features
     # were still near-identical across images and the teacher went uniform (docs/results.md, "Method
     # zoo"). The last layer stays frozen for DINO's 1 epoch.
-    c[section].update(warmup_teacher_temp=0.04, teacher_temp=0.04,
-                      teacher_temp_warmup_epochs=0.0)
-  elif preset == 'imagenet':
-    c.data.name = 'imagenet2012'
+    c[section].update(warmup_teacher_temp=0.04, teacher_temp=0.04, teacher_temp_warmup_epochs=0.0)
+  elif preset == "imagenet":
+    c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
     c.batch_size = 1024
@@ -70,40 +87,51 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str,
     c.log_every_steps = 100
     c.checkpoint.every_steps = 2500
     c.checkpoint.keep_every = 12_500
-    backbone_name = backbone_name or 'vit_s16'
-  elif preset == 'test':
+    backbone_name = backbone_name or "vit_s16"
+  elif preset == "test":
     backbone_name = config_lib.tiny_test_preset(c, backbone_name)
     c.head.update(out_dim=64, hidden_dim=32, bottleneck_dim=16)
-    c.crops.update(global_size=8, local_size=4, num_local=2, global_scale=(0.5, 1.0),
-                   local_scale=(0.2, 0.5), jitter_strength=0.5)
+    c.crops.update(
+      global_size=8,
+      local_size=4,
+      num_local=2,
+      global_scale=(0.5, 1.0),
+      local_scale=(0.2, 0.5),
+      jitter_strength=0.5,
+    )
     # digits: 88 steps per epoch at batch 16, so these put both phases inside the 6 steps:
     # temperature warmup over 5 steps, last layer frozen for 3.
     c[section].teacher_temp_warmup_epochs = 0.05
     c[section].freeze_last_layer_epochs = 0.03
   else:
-    raise ValueError(f'Unknown {c.method} preset {preset!r}; choose fashion_mnist, imagenet or '
-                     'test.')
+    raise ValueError(
+      f"Unknown {c.method} preset {preset!r}; choose fashion_mnist, imagenet or test."
+    )
   c.crops.global_size = c.data.image_size
   c.model = config_lib.backbone(backbone_name, image_size=c.data.image_size)
-  if preset == 'imagenet':
+  if preset == "imagenet":
     # DINO's ViT: [cls] pooling, learned position embeddings resized bicubically for the
     # local crops, exact GELU.
-    c.model.update(pool='cls', posemb='learn', posemb_resize='bicubic', gelu_approximate=False)
+    c.model.update(pool="cls", posemb="learn", posemb_resize="bicubic", gelu_approximate=False)
   from jaxssl.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
-  patch = c.model.get('patch_size') or decode_variant(c.model.get('variant') or 'mu').get(
-      'patch_size', 1)
+
+  patch = c.model.get("patch_size") or decode_variant(c.model.get("variant") or "mu").get(
+    "patch_size", 1
+  )
   if c.crops.local_size % patch:
-    raise ValueError(f'crops.local_size={c.crops.local_size} is not a multiple of the '
-                     f'backbone {backbone_name!r} patch size {patch}; set '
-                     '--config.crops.local_size.')
+    raise ValueError(
+      f"crops.local_size={c.crops.local_size} is not a multiple of the "
+      f"backbone {backbone_name!r} patch size {patch}; set "
+      "--config.crops.local_size."
+    )
   return backbone_name
 
 
-def get_config(arg: str = 'fashion_mnist'):
-  preset, _, backbone = arg.partition(',')
+def get_config(arg: str = "fashion_mnist"):
+  preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
-  c.method = 'dino'
-  dino_sections(c, 'dino')
-  dino_preset(c, 'dino', preset, backbone)
+  c.method = "dino"
+  dino_sections(c, "dino")
+  dino_preset(c, "dino", preset, backbone)
   c.lock()
   return c

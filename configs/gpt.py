@@ -14,29 +14,31 @@ Presets:
 
 from jaxssl import config_lib
 
-PRESETS = ('shakespeare', 'gpt2', 'test')
+PRESETS = ("shakespeare", "gpt2", "test")
 
-def get_config(arg: str = 'shakespeare'):
+
+def get_config(arg: str = "shakespeare"):
   preset = arg
   c = config_lib.base_config()
-  c.method = 'gpt'
-  c.optim.name = 'adamw'
-  c.optim.lr_scaling = 'none'
+  c.method = "gpt"
+  c.optim.name = "adamw"
+  c.optim.lr_scaling = "none"
   c.optim.b2 = 0.95
   c.optim.weight_decay = 0.1
   c.optim.grad_clip_norm = 1.0
-  if preset == 'shakespeare':
-    c.data.name = 'shakespeare:byte:128'
+  if preset == "shakespeare":
+    c.data.name = "shakespeare:byte:128"
     c.batch_size = 32
     c.total_steps = 1500
     c.optim.base_lr = 2e-3
     c.optim.warmup_steps = 100
     c.log_every_steps = 50
     c.checkpoint.every_steps = 500
-    c.model = config_lib.text_transformer(vocab_size=259, max_len=128, width=128, depth=4, num_heads=4,
-                                          mlp_dim=512)
-  elif preset == 'gpt2':
-    c.data.name = 'python_doc:bpe32768:1024'
+    c.model = config_lib.text_transformer(
+      vocab_size=259, max_len=128, width=128, depth=4, num_heads=4, mlp_dim=512
+    )
+  elif preset == "gpt2":
+    c.data.name = "python_doc:bpe32768:1024"
     c.data.worker_count = 16
     c.batch_size = 512
     c.total_steps = 100_000
@@ -45,15 +47,17 @@ def get_config(arg: str = 'shakespeare'):
     c.optim.end_lr_factor = 0.1
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000
-    c.model = config_lib.text_transformer(vocab_size=32768, max_len=1024, width=768, depth=12, num_heads=12,
-                                          mlp_dim=3072, dropout=0.1)
-  elif preset == 'test':
+    c.model = config_lib.text_transformer(
+      vocab_size=32768, max_len=1024, width=768, depth=12, num_heads=12, mlp_dim=3072, dropout=0.1
+    )
+  elif preset == "test":
     config_lib.tiny_test_preset(c)
-    c.data.name = 'pydoc_topics:byte:32'
+    c.data.name = "pydoc_topics:byte:32"
     c.batch_size = 8
-    c.model = config_lib.text_transformer(vocab_size=259, max_len=32, width=16, depth=2, num_heads=2,
-                                          mlp_dim=32)
+    c.model = config_lib.text_transformer(
+      vocab_size=259, max_len=32, width=16, depth=2, num_heads=2, mlp_dim=32
+    )
   else:
-    raise ValueError(f'Unknown gpt preset {preset!r}; choose one of {PRESETS}.')
+    raise ValueError(f"Unknown gpt preset {preset!r}; choose one of {PRESETS}.")
   c.lock()
   return c

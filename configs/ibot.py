@@ -21,49 +21,59 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT):
   test, test_dinov2  Tiny and fast: used by the test suite (the second with Sinkhorn-Knopp,
                  KoLeo and a separate patch head).
 """
+
 import importlib.util
 import os
 
 from jaxssl import config_lib
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'dinov2', 'test', 'test_dinov2')
+PRESETS = ("fashion_mnist", "imagenet", "dinov2", "test", "test_dinov2")
 
 
 def _dino_config_module():
   """configs/dino.py, whose DINO sections and presets iBOT extends."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dino.py')
-  spec = importlib.util.spec_from_file_location('_jaxssl_dino_config', path)
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dino.py")
+  spec = importlib.util.spec_from_file_location("_jaxssl_dino_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def get_config(arg: str = 'fashion_mnist'):
+def get_config(arg: str = "fashion_mnist"):
   dino = _dino_config_module()
-  preset, _, backbone = arg.partition(',')
+  preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
-  c.method = 'ibot'
-  dino.dino_sections(c, 'ibot')
-  c.ibot.update(dict(mask_ratio=(0.1, 0.5), mask_prob=0.5, mask_min_block=4,
-                     patch_loss_weight=1.0, shared_head=True, patch_out_dim=8192,
-                     centering='center', koleo_weight=0.0))
-  dinov2 = preset in ('dinov2', 'test_dinov2')
-  base = {'dinov2': 'imagenet', 'test_dinov2': 'test'}.get(preset, preset)
-  dino.dino_preset(c, 'ibot', base, backbone)
-  if preset == 'imagenet':
+  c.method = "ibot"
+  dino.dino_sections(c, "ibot")
+  c.ibot.update(
+    dict(
+      mask_ratio=(0.1, 0.5),
+      mask_prob=0.5,
+      mask_min_block=4,
+      patch_loss_weight=1.0,
+      shared_head=True,
+      patch_out_dim=8192,
+      centering="center",
+      koleo_weight=0.0,
+    )
+  )
+  dinov2 = preset in ("dinov2", "test_dinov2")
+  base = {"dinov2": "imagenet", "test_dinov2": "test"}.get(preset, preset)
+  dino.dino_preset(c, "ibot", base, backbone)
+  if preset == "imagenet":
     c.head.update(out_dim=8192, norm_last_layer=False)
     c.crops.update(global_scale=(0.14, 1.0), num_local=10)
     c.total_epochs = 800.0
     c.checkpoint.keep_every = 50_000
   if dinov2:
-    c.ibot.update(centering='sinkhorn_knopp', koleo_weight=0.1, shared_head=False)
+    c.ibot.update(centering="sinkhorn_knopp", koleo_weight=0.1, shared_head=False)
     c.ibot.patch_out_dim = c.head.out_dim
-  if preset == 'dinov2':
+  if preset == "dinov2":
     c.model.patch_size = 14  # ViT-S/14
     c.crops.update(global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), local_size=98)
     c.ibot.base_momentum = 0.992
-    c.optim.lr_scaling = 'sqrt'
+    c.optim.lr_scaling = "sqrt"
     c.optim.base_lr = 0.002  # x sqrt(B/256) = DINOv2's 0.004 x sqrt(B/1024)
   c.lock()
   return c

@@ -21,13 +21,14 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT; I-JEPA needs 
 Backbones: see `jaxssl.config_lib.BACKBONES` (ViT-H/14 is not in the table: the imagenet
 preset builds it from its fields, in bfloat16).
 """
+
 import ml_collections
 
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test', 'imagenet,vit_b16')
+PRESETS = ("fashion_mnist", "imagenet", "test", "imagenet,vit_b16")
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -36,10 +37,17 @@ def get_config(arg: str = "fashion_mnist"):
   c.method = "ijepa"
   # Paper defaults (sec. 4, appendix A.1).
   c.ijepa = dict(
-      base_momentum=0.996, end_momentum=1.0, loss="l2",
-      num_targets=4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
-      context_scale=(0.85, 1.0), target_patches=35, context_patches=84,
-      predictor=dict(width=384, depth=12, num_heads=12, mlp_dim=1536))
+    base_momentum=0.996,
+    end_momentum=1.0,
+    loss="l2",
+    num_targets=4,
+    target_scale=(0.15, 0.2),
+    target_aspect=(0.75, 1.5),
+    context_scale=(0.85, 1.0),
+    target_patches=35,
+    context_patches=84,
+    predictor=dict(width=384, depth=12, num_heads=12, mlp_dim=1536),
+  )
   c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.3, 1.0), flip_prob=0.0))
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
@@ -74,9 +82,18 @@ def get_config(arg: str = "fashion_mnist"):
     raise ValueError(f"Unknown ijepa preset {preset!r}; choose fashion_mnist, imagenet or test.")
   if preset == "imagenet" and not backbone:
     # ViT-H/14 (width 1280, depth 32, MLP 5120, 16 heads), average-pooled.
-    c.model = ml_collections.ConfigDict(dict(name="vit", width=1280, depth=32, mlp_dim=5120,
-                                             num_heads=16, patch_size=14, pool="gap",
-                                             dtype="bfloat16"))
+    c.model = ml_collections.ConfigDict(
+      dict(
+        name="vit",
+        width=1280,
+        depth=32,
+        mlp_dim=5120,
+        num_heads=16,
+        patch_size=14,
+        pool="gap",
+        dtype="bfloat16",
+      )
+    )
   else:
     c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
     if patch_size is not None:

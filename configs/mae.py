@@ -13,6 +13,7 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 import ml_collections
 
 from jaxssl import config_lib
@@ -25,7 +26,7 @@ def _mae_augment(*, flip_prob):
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test', 'fashion_mnist,vit_mu4', 'test,vit_mu4')
+PRESETS = ("fashion_mnist", "imagenet", "test", "fashion_mnist,vit_mu4", "test,vit_mu4")
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -34,8 +35,14 @@ def get_config(arg: str = "fashion_mnist"):
   c.method = "mae"
   # Paper defaults: mask 75%, per-patch normalised pixel targets, 8-block 512-wide decoder
   # with 16 heads and MLP ratio 4.
-  c.mae = dict(mask_ratio=0.75, norm_pix=True, decoder_width=512, decoder_depth=8,
-               decoder_heads=16, decoder_mlp_dim=2048)
+  c.mae = dict(
+    mask_ratio=0.75,
+    norm_pix=True,
+    decoder_width=512,
+    decoder_depth=8,
+    decoder_heads=16,
+    decoder_mlp_dim=2048,
+  )
   c.augment = _mae_augment(flip_prob=0.5)
   c.optim.name = "adamw"
   c.optim.base_lr = 1.5e-4  # x B/256 (linear scaling), as the paper's blr

@@ -9,32 +9,34 @@ Presets:
                dropout 0.1, on the local Python-docs + BPE-32k corpus.
   test         Tiny and fast: used by the test suite (pydoc_topics, bytes, 32 tokens).
 """
+
 import ml_collections
 
 from jaxssl import config_lib
 
-PRESETS = ('shakespeare', 'bert_base', 'test')
+PRESETS = ("shakespeare", "bert_base", "test")
 
 
-def get_config(arg: str = 'shakespeare'):
+def get_config(arg: str = "shakespeare"):
   preset = arg
   c = config_lib.base_config()
-  c.method = 'mlm'
+  c.method = "mlm"
   c.mlm = ml_collections.ConfigDict(dict(mask_prob=0.15, replace_mask=0.8, replace_random=0.1))
-  c.optim.name = 'adamw'
-  c.optim.lr_scaling = 'none'
+  c.optim.name = "adamw"
+  c.optim.lr_scaling = "none"
   c.optim.weight_decay = 0.01
-  if preset == 'shakespeare':
-    c.data.name = 'shakespeare:byte:128'
+  if preset == "shakespeare":
+    c.data.name = "shakespeare:byte:128"
     c.batch_size = 32
     c.total_steps = 1500
     c.optim.base_lr = 1e-3
     c.optim.warmup_steps = 100
     c.log_every_steps = 50
-    c.model = config_lib.text_transformer(vocab_size=259, max_len=128, width=128, depth=4, num_heads=4,
-                                          mlp_dim=512)
-  elif preset == 'bert_base':
-    c.data.name = 'python_doc:bpe32768:512'
+    c.model = config_lib.text_transformer(
+      vocab_size=259, max_len=128, width=128, depth=4, num_heads=4, mlp_dim=512
+    )
+  elif preset == "bert_base":
+    c.data.name = "python_doc:bpe32768:512"
     c.data.worker_count = 16
     c.batch_size = 256
     c.total_steps = 1_000_000
@@ -42,15 +44,17 @@ def get_config(arg: str = 'shakespeare'):
     c.optim.warmup_steps = 10_000
     c.log_every_steps = 100
     c.checkpoint.every_steps = 10_000
-    c.model = config_lib.text_transformer(vocab_size=32768, max_len=512, width=768, depth=12, num_heads=12,
-                                          mlp_dim=3072, dropout=0.1)
-  elif preset == 'test':
+    c.model = config_lib.text_transformer(
+      vocab_size=32768, max_len=512, width=768, depth=12, num_heads=12, mlp_dim=3072, dropout=0.1
+    )
+  elif preset == "test":
     config_lib.tiny_test_preset(c)
-    c.data.name = 'pydoc_topics:byte:32'
+    c.data.name = "pydoc_topics:byte:32"
     c.batch_size = 8
-    c.model = config_lib.text_transformer(vocab_size=259, max_len=32, width=16, depth=2, num_heads=2,
-                                          mlp_dim=32)
+    c.model = config_lib.text_transformer(
+      vocab_size=259, max_len=32, width=16, depth=2, num_heads=2, mlp_dim=32
+    )
   else:
-    raise ValueError(f'Unknown mlm preset {preset!r}; choose one of {PRESETS}.')
+    raise ValueError(f"Unknown mlm preset {preset!r}; choose one of {PRESETS}.")
   c.lock()
   return c

@@ -17,11 +17,12 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
 Backbones: see `jaxssl.config_lib.BACKBONES`. (The paper's ResNet recipe uses a 2-layer
 projector and T = 1.0: set config.head.num_layers and config.moco_v3.temperature.)
 """
+
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test')
+PRESETS = ("fashion_mnist", "imagenet", "test")
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -29,8 +30,9 @@ def get_config(arg: str = "fashion_mnist"):
   c = config_lib.base_config()
   c.method = "moco_v3"
   # ViT defaults of the official code: m 0.99 (cosine to 1), T 0.2, predictor 2 layers.
-  c.moco_v3 = dict(base_momentum=0.99, temperature=0.2,
-                   predictor=dict(hidden_dim=4096, num_layers=2))
+  c.moco_v3 = dict(
+    base_momentum=0.99, temperature=0.2, predictor=dict(hidden_dim=4096, num_layers=2)
+  )
   # The projector: 3 layers for ViT, BN on hidden layers and a final BN without affine.
   c.head = dict(hidden_dim=4096, out_dim=256, num_layers=3, use_bn=True, final_bn=True)
   c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
@@ -68,8 +70,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=3, use_bn=True, final_bn=True)
     c.moco_v3.predictor.hidden_dim = 32
   else:
-    raise ValueError(f"Unknown moco_v3 preset {preset!r}; choose fashion_mnist, imagenet or "
-                     "test.")
+    raise ValueError(f"Unknown moco_v3 preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   if preset == "imagenet" and c.model.name == "vit":
     c.model.pool = "cls"  # the official ViT-MoCo reads the [cls] token

@@ -7,10 +7,11 @@ Same presets, towers and data as configs/clip.py (this file reuses its builder);
 pieces: t' = log 10 and b = -10 at init (sec. 3.2), and in the `paper` preset the paper's
 recipe (sec. 4: ViT-B/16, 16 text tokens, batch 32k, lr 1e-3, wd 1e-4, AdamW b2 0.95).
 """
+
 import importlib.util
 import os
 
-PRESETS = ('tuxpaint', 'emoji', 'paper', 'test')
+PRESETS = ("tuxpaint", "emoji", "paper", "test")
 
 
 def _clip_config_module():

@@ -11,11 +11,19 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('mnist5k', 'fashion_mnist', 'imagenet', 'test', 'fashion_mnist,resnet18', 'test,resnet18_small')
+PRESETS = (
+  "mnist5k",
+  "fashion_mnist",
+  "imagenet",
+  "test",
+  "fashion_mnist,resnet18",
+  "test,resnet18_small",
+)
 
 
 def get_config(arg: str = "mnist5k"):
@@ -44,8 +52,7 @@ def get_config(arg: str = "mnist5k"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = config_lib.simclr_augment(crop_scale=(0.08, 1.0), flip_prob=0.5,
-                                          blur_prob=0.5)
+    c.augment = config_lib.simclr_augment(crop_scale=(0.08, 1.0), flip_prob=0.5, blur_prob=0.5)
     c.batch_size = 4096
     c.total_epochs = 100.0
     c.head = dict(hidden_dim=2048, out_dim=128, num_layers=2, use_bn=True)
@@ -60,12 +67,12 @@ def get_config(arg: str = "mnist5k"):
     backbone = backbone or "resnet50"
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)
-    c.augment = config_lib.simclr_augment(crop_scale=(0.5, 1.0), flip_prob=0.0,
-                                          blur_prob=0.0)
+    c.augment = config_lib.simclr_augment(crop_scale=(0.5, 1.0), flip_prob=0.0, blur_prob=0.0)
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=True)
   else:
-    raise ValueError(f"Unknown simclr preset {preset!r}; choose mnist5k, fashion_mnist, "
-                     "imagenet or test.")
+    raise ValueError(
+      f"Unknown simclr preset {preset!r}; choose mnist5k, fashion_mnist, imagenet or test."
+    )
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   c.lock()
   return c

@@ -15,11 +15,12 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
+
 from jaxssl import config_lib
 
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
-PRESETS = ('fashion_mnist', 'imagenet', 'test', 'test,resnet18_small')
+PRESETS = ("fashion_mnist", "imagenet", "test", "test,resnet18_small")
 
 
 def get_config(arg: str = "fashion_mnist"):
@@ -60,8 +61,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.head.update(hidden_dim=32, out_dim=32)
     c.simsiam.predictor.hidden_dim = 8
   else:
-    raise ValueError(f"Unknown simsiam preset {preset!r}; choose fashion_mnist, imagenet or "
-                     "test.")
+    raise ValueError(f"Unknown simsiam preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   c.lock()
   return c

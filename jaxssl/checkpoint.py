@@ -22,6 +22,7 @@ A step whose arrays have other shapes than the config's model is not unreadable:
 model, and restoring stops with a CheckpointError instead (its metadata is compared first).
 No pickle anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,25 +68,32 @@ def read_input_spec(workdir: str) -> dict[str, jax.ShapeDtypeStruct]:
     with open(path) as f:
       spec = json.load(f)
   except FileNotFoundError:
-    raise errors.WorkdirError(f"No input_spec.json in {workdir!r}; the trainer writes it with "
-                              "config.json when training starts: re-run it there.") from None
+    raise errors.WorkdirError(
+      f"No input_spec.json in {workdir!r}; the trainer writes it with "
+      "config.json when training starts: re-run it there."
+    ) from None
   except json.JSONDecodeError as e:
-    raise errors.WorkdirError(f"{path} is not valid JSON ({e}); re-run the trainer in "
-                              f"{workdir!r} to rewrite it.") from None
+    raise errors.WorkdirError(
+      f"{path} is not valid JSON ({e}); re-run the trainer in {workdir!r} to rewrite it."
+    ) from None
   return {k: jax.ShapeDtypeStruct(tuple(v["shape"]), v["dtype"]) for k, v in spec.items()}
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """'a/b/c' -> shape for every array-like leaf of `tree` (dicts, dataclasses, namedtuples
   and sequences alike, so a TrainState and Orbax's metadata of it give the same keys)."""
+
   def name(key):
     for attr in ("key", "name", "idx"):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
-  return {"/".join(name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-          if hasattr(leaf, "shape")}
+
+  return {
+    "/".join(name(k) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if hasattr(leaf, "shape")
+  }
 
 
 def failure_summary(error: BaseException) -> str:
@@ -97,8 +105,9 @@ def failure_summary(error: BaseException) -> str:
 
 def is_read_leftover(unraisable) -> bool:
   """An error reported from an abandoned coroutine of a failed (async) Orbax read."""
-  return (isinstance(unraisable.object, types.CoroutineType)
-          or "Event loop is closed" in str(unraisable.exc_value))
+  return isinstance(unraisable.object, types.CoroutineType) or "Event loop is closed" in str(
+    unraisable.exc_value
+  )
 
 
 class _LeftoverFilter:
@@ -127,8 +136,9 @@ def silence_failed_read_leftovers() -> None:
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings: Orbax restores straight onto them."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def read_state_numpy(workdir: str, step: int) -> Any:
@@ -139,8 +149,9 @@ def read_state_numpy(workdir: str, step: int) -> Any:
   with ocp.StandardCheckpointer() as reader:
     metadata = reader.metadata(path)
     metadata = getattr(metadata, "item_metadata", metadata)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          metadata)
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata
+    )
     return jax.tree.map(np.asarray, reader.restore(path, target))
 
 
@@ -157,15 +168,23 @@ def _listing_retried(list_steps):
     except FileNotFoundError as e:
       if attempt == _LISTING_ATTEMPTS - 1:
         raise
-      logging.info("A checkpoint was deleted while its directory was listed (%s); listing "
-                   "again.", e)
+      logging.info(
+        "A checkpoint was deleted while its directory was listed (%s); listing again.", e
+      )
 
 
 class Checkpointer:
   """A thin owner of one `ocp.CheckpointManager` for a training run."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int | None = 3,
-               keep_every: int | None = None, async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    max_to_keep: int | None = 3,
+    keep_every: int | None = None,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     """Keeps the newest `max_to_keep` steps (None: all) plus every step that is a multiple of
     `keep_every`. `read_only` (the eval job, tests) never writes, deletes or cleans up."""
     policies = ocp.checkpoint_managers
@@ -174,14 +193,16 @@ class Checkpointer:
       keep.append(policies.EveryNSteps(interval_steps=keep_every))
     # A read-only manager gets no save/keep options (Orbax would drop them with a warning).
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep),
-        save_interval_steps=0 if read_only else 1, create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
+      preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep),
+      save_interval_steps=0 if read_only else 1,
+      create=not read_only,
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+    )
     self.directory = checkpoint_dir(workdir)
     self.unreadable_directory = os.path.join(os.path.abspath(workdir), "checkpoints_unreadable")
-    self.manager = _listing_retried(
-        lambda: ocp.CheckpointManager(self.directory, options=options))
+    self.manager = _listing_retried(lambda: ocp.CheckpointManager(self.directory, options=options))
 
   def all_steps(self) -> list[int]:
     """The committed steps on disk now (listed afresh: another job may be saving/deleting)."""
@@ -199,11 +220,20 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def _data_state_file(self, step: int) -> epath.Path:
-    return (epath.Path(self.directory) / str(step) / DATA /
-            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    return (
+      epath.Path(self.directory)
+      / str(step)
+      / DATA
+      / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    )
 
-  def restore(self, step: int, abstract_state: Any, shardings: Any,
-              data_iterator: grain.DatasetIterator | None) -> Any:
+  def restore(
+    self,
+    step: int,
+    abstract_state: Any,
+    shardings: Any,
+    data_iterator: grain.DatasetIterator | None,
+  ) -> Any:
     """Restores the state (onto `shardings`) and, in place, the data iterator."""
     items = {STATE: ocp.args.StandardRestore(with_shardings(abstract_state, shardings))}
     fast_forward = False
@@ -215,10 +245,14 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if fast_forward:
       logging.warning(
-          "Checkpoint step %d has no data-iterator state for process %d of %d (it was saved "
-          "with another process count); moving the input pipeline to batch %d instead, which "
-          "continues the same global example order.", step, jax.process_index(),
-          jax.process_count(), step)
+        "Checkpoint step %d has no data-iterator state for process %d of %d (it was saved "
+        "with another process count); moving the input pipeline to batch %d instead, which "
+        "continues the same global example order.",
+        step,
+        jax.process_index(),
+        jax.process_count(),
+        step,
+      )
       grain.experimental.set_next_index(data_iterator, step)
     return restored[STATE]
 
@@ -241,20 +275,25 @@ class Checkpointer:
     """
     saved, wanted = self.saved_shapes(step), tree_shapes(abstract_state)
     # Parameters first: they say what changed; optimizer moments only repeat them.
-    differ = sorted((k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)),
-                    key=lambda k: (not k.startswith("params/"), k))
+    differ = sorted(
+      (k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)),
+      key=lambda k: (not k.startswith("params/"), k),
+    )
     if not differ:
       return
-    shown = "; ".join(f"{k} is {saved.get(k, 'absent')} there, {wanted.get(k, 'absent')} here"
-                      for k in differ[:3])
+    shown = "; ".join(
+      f"{k} is {saved.get(k, 'absent')} there, {wanted.get(k, 'absent')} here" for k in differ[:3]
+    )
     more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
     raise errors.CheckpointError(
-        f"Checkpoint step {step} in {self.directory} holds another model than this config "
-        f"builds: {shown}{more}. Train with the config that wrote it (its workdir's "
-        "config.json), or use a new --workdir.")
+      f"Checkpoint step {step} in {self.directory} holds another model than this config "
+      f"builds: {shown}{more}. Train with the config that wrote it (its workdir's "
+      "config.json), or use a new --workdir."
+    )
 
-  def restore_latest_good(self, abstract_state: Any, shardings: Any,
-                          data_iterator: grain.DatasetIterator | None):
+  def restore_latest_good(
+    self, abstract_state: Any, shardings: Any, data_iterator: grain.DatasetIterator | None
+  ):
     """Restores the newest readable step, skipping any that fails to load.
 
     Steps newer than the restored one are moved to `checkpoints_unreadable/` (see the module
@@ -279,17 +318,24 @@ class Checkpointer:
         newest = max(unreadable)
         several = len(unreadable) > 1
         logging.warning(
-            "Checkpoint step%s %s in %s could not be read (%s%s); resumed from step %d instead "
-            "and moved the unreadable one%s to %s.", "s" if several else "",
-            ", ".join(str(s) for s in sorted(unreadable, reverse=True)), self.directory,
-            f"step {newest}: " if several else "", unreadable[newest], step,
-            "s" if several else "", moved)
+          "Checkpoint step%s %s in %s could not be read (%s%s); resumed from step %d instead "
+          "and moved the unreadable one%s to %s.",
+          "s" if several else "",
+          ", ".join(str(s) for s in sorted(unreadable, reverse=True)),
+          self.directory,
+          f"step {newest}: " if several else "",
+          unreadable[newest],
+          step,
+          "s" if several else "",
+          moved,
+        )
       return step, state
     if steps:
       reasons = "; ".join(f"step {s}: {r}" for s, r in sorted(unreadable.items(), reverse=True))
       raise errors.CheckpointError(
-          f"None of the checkpoints {steps} in {self.directory} could be read ({reasons}). "
-          "Move that directory away to start afresh.")
+        f"None of the checkpoints {steps} in {self.directory} could be read ({reasons}). "
+        "Move that directory away to start afresh."
+      )
     return None, None
 
   def _set_aside(self, steps: list[int]) -> str:
@@ -313,8 +359,11 @@ class Checkpointer:
     """Partial restore of {'params', 'aux'} only (the eval job): the optimizer state, often
     twice the size of the params, is never read."""
     target = with_shardings(abstract_params_aux, shardings)
-    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    args = ocp.args.PyTreeRestore(
+      item=target,
+      partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+    )
     return self.manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
 
   def wait(self) -> None:

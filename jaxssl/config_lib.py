@@ -3,6 +3,7 @@
 Method configs live in `configs/<method>.py` (outside the package, big_vision style) and build
 on `base_config()`; everything is locked, so a misspelt key fails instead of being ignored.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -66,13 +67,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
   """The run's length in steps from whichever of steps / epochs / examples is set."""
-  given = {k: config[k] for k in ("total_steps", "total_epochs", "total_examples")
-           if config[k] is not None}
+  given = {
+    k: config[k] for k in ("total_steps", "total_epochs", "total_examples") if config[k] is not None
+  }
   if len(given) != 1:
     raise ValueError(
-        "Set exactly one of config.total_steps, config.total_epochs, config.total_examples; "
-        f"got {given or 'none'}.")
-  (key, value), = given.items()
+      "Set exactly one of config.total_steps, config.total_epochs, config.total_examples; "
+      f"got {given or 'none'}."
+    )
+  ((key, value),) = given.items()
   if not value > 0:
     raise ValueError(f"config.{key}={value}: a run needs a positive duration; set it above 0.")
   if key == "total_steps":
@@ -86,8 +89,10 @@ def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
   path, _, arg = path_and_arg.partition(":")
   spec = importlib.util.spec_from_file_location("_jaxssl_config", path)
   if spec is None or spec.loader is None or not os.path.isfile(path):
-    raise errors.ConfigError(f"Config file {path!r} not found; pass --config=configs/<method>.py"
-                             "[:preset] (the methods are the files in configs/).")
+    raise errors.ConfigError(
+      f"Config file {path!r} not found; pass --config=configs/<method>.py"
+      "[:preset] (the methods are the files in configs/)."
+    )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -100,8 +105,9 @@ def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
   runs first and lists the valid keys at that level.
   """
   # The last one, as absl's flag parsing takes the last of a repeated flag.
-  file_arg = next((a.split("=", 1)[1] for a in reversed(argv)
-                   if a.startswith(f"--{flag_name}=")), None)
+  file_arg = next(
+    (a.split("=", 1)[1] for a in reversed(argv) if a.startswith(f"--{flag_name}=")), None
+  )
   if file_arg is None:
     return
   try:
@@ -117,26 +123,30 @@ def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         where = "config" + "".join(f".{w}" for w in walked)
-        raise errors.ConfigError(f"Unknown config key {where}.{key} (from {a!r}); valid keys "
-                                 f"in {where}: {', '.join(valid)}.")
+        raise errors.ConfigError(
+          f"Unknown config key {where}.{key} (from {a!r}); valid keys "
+          f"in {where}: {', '.join(valid)}."
+        )
       node, walked = node[key], walked + [key]
 
 
 # Backbones by short name; `image_size` lets small-image presets pick a sensible patch size.
 BACKBONES = {
-    # Tests: two blocks, width 32.
-    "vit_test": dict(name="vit", width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=2,
-                     pool="gap"),
-    # CPU default for 28x28 digits/clothes: 16 tokens of 7x7, width 128, 4 blocks (~0.8M).
-    "vit_mnist": dict(name="vit", width=128, depth=4, mlp_dim=256, num_heads=4,
-                      patch_size=7, pool="gap"),
-    "vit_mu4": dict(name="vit", variant="mu/4", pool="gap"),
-    "vit_ti16": dict(name="vit", variant="Ti/16", pool="gap"),
-    "vit_s16": dict(name="vit", variant="S/16", pool="gap"),
-    "vit_b16": dict(name="vit", variant="B/16", pool="gap"),
-    "resnet18_small": dict(name="resnet", depth=18, stem="cifar", width=16),
-    "resnet18": dict(name="resnet", depth=18, stem="cifar", width=64),
-    "resnet50": dict(name="resnet", depth=50, stem="imagenet", width=64),
+  # Tests: two blocks, width 32.
+  "vit_test": dict(
+    name="vit", width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=2, pool="gap"
+  ),
+  # CPU default for 28x28 digits/clothes: 16 tokens of 7x7, width 128, 4 blocks (~0.8M).
+  "vit_mnist": dict(
+    name="vit", width=128, depth=4, mlp_dim=256, num_heads=4, patch_size=7, pool="gap"
+  ),
+  "vit_mu4": dict(name="vit", variant="mu/4", pool="gap"),
+  "vit_ti16": dict(name="vit", variant="Ti/16", pool="gap"),
+  "vit_s16": dict(name="vit", variant="S/16", pool="gap"),
+  "vit_b16": dict(name="vit", variant="B/16", pool="gap"),
+  "resnet18_small": dict(name="resnet", depth=18, stem="cifar", width=16),
+  "resnet18": dict(name="resnet", depth=18, stem="cifar", width=64),
+  "resnet50": dict(name="resnet", depth=50, stem="imagenet", width=64),
 }
 
 
@@ -152,17 +162,26 @@ def backbone(name: str, *, image_size: int) -> ml_collections.ConfigDict:
   # `--config.model.dtype=bfloat16`.
   spec.setdefault("dtype", "float32")
   if spec.get("patch_size") and image_size % spec["patch_size"]:
-    raise ValueError(f"Backbone {name!r} has patch size {spec['patch_size']}, which does not "
-                     f"divide data.image_size={image_size}; pick another backbone or size.")
+    raise ValueError(
+      f"Backbone {name!r} has patch size {spec['patch_size']}, which does not "
+      f"divide data.image_size={image_size}; pick another backbone or size."
+    )
   return ml_collections.ConfigDict(spec)
 
 
-def simclr_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5,
-                   jitter_strength=0.5, jitter_prob=0.8) -> ml_collections.ConfigDict:
+def simclr_augment(
+  *, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5, jitter_strength=0.5, jitter_prob=0.8
+) -> ml_collections.ConfigDict:
   """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate."""
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, blur_prob=blur_prob,
-      jitter_strength=jitter_strength, jitter_prob=jitter_prob))
+  return ml_collections.ConfigDict(
+    dict(
+      crop_scale=tuple(crop_scale),
+      flip_prob=flip_prob,
+      blur_prob=blur_prob,
+      jitter_strength=jitter_strength,
+      jitter_prob=jitter_prob,
+    )
+  )
 
 
 def run_app(main, define_flags) -> None:
@@ -174,6 +193,7 @@ def run_app(main, define_flags) -> None:
   """
   import sys  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
+
   try:
     check_overrides(sys.argv)
     define_flags()
@@ -185,9 +205,16 @@ def run_app(main, define_flags) -> None:
 def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.ConfigDict:
   """BYOL's asymmetric view pair (Grill et al. 2020, table 6), also used by MoCo v3, VICReg and
   Barlow Twins: blur and solarize probabilities are (view 1, view 2) = (1.0, 0.1), (0.0, 0.2)."""
-  return ml_collections.ConfigDict(dict(
-      crop_scale=tuple(crop_scale), flip_prob=flip_prob, jitter_strength=0.5, jitter_prob=0.8,
-      blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)))
+  return ml_collections.ConfigDict(
+    dict(
+      crop_scale=tuple(crop_scale),
+      flip_prob=flip_prob,
+      jitter_strength=0.5,
+      jitter_prob=0.8,
+      blur_prob=(1.0, 0.1),
+      solarize_prob=(0.0, 0.2),
+    )
+  )
 
 
 def fashion_mnist_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:
@@ -203,13 +230,32 @@ def fashion_mnist_preset(c: ml_collections.ConfigDict, backbone: str = "") -> st
   return backbone or "vit_mnist"
 
 
-def text_transformer(*, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
-                     mlp_dim: int, dropout: float = 0.0) -> ml_collections.ConfigDict:
+def text_transformer(
+  *,
+  vocab_size: int,
+  max_len: int,
+  width: int,
+  depth: int,
+  num_heads: int,
+  mlp_dim: int,
+  dropout: float = 0.0,
+) -> ml_collections.ConfigDict:
   """The `config.model` section of a text Transformer (configs/gpt.py, configs/mlm.py)."""
-  return ml_collections.ConfigDict(dict(
-      name="transformer", vocab_size=vocab_size, max_len=max_len, width=width, depth=depth,
-      num_heads=num_heads, mlp_dim=mlp_dim, posemb="learn", tie_embeddings=True,
-      dropout=dropout, dtype="float32"))
+  return ml_collections.ConfigDict(
+    dict(
+      name="transformer",
+      vocab_size=vocab_size,
+      max_len=max_len,
+      width=width,
+      depth=depth,
+      num_heads=num_heads,
+      mlp_dim=mlp_dim,
+      posemb="learn",
+      tie_embeddings=True,
+      dropout=dropout,
+      dtype="float32",
+    )
+  )
 
 
 def tiny_test_preset(c: ml_collections.ConfigDict, backbone: str = "") -> str:

@@ -10,21 +10,25 @@ callers that catch those keep working.
 
 class UserError(Exception):
   """A mistake in the user's input; `kind` prefixes the printed line (`config error: ...`)."""
+
   kind = "error"
 
 
 class ConfigError(UserError, ValueError):
   """A config the trainer or eval job cannot run: unknown key or method, bad value."""
+
   kind = "config error"
 
 
 class WorkdirError(UserError, ValueError):
   """The workdir cannot take this run: another run's config, or an unreadable record."""
+
   kind = "workdir error"
 
 
 class DataError(UserError, ValueError):
   """An unknown or unprepared dataset."""
+
   kind = "data error"
 
 
@@ -34,4 +38,5 @@ class MissingDataError(DataError, FileNotFoundError):
 
 class CheckpointError(UserError, ValueError):
   """Checkpoints that cannot serve this run: another model's arrays, or none readable."""
+
   kind = "checkpoint error"

@@ -9,6 +9,7 @@ TensorBoard, one PNG per protocol, results.md). With --watch it follows a live r
 checkpoint once, never a half-written one (Orbax commits by rename), tolerating checkpoints the
 trainer deletes, and exits once the run's final step is evaluated. Re-running skips what is done.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,22 +35,24 @@ from jaxssl.eval import report as report_lib
 from jaxssl.eval import zeroshot
 
 FLAGS = flags.FLAGS
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "eval.py")
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval.py"
+)
 
 
 def _define_flags() -> None:
   # Defined when the entry point runs, not at import, so train and evaluate import together.
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Eval config file[:preset].",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG, "Eval config file[:preset].", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "The training run's workdir.")
   flags.DEFINE_bool("watch", False, "Follow a live run until its final step.")
 
 
 PROTOCOLS = {
-    "linear": lambda tr, te, n, c: linear.linear_probe(*tr, *te, num_classes=n, **c.linear),
-    "knn": lambda tr, te, n, c: knn.knn_classify(*tr, *te, num_classes=n, **c.knn),
-    "fewshot": lambda tr, te, n, c: fewshot.fewshot_ridge(*tr, *te, num_classes=n, **c.fewshot),
+  "linear": lambda tr, te, n, c: linear.linear_probe(*tr, *te, num_classes=n, **c.linear),
+  "knn": lambda tr, te, n, c: knn.knn_classify(*tr, *te, num_classes=n, **c.knn),
+  "fewshot": lambda tr, te, n, c: fewshot.fewshot_ridge(*tr, *te, num_classes=n, **c.fewshot),
 }
 
 
@@ -57,8 +60,9 @@ def _check_protocols(eval_config) -> None:
   known = set(PROTOCOLS) | set(zeroshot.PROTOCOLS) | {language.PROTOCOL}
   unknown = set(eval_config.protocols) - known
   if unknown:
-    raise errors.ConfigError(f"Unknown eval protocols {sorted(unknown)}; choose from "
-                             f"{sorted(known)} (--config.protocols).")
+    raise errors.ConfigError(
+      f"Unknown eval protocols {sorted(unknown)}; choose from {sorted(known)} (--config.protocols)."
+    )
 
 
 class EvalJob:
@@ -69,19 +73,26 @@ class EvalJob:
     self.workdir, self.eval_config = workdir, eval_config
     self.encoder = features_lib.Encoder(workdir)
     train_config = self.encoder.config
-    self.data_dir = (eval_config.data_dir or train_config.data.data_dir
-                     or datasets.default_data_dir())
+    self.data_dir = (
+      eval_config.data_dir or train_config.data.data_dir or datasets.default_data_dir()
+    )
     name = eval_config.dataset or train_config.data.name
     self.info = datasets.get_info(name, self.data_dir)
-    self.sources = {split: datasets.get_source(name, split, self.data_dir)
-                    for split in (eval_config.train_split, eval_config.test_split)}
+    self.sources = {
+      split: datasets.get_source(name, split, self.data_dir)
+      for split in (eval_config.train_split, eval_config.test_split)
+    }
     train_info = datasets.get_info(train_config.data.name, self.data_dir)
     self.final_step = config_lib.total_steps(
-        train_config, train_info.split_sizes[train_config.data.split])
+      train_config, train_info.split_sizes[train_config.data.split]
+    )
     self.report = report_lib.EvalReport(workdir)
     # Image-text protocols (zero-shot, retrieval) only apply to runs with a text tower.
-    self.protocols = [p for p in eval_config.protocols if p not in zeroshot.PROTOCOLS
-                      or hasattr(self.encoder.method, "embed_texts")]
+    self.protocols = [
+      p
+      for p in eval_config.protocols
+      if p not in zeroshot.PROTOCOLS or hasattr(self.encoder.method, "embed_texts")
+    ]
     if language.is_language_method(self.encoder.method):
       # Language-model runs: held-out perplexity / bits per byte (jaxssl/eval/language.py).
       self.protocols = [language.PROTOCOL]
@@ -96,18 +107,29 @@ class EvalJob:
     if language.PROTOCOL in pending:
       test_split = self.eval_config.test_split
       result = language.evaluate_lm(
-          self.encoder.method, variables, self.sources[test_split], self.info, split=test_split,
-          train_source=self.sources[self.eval_config.train_split],
-          batch_size=self.eval_config.batch_size)
+        self.encoder.method,
+        variables,
+        self.sources[test_split],
+        self.info,
+        split=test_split,
+        train_source=self.sources[self.eval_config.train_split],
+        batch_size=self.eval_config.batch_size,
+      )
       self.report.add(step, language.PROTOCOL, result)
       logging.info("step %d %s: %s", step, language.PROTOCOL, result)
       pending.remove(language.PROTOCOL)
     image_text = [p for p in pending if p in zeroshot.PROTOCOLS]
     if image_text:
       results = zeroshot.evaluate_image_text(
-          self.encoder, variables, self.sources[self.eval_config.test_split], self.info,
-          class_names=zeroshot.class_names(self.eval_name, self.data_dir), protocols=image_text,
-          batch_size=self.eval_config.batch_size, **self.eval_config.zeroshot)
+        self.encoder,
+        variables,
+        self.sources[self.eval_config.test_split],
+        self.info,
+        class_names=zeroshot.class_names(self.eval_name, self.data_dir),
+        protocols=image_text,
+        batch_size=self.eval_config.batch_size,
+        **self.eval_config.zeroshot,
+      )
       for protocol, result in results.items():
         self.report.add(step, protocol, result)
         logging.info("step %d %s: %s", step, protocol, {k: round(v, 4) for k, v in result.items()})
@@ -115,15 +137,23 @@ class EvalJob:
     if not pending:
       return
     bs = self.eval_config.batch_size
-    split_features = [self.encoder.features(variables, self.sources[s], self.info, batch_size=bs)
-                      for s in (self.eval_config.train_split, self.eval_config.test_split)]
+    split_features = [
+      self.encoder.features(variables, self.sources[s], self.info, batch_size=bs)
+      for s in (self.eval_config.train_split, self.eval_config.test_split)
+    ]
     for protocol in pending:
       t0 = time.perf_counter()
-      result = PROTOCOLS[protocol](split_features[0], split_features[1],
-                                   self.info.num_classes, self.eval_config)
+      result = PROTOCOLS[protocol](
+        split_features[0], split_features[1], self.info.num_classes, self.eval_config
+      )
       self.report.add(step, protocol, result)
-      logging.info("step %d %s (%.1fs): %s", step, protocol, time.perf_counter() - t0,
-                   {k: round(v, 4) for k, v in result.items()})
+      logging.info(
+        "step %d %s (%.1fs): %s",
+        step,
+        protocol,
+        time.perf_counter() - t0,
+        {k: round(v, 4) for k, v in result.items()},
+      )
 
   def run(self, *, watch: bool) -> str:
     """Evaluates every committed checkpoint not yet evaluated; with `watch`, keeps polling
@@ -148,8 +178,9 @@ class EvalJob:
               continue
             reason = checkpoint.failure_summary(e)
             raise errors.CheckpointError(
-                f"Checkpoint {step} in {ckpt_dir} could not be read ({reason}); the trainer "
-                "sets unreadable steps aside when it resumes, or move it away by hand.") from None
+              f"Checkpoint {step} in {ckpt_dir} could not be read ({reason}); the trainer "
+              "sets unreadable steps aside when it resumes, or move it away by hand."
+            ) from None
           self.evaluate_variables(step, variables)
         checkpointer.close()
       finished = self.final_step in steps and not self._pending(self.final_step)
@@ -157,8 +188,9 @@ class EvalJob:
         break
       time.sleep(self.eval_config.poll_seconds)
     if not steps and not watch:
-      logging.warning("No checkpoints in %s yet; only the random-init baseline was evaluated.",
-                      ckpt_dir)
+      logging.warning(
+        "No checkpoints in %s yet; only the random-init baseline was evaluated.", ckpt_dir
+      )
     self.report.write_plots()
     table = self.report.write_table()
     self.report.close()
@@ -169,8 +201,7 @@ def _wait_for_run(workdir: str, poll_seconds: float) -> None:
   """--watch may start before the trainer: wait until it has written its run files."""
   needed = [os.path.join(workdir, f) for f in ("config.json", "input_spec.json")]
   while not all(os.path.exists(p) for p in needed):
-    logging.log_every_n_seconds(logging.INFO, "Waiting for a training run in %s ...", 60,
-                                workdir)
+    logging.log_every_n_seconds(logging.INFO, "Waiting for a training run in %s ...", 60, workdir)
     time.sleep(poll_seconds)
 
 

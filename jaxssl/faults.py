@@ -10,6 +10,7 @@
   checkpoint (which the trainer only writes after checking that step), or, with
   config.nan_policy='skip', the jitted step itself drops the update (see `step.train_step`).
 """
+
 from __future__ import annotations
 
 import signal
@@ -45,8 +46,11 @@ class StopRequest:
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.received = signal.Signals(signum).name
-    logging.warning("%s received: checkpointing at the next step boundary, then exiting "
-                    "(send it again to exit at once).", self.received)
+    logging.warning(
+      "%s received: checkpointing at the next step boundary, then exiting "
+      "(send it again to exit at once).",
+      self.received,
+    )
     signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
   def __enter__(self) -> "StopRequest":
@@ -86,8 +90,10 @@ class NonFiniteGuard:
   def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
     if not self._enabled:
       return
-    previous, self._pending = self._pending, (step, metrics["train/nonfinite"],
-                                              metrics["train/loss"])
+    previous, self._pending = (
+      self._pending,
+      (step, metrics["train/nonfinite"], metrics["train/loss"]),
+    )
     if previous is not None:
       self._check(*previous)
 
@@ -101,10 +107,14 @@ class NonFiniteGuard:
       return
     self._checkpointer.wait()
     last = self._checkpointer.latest_step()
-    where = (f"the last good checkpoint is step {last} in {self._checkpointer.directory} "
-             "(re-running the same command resumes there)" if last is not None else
-             "there is no checkpoint yet")
+    where = (
+      f"the last good checkpoint is step {last} in {self._checkpointer.directory} "
+      "(re-running the same command resumes there)"
+      if last is not None
+      else "there is no checkpoint yet"
+    )
     raise NonFiniteLossError(
-        f"Non-finite loss or gradient at step {step} (loss={float(jax.device_get(loss))}); "
-        f"{where}. Lower the learning rate, or set config.nan_policy='skip' to drop such "
-        "updates.")
+      f"Non-finite loss or gradient at step {step} (loss={float(jax.device_get(loss))}); "
+      f"{where}. Lower the learning rate, or set config.nan_policy='skip' to drop such "
+      "updates."
+    )

@@ -3,6 +3,7 @@
 Only process 0 writes; every other process gets a writer that does nothing, so call sites
 need no `if jax.process_index() == 0`.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ def _to_float(v: Any) -> float:
 class MetricWriter:
   """Appends one JSON row per call and mirrors scalars to TensorBoard event files."""
 
-  def __init__(self, logdir: str, *, jsonl_name: str = "metrics.jsonl",
-               tensorboard: bool = True):
+  def __init__(self, logdir: str, *, jsonl_name: str = "metrics.jsonl", tensorboard: bool = True):
     self.active = jax.process_index() == 0
     self.logdir = logdir
     self._tb = None
@@ -35,6 +35,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(logdir, jsonl_name), "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir=os.path.join(logdir, "tensorboard"), flush_secs=10)
 
   def write(self, step: int, scalars: Mapping[str, Any], **extra: Any) -> None:
@@ -74,18 +75,25 @@ class Progress:
     dt = max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
     step_time = dt / steps
-    return {"perf/step_time_s": step_time,
-            "perf/examples_per_s": self.global_batch_size / step_time,
-            "perf/eta_s": step_time * max(self.total_steps - step, 0)}
+    return {
+      "perf/step_time_s": step_time,
+      "perf/examples_per_s": self.global_batch_size / step_time,
+      "perf/eta_s": step_time * max(self.total_steps - step, 0),
+    }
 
   def line(self, step: int, scalars: Mapping[str, Any]) -> str:
     eta = scalars.get("perf/eta_s", math.nan)
     eta_txt = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-    shown = " ".join(f"{k.split('/', 1)[-1]}={_to_float(v):.4g}" for k, v in scalars.items()
-                     if k.startswith("train/") and k.count("/") == 1)
+    shown = " ".join(
+      f"{k.split('/', 1)[-1]}={_to_float(v):.4g}"
+      for k, v in scalars.items()
+      if k.startswith("train/") and k.count("/") == 1
+    )
     pct = 100.0 * step / max(self.total_steps, 1)
-    return (f"[{step}/{self.total_steps} {pct:5.1f}%] {shown} "
-            f"| {_to_float(scalars.get('perf/examples_per_s', 0)):.0f} ex/s | ETA {eta_txt}")
+    return (
+      f"[{step}/{self.total_steps} {pct:5.1f}%] {shown} "
+      f"| {_to_float(scalars.get('perf/examples_per_s', 0)):.0f} ex/s | ETA {eta_txt}"
+    )
 
 
 def log_progress(progress: Progress, step: int, scalars: Mapping[str, Any]) -> None:
@@ -96,19 +104,23 @@ def log_progress(progress: Progress, step: int, scalars: Mapping[str, Any]) -> N
 class _LibraryInfoFilter:
   """Drops INFO/DEBUG records logged from inside Orbax/Grain/TFDS (they log every file
   write); their warnings and errors still show."""
+
   _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
 
   def filter(self, record) -> bool:
     import logging as std_logging  # pylint: disable=g-import-not-at-top
+
     if "OpenCV is not installed" in str(record.msg):
       return False  # TFDS falls back to PIL, which is all we need for PNG decoding.
     return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in self._NOISY)
+      part in record.pathname for part in self._NOISY
+    )
 
 
 def quiet_library_logs() -> None:
   """Keeps stdout readable: progress lines, not checkpoint-library chatter."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   tfds.disable_progress_bar()
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):

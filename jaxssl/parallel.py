@@ -5,6 +5,7 @@ A config holds rules mapping them to the mesh axes ('data', 'fsdp', 'tensor'), s
 parallel, FSDP and tensor parallel are config changes, not code changes (the big_vision /
 MaxText pattern). Multi-host runs go through `jax.distributed`; there is no cluster layer here.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,27 +27,25 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical-axis rules by name. Each rule maps one logical axis to a mesh axis (or a tuple of
 # them, or None for replicated). Logical names not listed are replicated.
 RULES = {
-    # Pure data parallel: params replicated, batch split over every device.
-    "dp": (
-        ("batch", ("data", "fsdp")),
-    ),
-    # FSDP (ZeRO-3 style): params and optimizer state split along 'embed'/'conv_out' over
-    # 'fsdp'; the batch is split over data x fsdp.
-    "fsdp": (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("conv_out", "fsdp"),
-        ("vocab", "fsdp"),
-    ),
-    # FSDP + tensor parallel (Megatron split of attention heads and MLP hidden units).
-    "fsdp_tp": (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
-        ("conv_out", "fsdp"),
-        ("mlp", "tensor"),
-        ("heads", "tensor"),
-        ("vocab", "tensor"),
-    ),
+  # Pure data parallel: params replicated, batch split over every device.
+  "dp": (("batch", ("data", "fsdp")),),
+  # FSDP (ZeRO-3 style): params and optimizer state split along 'embed'/'conv_out' over
+  # 'fsdp'; the batch is split over data x fsdp.
+  "fsdp": (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("conv_out", "fsdp"),
+    ("vocab", "fsdp"),
+  ),
+  # FSDP + tensor parallel (Megatron split of attention heads and MLP hidden units).
+  "fsdp_tp": (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("conv_out", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+  ),
 }
 
 
@@ -55,24 +54,27 @@ def get_rules(rules: str | Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ..
   if isinstance(rules, str):
     if rules not in RULES:
       raise ValueError(
-          f"Unknown sharding rules preset {rules!r}; choose one of {sorted(RULES)} or give "
-          "explicit (logical_axis, mesh_axes) pairs.")
+        f"Unknown sharding rules preset {rules!r}; choose one of {sorted(RULES)} or give "
+        "explicit (logical_axis, mesh_axes) pairs."
+      )
     return RULES[rules]
   out = []
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
       raise ValueError(f"A sharding rule must be (logical_axis, mesh_axes); got {rule!r}.")
     target = tuple(rule[1]) if isinstance(rule[1], (list, tuple)) else rule[1]
-    for axis in (target if isinstance(target, tuple) else (target,)):
+    for axis in target if isinstance(target, tuple) else (target,):
       if axis is not None and axis not in MESH_AXES:
         raise ValueError(f"Rule {rule!r} names mesh axis {axis!r}; mesh axes are {MESH_AXES}.")
     out.append((rule[0], target))
   return tuple(out)
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Calls `jax.distributed.initialize` when this is one process of a multi-process job.
 
   Explicit arguments win (local multi-process tests); otherwise JAX's own cluster
@@ -80,17 +82,29 @@ def initialize_distributed(coordinator_address: str | None = None,
   single-process run does nothing.
   """
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                      "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")):
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+  elif any(
+    k in os.environ
+    for k in (
+      "SLURM_JOB_ID",
+      "TPU_WORKER_HOSTNAMES",
+      "OMPI_COMM_WORLD_SIZE",
+      "JAX_COORDINATOR_ADDRESS",
+    )
+  ):
     jax.distributed.initialize()
   else:
     return
   _orbax_store_barriers_on_cpu()
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 _ORBAX_BARRIER_FLAG = "experimental_orbax_use_distributed_barrier"
@@ -148,23 +162,29 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"Mesh {dict(shape)} does not divide {num_devices} devices; make the "
-                       "fixed axis sizes divide the device count.")
+      raise ValueError(
+        f"Mesh {dict(shape)} does not divide {num_devices} devices; make the "
+        "fixed axis sizes divide the device count."
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
-                     f"{num_devices} are available; set config.mesh so the sizes multiply to "
-                     f"{num_devices}, or use -1 for one axis.")
+    raise ValueError(
+      f"Mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
+      f"{num_devices} are available; set config.mesh so the sizes multiply to "
+      f"{num_devices}, or use -1 for one axis."
+    )
   return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None
-              ) -> jax.sharding.Mesh:
+def make_mesh(
+  shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
   """Builds the ('data', 'fsdp', 'tensor') mesh over all (or the given) devices."""
   devices = list(devices) if devices is not None else jax.devices()
   sizes = mesh_shape(shape, len(devices))
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def _mesh_axes_for(logical_spec, rules):
@@ -179,8 +199,9 @@ def _axis_size(mesh, axes) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def logical_sharding(shape: Sequence[int], logical_spec: Sequence[str | None] | None,
-                     mesh: jax.sharding.Mesh, rules) -> NamedSharding:
+def logical_sharding(
+  shape: Sequence[int], logical_spec: Sequence[str | None] | None, mesh: jax.sharding.Mesh, rules
+) -> NamedSharding:
   """NamedSharding of one array from its logical axis names.
 
   A dimension whose size the mapped mesh axes do not divide is replicated instead (with a log
@@ -194,8 +215,9 @@ def logical_sharding(shape: Sequence[int], logical_spec: Sequence[str | None] | 
     names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
     names = tuple(a for a in names if a not in used and mesh.shape[a] > 1)
     if names and dim % _axis_size(mesh, names):
-      logging.log_first_n(logging.INFO, "dim %d not divisible by mesh axes %s: replicated",
-                          10, dim, names)
+      logging.log_first_n(
+        logging.INFO, "dim %d not divisible by mesh axes %s: replicated", 10, dim, names
+      )
       names = ()
     used.update(names)
     spec.append(None if not names else names[0] if len(names) == 1 else names)
@@ -209,8 +231,12 @@ def shardings_from_boxed(boxed_abstract: Any, mesh: jax.sharding.Mesh, rules) ->
   """
   specs = nn.get_partition_spec(boxed_abstract)
   shapes = nn.unbox(boxed_abstract)
-  return jax.tree.map(lambda s, x: logical_sharding(x.shape, tuple(s), mesh, rules),
-                      specs, shapes, is_leaf=lambda s: isinstance(s, P))
+  return jax.tree.map(
+    lambda s, x: logical_sharding(x.shape, tuple(s), mesh, rules),
+    specs,
+    shapes,
+    is_leaf=lambda s: isinstance(s, P),
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules) -> NamedSharding:

@@ -5,6 +5,7 @@ shapes -> `parallel` turns the annotations into NamedShardings (optimizer state 
 params it belongs to via `optax.tree_map_params`) -> `jit(init, out_shardings=...)` builds every
 array directly on its devices, so no host ever holds the full model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,6 +23,7 @@ from jaxssl import parallel
 class TrainState:
   """Everything a step reads and writes. `aux` is the method's non-gradient state
   (BatchNorm statistics, EMA teacher, DINO center, ...)."""
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -59,26 +61,43 @@ def model_variables(method, batch_spec, mesh, rules, seed: int):
   return init_fn, nn.unbox(boxed), parallel.shardings_from_boxed(boxed, mesh, rules)
 
 
-def abstract_and_shardings(method, tx: optax.GradientTransformation,
-                           batch_spec: dict[str, jax.ShapeDtypeStruct],
-                           mesh: jax.sharding.Mesh, rules, seed: int):
+def abstract_and_shardings(
+  method,
+  tx: optax.GradientTransformation,
+  batch_spec: dict[str, jax.ShapeDtypeStruct],
+  mesh: jax.sharding.Mesh,
+  rules,
+  seed: int,
+):
   """Returns (init_fn, abstract TrainState, TrainState of NamedShardings)."""
   variables_init, _, variable_shardings = model_variables(method, batch_spec, mesh, rules, seed)
 
   def init_fn() -> TrainState:
     variables = variables_init()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      opt_state=tx.init(variables["params"]), aux=variables["aux"],
-                      rng=_init_rngs(seed)[1])
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      opt_state=tx.init(variables["params"]),
+      aux=variables["aux"],
+      rng=_init_rngs(seed)[1],
+    )
 
   abstract = jax.eval_shape(init_fn)
   replicated = parallel.replicated(mesh)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract.opt_state, variable_shardings["params"],
-      transform_non_params=lambda _: replicated)
-  shardings = TrainState(step=replicated, params=variable_shardings["params"],
-                         opt_state=opt_shardings, aux=variable_shardings["aux"],
-                         rng=replicated)
+    tx,
+    lambda _, sharding: sharding,
+    abstract.opt_state,
+    variable_shardings["params"],
+    transform_non_params=lambda _: replicated,
+  )
+  shardings = TrainState(
+    step=replicated,
+    params=variable_shardings["params"],
+    opt_state=opt_shardings,
+    aux=variable_shardings["aux"],
+    rng=replicated,
+  )
   return init_fn, abstract, shardings
 
 

@@ -9,6 +9,7 @@
 Jitted once with in/out shardings from the mesh and the state donated, so XLA inserts every
 collective (the pjit model): the same code runs on one CPU or a pod.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -36,10 +37,15 @@ def _keep_if(ok: jax.Array, new: TrainState, old: TrainState) -> TrainState:
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, method,
-               tx: optax.GradientTransformation,
-               lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-               nan_policy: str = "stop") -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  method,
+  tx: optax.GradientTransformation,
+  lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  nan_policy: str = "stop",
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step. Pure; see the module docstring for the order of operations.
 
   `metrics['train/nonfinite']` is 1.0 when the loss or a gradient is NaN/inf. With
@@ -54,8 +60,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, method,
   (loss, (metrics, new_aux)), grads = grad_fn(state.params, state.aux, batch, rng, state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            aux=new_aux)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, aux=new_aux)
   new_state = method.post_update(new_state)
   grad_norm = optax.tree.norm(grads)
   # The global grad norm is non-finite iff some gradient entry is (or it overflows, which is
@@ -63,19 +68,28 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, method,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if nan_policy == "skip":
     new_state = _keep_if(finite, new_state, state)
-  out = {"train/loss": loss, "train/grad_norm": grad_norm,
-         "train/param_norm": optax.tree.norm(new_state.params),
-         "train/nonfinite": 1.0 - finite.astype(jnp.float32)}
+  out = {
+    "train/loss": loss,
+    "train/grad_norm": grad_norm,
+    "train/param_norm": optax.tree.norm(new_state.params),
+    "train/nonfinite": 1.0 - finite.astype(jnp.float32),
+  }
   if lr_schedule is not None:
     out["train/lr"] = lr_schedule(state.step)
   out.update(_namespaced("train", metrics))
   return new_state, out
 
 
-def make_train_step(method, tx: optax.GradientTransformation, state_shardings: TrainState,
-                    mesh: jax.sharding.Mesh, rules, *,
-                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-                    nan_policy: str = "stop"):
+def make_train_step(
+  method,
+  tx: optax.GradientTransformation,
+  state_shardings: TrainState,
+  mesh: jax.sharding.Mesh,
+  rules,
+  *,
+  lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  nan_policy: str = "stop",
+):
   """Returns `step(state, batch) -> (state, metrics)`, jitted with shardings and donation.
 
   The batch is split along its leading axis like the logical 'batch' axis; metrics come back
@@ -86,9 +100,14 @@ def make_train_step(method, tx: optax.GradientTransformation, state_shardings: T
   def step_fn(state, batch):
     # Rules are read at trace time by the models' activation constraints.
     with nn.logical_axis_rules(rules):
-      return train_step(state, batch, method=method, tx=tx, lr_schedule=lr_schedule,
-                        nan_policy=nan_policy)
+      return train_step(
+        state, batch, method=method, tx=tx, lr_schedule=lr_schedule, nan_policy=nan_policy
+      )
 
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=0, compiler_options=xla_cpu.for_mesh(mesh))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, parallel.replicated(mesh)),
+    donate_argnums=0,
+    compiler_options=xla_cpu.for_mesh(mesh),
+  )

@@ -17,6 +17,7 @@ checkpoint is skipped for the previous one, and another model's checkpoint is re
 (jaxssl/checkpoint.py). User mistakes are `jaxssl.errors.UserError`s: the command prints their
 one line and exits 1 (config_lib.run_app).
 """
+
 from __future__ import annotations
 
 from absl import app
@@ -47,12 +48,13 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Defined when the entry point runs, not at import, so train and evaluate import together.
-  config_flags.DEFINE_config_file("config", None, "Method config file[:preset].",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file("config", None, "Method config file[:preset].", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-  flags.DEFINE_string("coordinator_address", None,
-                      "host:port of process 0 for multi-process runs "
-                      "(auto-detected on TPU pods and SLURM).")
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 for multi-process runs (auto-detected on TPU pods and SLURM).",
+  )
   flags.DEFINE_integer("num_processes", None, "Processes in the job.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
 
@@ -60,8 +62,11 @@ def _define_flags() -> None:
 def _batch_spec(dataset, method) -> dict[str, jax.ShapeDtypeStruct]:
   """Global shapes of the model inputs, from one element of a throwaway iterator."""
   example = next(iter(dataset))
-  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype)
-          for k, v in example.items() if k in method.batch_keys}
+  return {
+    k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype)
+    for k, v in example.items()
+    if k in method.batch_keys
+  }
 
 
 ConfigError = errors.ConfigError
@@ -71,9 +76,10 @@ def _check_batch(config, mesh, rules) -> None:
   divisor = parallel.batch_divisor(mesh, rules)
   if config.batch_size % divisor or config.batch_size % jax.process_count():
     raise ValueError(
-        f"batch_size={config.batch_size} must be divisible by the batch's mesh shards "
-        f"({divisor}) and the process count ({jax.process_count()}); change "
-        "config.batch_size or config.mesh.")
+      f"batch_size={config.batch_size} must be divisible by the batch's mesh shards "
+      f"({divisor}) and the process count ({jax.process_count()}); change "
+      "config.batch_size or config.mesh."
+    )
 
 
 def check_config(config: ml_collections.ConfigDict):
@@ -91,8 +97,9 @@ def check_config(config: ml_collections.ConfigDict):
     _check_batch(config, mesh, rules)
     config_lib.total_steps(config, 1)  # exactly one duration is set, and it is positive
     if config.nan_policy not in step_lib.NAN_POLICIES:
-      raise ValueError(f"config.nan_policy={config.nan_policy!r}; use one of "
-                       f"{step_lib.NAN_POLICIES}.")
+      raise ValueError(
+        f"config.nan_policy={config.nan_policy!r}; use one of {step_lib.NAN_POLICIES}."
+      )
   except ConfigError:
     raise
   except (ValueError, KeyError, AttributeError) as e:
@@ -100,8 +107,9 @@ def check_config(config: ml_collections.ConfigDict):
   return method, mesh, rules
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          stop_at_step: int | None = None) -> dict[str, float]:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> dict[str, float]:
   """Trains (or resumes) `config` in `workdir`; returns the last logged metrics.
 
   `stop_at_step` ends this run early (after checkpointing) without changing the schedule,
@@ -115,19 +123,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   info = datasets.get_info(config.data.name, data_dir)
   num_steps = config_lib.total_steps(config, info.split_sizes[config.data.split])
   source = datasets.get_source(config.data.name, config.data.split, data_dir)
-  dataset = pipeline.make_train_dataset(source, method.train_transform(info),
-                                        global_batch_size=config.batch_size, seed=config.seed)
+  dataset = pipeline.make_train_dataset(
+    source, method.train_transform(info), global_batch_size=config.batch_size, seed=config.seed
+  )
   batch_spec = _batch_spec(dataset, method)
   data_iter = pipeline.make_train_iterator(dataset, worker_count=config.data.worker_count)
 
   # ---------------------------------------------------------------- state
   schedule = optim.make_schedule(config.optim, config.batch_size, num_steps)
   tx = optim.make_optimizer(config.optim, schedule)
-  _, abstract, shardings = state_lib.abstract_and_shardings(method, tx, batch_spec, mesh, rules,
-                                                            config.seed)
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                 keep_every=config.checkpoint.keep_every,
-                                 async_save=config.checkpoint.async_save)
+  _, abstract, shardings = state_lib.abstract_and_shardings(
+    method, tx, batch_spec, mesh, rules, config.seed
+  )
+  ckpt = checkpoint.Checkpointer(
+    workdir,
+    max_to_keep=config.checkpoint.max_to_keep,
+    keep_every=config.checkpoint.keep_every,
+    async_save=config.checkpoint.async_save,
+  )
   try:
     start_step, state = ckpt.restore_latest_good(abstract, shardings, data_iter)
   except BaseException:
@@ -143,8 +156,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Resumed from step %d of %d in %s", start_step, num_steps, ckpt.directory)
 
   # ---------------------------------------------------------------- loop
-  train_step = step_lib.make_train_step(method, tx, shardings, mesh, rules,
-                                        lr_schedule=schedule, nan_policy=config.nan_policy)
+  train_step = step_lib.make_train_step(
+    method, tx, shardings, mesh, rules, lr_schedule=schedule, nan_policy=config.nan_policy
+  )
   batch_sharding = parallel.batch_sharding(mesh, rules)
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(num_steps, config.batch_size, start_step)
@@ -155,8 +169,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     with faults.StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if start_step < last_step:
         parallel.compile_then_sync(
-            train_step, state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-                                for k, v in batch_spec.items()}, name="train_step_compiled")
+          train_step,
+          state,
+          {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+            for k, v in batch_spec.items()
+          },
+          name="train_step_compiled",
+        )
       for step in range(start_step + 1, last_step + 1):
         local = next(data_iter)
         batch = pipeline.global_batch({k: local[k] for k in method.batch_keys}, batch_sharding)
@@ -174,9 +194,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           ckpt.save(step, state, data_iter)
         if stopping:
           ckpt.wait()
-          logging.warning("Stopped by %s after saving the checkpoint of step %d in %s; "
-                          "re-run the same command to continue.", stop.received, step,
-                          ckpt.directory)
+          logging.warning(
+            "Stopped by %s after saving the checkpoint of step %d in %s; "
+            "re-run the same command to continue.",
+            stop.received,
+            step,
+            ckpt.directory,
+          )
           break
       nonfinite.check_pending()
   finally:
@@ -193,8 +217,7 @@ def main(argv) -> None:
   metrics_lib.quiet_library_logs()
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   hint = host_malloc.advice(jax.default_backend())
   if hint and jax.process_index() == 0:
     logging.info(hint)

@@ -12,6 +12,7 @@ The mesh and sharding rules are layout, not maths (tests/test_sharding_invarianc
 checkpoints restore onto any mesh, so a run may resume on another slice. Duration changes move
 the end of the learning-rate schedule; that is what a user extending a run asks for.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,19 @@ CHANGES_FILE = "config_changes.jsonl"
 # Dotted config keys (a key and everything below it) that may differ from the recorded config
 # when a run resumes; see the module docstring.
 RESUMABLE = (
-    "total_steps", "total_epochs", "total_examples",
-    "log_every_steps",
-    "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_every",
-    "checkpoint.async_save",
-    "data.worker_count", "data.data_dir",
-    "mesh", "sharding_rules",
-    "nan_policy",
+  "total_steps",
+  "total_epochs",
+  "total_examples",
+  "log_every_steps",
+  "checkpoint.every_steps",
+  "checkpoint.max_to_keep",
+  "checkpoint.keep_every",
+  "checkpoint.async_save",
+  "data.worker_count",
+  "data.data_dir",
+  "mesh",
+  "sharding_rules",
+  "nan_policy",
 )
 _SHOWN_KEYS = 4  # differing keys named in the refusal before "and N more"
 
@@ -62,11 +69,14 @@ def _read_plain(workdir: str) -> dict[str, Any] | None:
       data = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise errors.WorkdirError(
-        f"{path} is not valid JSON ({e}); it is this run's record: restore it from a copy, or "
-        "use a new --workdir.") from None
+      f"{path} is not valid JSON ({e}); it is this run's record: restore it from a copy, or "
+      "use a new --workdir."
+    ) from None
   if not isinstance(data, dict):
-    raise errors.WorkdirError(f"{path} holds a {type(data).__name__}, not a config object; "
-                              "restore it from a copy, or use a new --workdir.")
+    raise errors.WorkdirError(
+      f"{path} holds a {type(data).__name__}, not a config object; "
+      "restore it from a copy, or use a new --workdir."
+    )
   return data
 
 
@@ -75,8 +85,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   data = _read_plain(workdir)
   if data is None:
     raise errors.WorkdirError(
-        f"No {CONFIG_FILE} in {workdir!r}: is this a jaxssl training workdir? "
-        "(`jaxssl-train --workdir=...` writes it when training starts.)")
+      f"No {CONFIG_FILE} in {workdir!r}: is this a jaxssl training workdir? "
+      "(`jaxssl-train --workdir=...` writes it when training starts.)"
+    )
   return ml_collections.ConfigDict(data)
 
 
@@ -94,8 +105,11 @@ def differences(recorded: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
   """Dotted key -> (recorded value, new value) for each key whose value differs; a key that
   exists on one side only has the other side's value as the string '<absent>'."""
   old, now = _flatten(recorded), _flatten(new)
-  return {k: (old.get(k, "<absent>"), now.get(k, "<absent>"))
-          for k in sorted(set(old) | set(now)) if old.get(k, "<absent>") != now.get(k, "<absent>")}
+  return {
+    k: (old.get(k, "<absent>"), now.get(k, "<absent>"))
+    for k in sorted(set(old) | set(now))
+    if old.get(k, "<absent>") != now.get(k, "<absent>")
+  }
 
 
 def is_resumable(key: str) -> bool:
@@ -113,34 +127,45 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[An
     return {}
   changes = differences(recorded, _as_plain(config))
   # The method first: when it differs, it explains every other difference.
-  refused = dict(sorted(((k, v) for k, v in changes.items() if not is_resumable(k)),
-                        key=lambda kv: kv[0] != "method"))
+  refused = dict(
+    sorted(
+      ((k, v) for k, v in changes.items() if not is_resumable(k)), key=lambda kv: kv[0] != "method"
+    )
+  )
   if refused:
-    shown = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
-                      list(refused.items())[:_SHOWN_KEYS])
+    shown = "; ".join(
+      f"{k}: {old!r} there, {new!r} now" for k, (old, new) in list(refused.items())[:_SHOWN_KEYS]
+    )
     more = f" (and {len(refused) - _SHOWN_KEYS} more)" if len(refused) > _SHOWN_KEYS else ""
     raise errors.WorkdirError(
-        f"{workdir} holds a run with another config ({config_path(workdir)}): {shown}{more}. "
-        "Nothing was changed. Use a new --workdir, or repeat the recorded values; only "
-        "duration, logging/checkpoint cadence, data workers/dir, mesh, sharding rules and "
-        "nan_policy may change on resume (jaxssl/workdir.py RESUMABLE).")
+      f"{workdir} holds a run with another config ({config_path(workdir)}): {shown}{more}. "
+      "Nothing was changed. Use a new --workdir, or repeat the recorded values; only "
+      "duration, logging/checkpoint cadence, data workers/dir, mesh, sharding rules and "
+      "nan_policy may change on resume (jaxssl/workdir.py RESUMABLE)."
+    )
   return changes
 
 
-def record(workdir: str, config: ml_collections.ConfigDict,
-           changes: dict[str, tuple[Any, Any]]) -> None:
+def record(
+  workdir: str, config: ml_collections.ConfigDict, changes: dict[str, tuple[Any, Any]]
+) -> None:
   """Writes config.json (process 0), after logging `changes` (from `check`) and appending them
   to config_changes.jsonl; the old file is replaced atomically."""
   if changes:
-    logging.warning("Resuming %s with changed settings: %s", workdir,
-                    ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+    logging.warning(
+      "Resuming %s with changed settings: %s",
+      workdir,
+      ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+    )
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
   if changes:
     with open(os.path.join(workdir, CHANGES_FILE), "a") as f:
-      f.write(json.dumps({"time": time.time(),
-                          "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+      f.write(
+        json.dumps({"time": time.time(), "changes": {k: list(v) for k, v in changes.items()}})
+        + "\n"
+      )
   path = config_path(workdir)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

@@ -13,6 +13,7 @@ gets in `jaxssl.step.make_train_step` and the eval job's encoders: the option on
 on other platforms, nothing when the user's XLA_FLAGS already set the field (their choice wins), and
 nothing (with a warning logged once) when the installed jaxlib does not know the option.
 """
+
 import functools
 import os
 import re
@@ -21,11 +22,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
+YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 # jaxlib 0.10.2's default YNN fusion types less LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION.
 # Compiler options take the whole list of enum names (XLA_FLAGS's '-individual_convolution'
 # form is rejected there), so a later jaxlib adding a default type would need it added here.
-YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 CPU_OPTIONS = {YNN_FUSION_TYPE: YNN_WITHOUT_CONVOLUTIONS}
 
 
@@ -34,12 +35,17 @@ def supported() -> bool:
   """Whether this jaxlib's CPU compiler accepts CPU_OPTIONS (one tiny compile, cached)."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(
-        jnp.zeros((), jnp.float32)).compile()
+      jnp.zeros((), jnp.float32)
+    ).compile()
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning('XLA:CPU option %s=%s not accepted by jax %s (%s): convolutions stay in '
-                    'YNNPACK, which measured up to 2x slower for ResNet training.',
-                    YNN_FUSION_TYPE, YNN_WITHOUT_CONVOLUTIONS, jax.__version__,
-                    str(e).splitlines()[0])
+    logging.warning(
+      "XLA:CPU option %s=%s not accepted by jax %s (%s): convolutions stay in "
+      "YNNPACK, which measured up to 2x slower for ResNet training.",
+      YNN_FUSION_TYPE,
+      YNN_WITHOUT_CONVOLUTIONS,
+      jax.__version__,
+      str(e).splitlines()[0],
+    )
     return False
   return True
 
@@ -47,7 +53,7 @@ def supported() -> bool:
 def compiler_options(platform: str | None = None) -> dict[str, str]:
   """`jax.jit` compiler options for computations on `platform` (default: jax's backend)."""
   platform = platform or jax.default_backend()
-  if platform != 'cpu' or YNN_FUSION_TYPE in os.environ.get('XLA_FLAGS', ''):
+  if platform != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
     return {}
   return dict(CPU_OPTIONS) if supported() else {}
 
@@ -63,7 +69,9 @@ def dot_operand_types(hlo_text: str) -> list[tuple[str, str]]:
   Dots inside fusions count too; their operands are the fused computation's parameters. Shows
   whether a bf16 dot kept bf16 operands or XLA upcast it to a float32 GEMM (jaxssl.models.matmul).
   """
-  types = dict(re.findall(r'%([\w.\-]+) = (\w+)\[', hlo_text))
-  for name, dtype in re.findall(r'\(?%?([\w.\-]+): (\w+)\[', hlo_text):  # computation params
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
+  for name, dtype in re.findall(r"\(?%?([\w.\-]+): (\w+)\[", hlo_text):  # computation params
     types.setdefault(name, dtype)
-  return [(types[a], types[b]) for a, b in re.findall(r' dot\(%([\w.\-]+), %([\w.\-]+)\)', hlo_text)]
+  return [
+    (types[a], types[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo_text)
+  ]

@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices before JAX starts, and shared fixtures."""
+
 import os
 import tempfile
 

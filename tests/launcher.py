@@ -5,6 +5,7 @@ collective with a dead peer, so a test that only waits on it can hang the whole 
 puts the launcher and its processes in a process group of their own; `finish` waits with a
 timeout and, past it, kills that whole group and fails with what the launcher printed.
 """
+
 import os
 import signal
 import subprocess
@@ -17,9 +18,14 @@ LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 def start(num_processes: int, devices_per_process: int, argv, *, env):
   """Starts `argv` (after the Python interpreter) as num_processes JAX processes."""
   return subprocess.Popen(
-      ["bash", LAUNCHER, str(num_processes), str(devices_per_process), sys.executable, *argv],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      start_new_session=True)
+    ["bash", LAUNCHER, str(num_processes), str(devices_per_process), sys.executable, *argv],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
+  )
 
 
 def kill(proc) -> str:
@@ -41,7 +47,8 @@ def finish(proc, timeout: float) -> tuple[int, str]:
   return proc.returncode, out
 
 
-def run(num_processes: int, devices_per_process: int, argv, *, env,
-        timeout: float) -> tuple[int, str]:
+def run(
+  num_processes: int, devices_per_process: int, argv, *, env, timeout: float
+) -> tuple[int, str]:
   """start + finish."""
   return finish(start(num_processes, devices_per_process, argv, env=env), timeout)

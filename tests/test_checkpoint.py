@@ -1,5 +1,6 @@
 """Checkpointer retention: the newest N steps plus every K-th, through Orbax preservation
 policies; a read-only manager creates nothing."""
+
 import os
 import shutil
 
@@ -9,14 +10,16 @@ import pytest
 from jaxssl import checkpoint
 
 
-@pytest.mark.parametrize("max_to_keep, keep_every, kept", [
+@pytest.mark.parametrize(
+  "max_to_keep, keep_every, kept",
+  [
     (2, 4, [4, 8, 9]),
     (3, None, [7, 8, 9]),
     (None, None, list(range(1, 10))),
-])
+  ],
+)
 def test_keeps_the_last_n_and_every_kth_step(tmp_path, max_to_keep, keep_every, kept):
-  writer = checkpoint.Checkpointer(str(tmp_path), max_to_keep=max_to_keep,
-                                   keep_every=keep_every)
+  writer = checkpoint.Checkpointer(str(tmp_path), max_to_keep=max_to_keep, keep_every=keep_every)
   for step in range(1, 10):
     writer.save(step, {"x": jnp.full((3,), float(step))}, None)
   writer.close()
@@ -40,8 +43,7 @@ def _delete_once_listed(monkeypatch, step_dir):
   real_stat = os.stat
 
   def stat(path, *args, **kwargs):
-    if (isinstance(path, (str, os.PathLike)) and
-        os.fspath(path).startswith(step_dir + os.sep)):
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(step_dir + os.sep):
       monkeypatch.setattr(os, "stat", real_stat)  # once; rmtree's own stats go straight through
       shutil.rmtree(step_dir)
     return real_stat(path, *args, **kwargs)
@@ -69,6 +71,7 @@ def test_failed_read_leftovers_are_dropped_and_other_reports_kept(monkeypatch):
   other unraisable error still does (jaxssl/checkpoint.py, silence_failed_read_leftovers)."""
   import sys  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
+
   seen = []
   record = seen.append
   monkeypatch.setattr(sys, "unraisablehook", record)
@@ -79,6 +82,7 @@ def test_failed_read_leftovers_are_dropped_and_other_reports_kept(monkeypatch):
 
   async def read():
     pass
+
   coroutine = read()
   report = lambda obj, exc: types.SimpleNamespace(object=obj, exc_value=exc)  # noqa: E731
   hook(report(coroutine, Exception("Encountered error while reading array index")))

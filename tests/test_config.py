@@ -1,4 +1,5 @@
 """Every config builds; durations; unknown keys fail loudly with the valid ones listed."""
+
 import glob
 import importlib.util
 import os
@@ -65,7 +66,9 @@ def test_total_steps_from_steps_epochs_or_examples():
 
 def test_unknown_override_names_valid_keys():
   cfg = os.path.join(ROOT, "configs/simclr.py:test")
-  with pytest.raises(ValueError, match=r"config\.optim\.lr .*valid keys in config\.optim: .*base_lr"):
+  with pytest.raises(
+    ValueError, match=r"config\.optim\.lr .*valid keys in config\.optim: .*base_lr"
+  ):
     config_lib.check_overrides([f"--config={cfg}", "--config.optim.lr=0.1"])
   config_lib.check_overrides([f"--config={cfg}", "--config.optim.base_lr=0.1"])
 
@@ -77,9 +80,19 @@ def test_unknown_method_fails_with_list():
 
 def test_cli_rejects_unknown_key_in_one_line(tmp_path):
   out = subprocess.run(
-      [sys.executable, "-m", "jaxssl.train", f"--config={ROOT}/configs/simclr.py:test",
-       f"--workdir={tmp_path}", "--config.batchsize=8"],
-      capture_output=True, text=True, cwd=ROOT, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "jaxssl.train",
+      f"--config={ROOT}/configs/simclr.py:test",
+      f"--workdir={tmp_path}",
+      "--config.batchsize=8",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
   assert out.returncode != 0
   assert "Unknown config key config.batchsize" in out.stderr
   assert "batch_size" in out.stderr

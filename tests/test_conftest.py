@@ -1,4 +1,5 @@
 """tests/conftest.py's once_per_suite: one build per test run, shared by every xdist worker."""
+
 import os
 import subprocess
 import sys
@@ -48,9 +49,14 @@ def test_two_workers_share_one_build(tmp_path):
       (tmp_path / "tests" / name).write_text(f.read())
   (tmp_path / "tests" / "test_shared.py").write_text(SHARED_BUILD_TESTS.format(out=str(out)))
   env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider",
-                        "tests"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+  run = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "tests"],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   users = {(out / f"user_{i}").read_text() for i in range(8)}
   assert users == {"gw0", "gw1"}

@@ -1,4 +1,5 @@
 """The separate eval job end to end: pretrain -> Orbax checkpoints -> eval job -> reports."""
+
 import json
 import os
 import subprocess
@@ -52,8 +53,11 @@ def test_pretrain_checkpoint_eval_handoff(trained_workdir):
   assert steps == [3, 6]
   for step in [0] + steps:  # 0 = the random-init baseline
     for protocol, metric in PROTOCOL_METRICS.items():
-      values = [r["value"] for r in rows
-                if (r["step"], r["protocol"], r["metric"]) == (step, protocol, metric)]
+      values = [
+        r["value"]
+        for r in rows
+        if (r["step"], r["protocol"], r["metric"]) == (step, protocol, metric)
+      ]
       assert len(values) == 1, (step, protocol)
       assert 0.0 <= values[0] <= 1.0
   assert "0 (random init)" in table and "| 6 |" in table
@@ -75,9 +79,11 @@ def test_features_come_from_the_checkpointed_encoder(trained_workdir, data_dir):
   variables = encoder.restore(ckpt, 6)
   assert set(variables) == {"params", "aux"}  # no optimizer state was read
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   full_ckpt = checkpoint.Checkpointer(trained_workdir, read_only=True)
-  full = full_ckpt.manager.restore(6, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
+  full = full_ckpt.manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+    "state"
+  ]
   info = datasets.get_info("digits", data_dir)
   source = datasets.get_source("digits", "test", data_dir)
   feats, labels = encoder.features(variables, source, info, batch_size=64)
@@ -112,14 +118,39 @@ def test_watch_beside_a_trainer_that_deletes_checkpoints(tmp_path, data_dir):
   workdir = str(tmp_path / "live")
   env = dict(os.environ, JAXSSL_DATA_DIR=data_dir)
   trainer = subprocess.Popen(
-      [sys.executable, "-m", "jaxssl.train", f"--config={ROOT}/configs/simclr.py:test",
-       f"--workdir={workdir}", "--config.total_steps=12", "--config.checkpoint.every_steps=2",
-       "--config.checkpoint.max_to_keep=1", f"--config.data.data_dir={data_dir}"],
-      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [
+      sys.executable,
+      "-m",
+      "jaxssl.train",
+      f"--config={ROOT}/configs/simclr.py:test",
+      f"--workdir={workdir}",
+      "--config.total_steps=12",
+      "--config.checkpoint.every_steps=2",
+      "--config.checkpoint.max_to_keep=1",
+      f"--config.data.data_dir={data_dir}",
+    ],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   watcher = subprocess.run(
-      [sys.executable, "-m", "jaxssl.evaluate", f"--workdir={workdir}", "--watch",
-       f"--config={ROOT}/configs/eval.py:test", "--config.protocols=('knn',)"],
-      env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "jaxssl.evaluate",
+      f"--workdir={workdir}",
+      "--watch",
+      f"--config={ROOT}/configs/eval.py:test",
+      "--config.protocols=('knn',)",
+    ],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   trainer_out, _ = trainer.communicate(timeout=600)
   assert trainer.returncode == 0, trainer_out[-3000:]
   assert watcher.returncode == 0, watcher.stderr[-3000:]

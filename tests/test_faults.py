@@ -4,6 +4,7 @@ config mistakes, and restores onto another mesh or process count.
 Every run is the SimCLR `test` preset (6 steps, checkpoints at 3 and 6) on the 8 simulated CPU
 devices; "bit for bit" comparisons are against one uninterrupted in-process run.
 """
+
 import os
 import shutil
 import signal
@@ -60,6 +61,7 @@ def _losses(workdir):
 
 def _read_jsonl(path):
   import json  # pylint: disable=g-import-not-at-top
+
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -74,19 +76,26 @@ def reference(tmp_path_factory, data_dir):
 
 def _start_worker(workdir, data_dir, delay):
   env = dict(os.environ, JAXSSL_TEST_STEP_DELAY=str(delay))
-  cmd = [sys.executable, WORKER, f"--config={os.path.join(ROOT, CONFIG)}",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-         "--config.log_every_steps=1"]
-  return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  cmd = [
+    sys.executable,
+    WORKER,
+    f"--config={os.path.join(ROOT, CONFIG)}",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.log_every_steps=1",
+  ]
+  return subprocess.Popen(
+    cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
 
 def _wait_for(predicate, proc, timeout=240.0):
   deadline = time.time() + timeout
   while not predicate():
     if proc.poll() is not None:
-      raise AssertionError(f"worker exited early (rc={proc.returncode}):\n"
-                           f"{proc.stdout.read()[-3000:]}")
+      raise AssertionError(
+        f"worker exited early (rc={proc.returncode}):\n{proc.stdout.read()[-3000:]}"
+      )
     assert time.time() < deadline, "timed out waiting for the worker"
     time.sleep(0.05)
 
@@ -98,7 +107,8 @@ def _logged_steps(workdir):
 
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_exits_0_and_the_restart_continues(
-    tmp_path, data_dir, reference):
+  tmp_path, data_dir, reference
+):
   workdir = str(tmp_path / "run")
   proc = _start_worker(workdir, data_dir, delay=0.5)
   _wait_for(lambda: _logged_steps(workdir) >= 1, proc)  # mid-run: step 1 done, 5 to go
@@ -108,7 +118,7 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_the_restart_continues(
   steps = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
   assert len(steps) >= 1 and steps[-1] < 6, steps
   stopped_at = steps[-1]
-  assert (f"Stopped by SIGTERM after saving the checkpoint of step {stopped_at}" in out), out
+  assert f"Stopped by SIGTERM after saving the checkpoint of step {stopped_at}" in out, out
 
   train_lib.train(_config(data_dir), workdir)  # the same command again
   _assert_bitwise_equal(_state_at(workdir, 6)["params"], reference[1]["params"])
@@ -119,7 +129,8 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_the_restart_continues(
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_restart_matches_the_uninterrupted_run_bit_for_bit(
-    tmp_path, data_dir, reference):
+  tmp_path, data_dir, reference
+):
   workdir = str(tmp_path / "run")
   ckpt_dir = checkpoint.checkpoint_dir(workdir)
   proc = _start_worker(workdir, data_dir, delay=1.0)
@@ -138,7 +149,8 @@ def test_kill_9_mid_run_then_restart_matches_the_uninterrupted_run_bit_for_bit(
 
 
 def test_truncated_newest_checkpoint_is_skipped_and_the_previous_one_restored(
-    tmp_path, data_dir, reference, caplog):
+  tmp_path, data_dir, reference, caplog
+):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[0], workdir)
   os.remove(os.path.join(workdir, "metrics.jsonl"))
@@ -158,8 +170,9 @@ def test_truncated_newest_checkpoint_is_skipped_and_the_previous_one_restored(
   train_lib.train(_config(data_dir), workdir)
   warnings = [r.getMessage() for r in caplog.records if r.name == "absl"]
   assert len(warnings) == 1, warnings  # the recovery's one line, nothing else
-  assert warnings[0].startswith(f"Checkpoint step 6 in {os.path.dirname(newest)} could not be "
-                                "read (")
+  assert warnings[0].startswith(
+    f"Checkpoint step 6 in {os.path.dirname(newest)} could not be read ("
+  )
   assert "resumed from step 3 instead and moved the unreadable one to" in warnings[0]
   assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "6"))  # kept, not lost
   assert sorted(_losses(workdir)) == [4, 5, 6]  # resumed after step 3
@@ -179,20 +192,22 @@ def _nan_at_step(monkeypatch, trainer_step):
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(
-    tmp_path, data_dir, monkeypatch):
+  tmp_path, data_dir, monkeypatch
+):
   _nan_at_step(monkeypatch, NAN_AT)
   workdir = str(tmp_path / "run")
   ckpt_dir = checkpoint.checkpoint_dir(workdir)
   with pytest.raises(faults.NonFiniteLossError) as e:
     train_lib.train(_config(data_dir), workdir)
-  assert (f"Non-finite loss or gradient at step {NAN_AT} (loss=nan); the last good checkpoint "
-          f"is step 3 in {ckpt_dir}") in str(e.value)
+  assert (
+    f"Non-finite loss or gradient at step {NAN_AT} (loss=nan); the last good checkpoint "
+    f"is step 3 in {ckpt_dir}"
+  ) in str(e.value)
   assert "config.nan_policy='skip'" in str(e.value)
   assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3]
 
 
-def test_nan_skip_policy_leaves_the_state_unchanged_for_that_step(
-    tmp_path, data_dir, monkeypatch):
+def test_nan_skip_policy_leaves_the_state_unchanged_for_that_step(tmp_path, data_dir, monkeypatch):
   _nan_at_step(monkeypatch, NAN_AT)
   workdir = str(tmp_path / "run")
   config = _config(data_dir, nan_policy="skip")
@@ -203,23 +218,29 @@ def test_nan_skip_policy_leaves_the_state_unchanged_for_that_step(
   assert int(skipped["step"]) == NAN_AT  # the step counter still advances
   for part in ("params", "opt_state", "aux"):
     _assert_bitwise_equal(skipped[part], before[part])
-  assert not all(np.array_equal(x, y) for x, y in
-                 zip(jax.tree.leaves(after["params"]), jax.tree.leaves(skipped["params"])))
+  assert not all(
+    np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(after["params"]), jax.tree.leaves(skipped["params"]))
+  )
   rows = {r["step"]: r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
   assert [rows[s]["train/nonfinite"] for s in range(1, 7)] == [0, 0, 0, 1, 0, 0]
   assert all(np.isfinite(rows[s]["train/loss"]) for s in (1, 2, 3, 5, 6))
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     ({"method": "simclrr"}, "Unknown method 'simclrr'; available methods: "),
     ({"mesh.data": 3}, "has 3 devices but 8 are available; set config.mesh"),
     ({"batch_size": 12}, "batch_size=12 must be divisible by the batch's mesh shards (8)"),
     ({"nan_policy": "ignore"}, "config.nan_policy='ignore'; use one of ('stop', 'skip')"),
     ({"sharding_rules": "zero3"}, "Unknown sharding rules preset 'zero3'"),
     ({"total_epochs": 2.0}, "Set exactly one of config.total_steps, config.total_epochs"),
-])
+  ],
+)
 def test_config_errors_fail_before_reading_data_or_compiling(
-    tmp_path, data_dir, monkeypatch, overrides, message):
+  tmp_path, data_dir, monkeypatch, overrides, message
+):
   config = _config(data_dir)
   for path, value in overrides.items():
     *parents, key = path.split(".")
@@ -240,21 +261,30 @@ def test_config_errors_fail_before_reading_data_or_compiling(
 
 
 def test_unknown_config_key_names_the_valid_keys():
-  with pytest.raises(ValueError, match=r"Unknown config key config.optim.lr \(from "
-                                       r"'--config.optim.lr=0.1'\); valid keys in config.optim: "
-                                       r"b1, b2, base_lr"):
-    config_lib.check_overrides([f"--config={os.path.join(ROOT, CONFIG)}",
-                                "--config.optim.lr=0.1"])
+  with pytest.raises(
+    ValueError,
+    match=r"Unknown config key config.optim.lr \(from "
+    r"'--config.optim.lr=0.1'\); valid keys in config.optim: "
+    r"b1, b2, base_lr",
+  ):
+    config_lib.check_overrides([f"--config={os.path.join(ROOT, CONFIG)}", "--config.optim.lr=0.1"])
 
 
 def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
-  cmd = [sys.executable, "-m", "jaxssl.train", f"--config={os.path.join(ROOT, CONFIG)}",
-         f"--workdir={tmp_path}", "--config.mesh.data=3"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxssl.train",
+    f"--config={os.path.join(ROOT, CONFIG)}",
+    f"--workdir={tmp_path}",
+    "--config.mesh.data=3",
+  ]
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("config error: Mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 "
-                         "devices but 8 are available"), result.stderr[-2000:]
+  assert last.startswith(
+    "config error: Mesh {'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices but 8 are available"
+  ), result.stderr[-2000:]
   assert "Traceback" not in result.stderr
 
 
@@ -266,7 +296,8 @@ def test_restore_onto_a_2_device_mesh_from_an_8_device_checkpoint(reference, dat
   mesh = parallel.make_mesh({"data": 1, "fsdp": 2, "tensor": 1}, devices=jax.devices()[:2])
   rules = parallel.get_rules("fsdp")
   _, abstract, shardings = state_lib.abstract_and_shardings(
-      method, tx, checkpoint.read_input_spec(workdir), mesh, rules, config.seed)
+    method, tx, checkpoint.read_input_spec(workdir), mesh, rules, config.seed
+  )
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   state = ckpt.restore(6, abstract, shardings, data_iterator=None)
   ckpt.close()
@@ -293,8 +324,10 @@ def test_data_position_survives_a_process_count_change(tmp_path, data_dir, refer
 
   caplog.set_level("WARNING")
   train_lib.train(_config(data_dir), workdir)
-  assert ("has no data-iterator state for process 0 of 1 (it was saved with another process "
-          "count); moving the input pipeline to batch 3") in caplog.text
+  assert (
+    "has no data-iterator state for process 0 of 1 (it was saved with another process "
+    "count); moving the input pipeline to batch 3"
+  ) in caplog.text
   ref_losses, losses = _losses(reference[0]), _losses(workdir)
   assert [losses[s] for s in (4, 5, 6)] == [ref_losses[s] for s in (4, 5, 6)]
   _assert_bitwise_equal(_state_at(workdir, 6)["params"], reference[1]["params"])

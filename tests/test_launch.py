@@ -1,4 +1,5 @@
 """launch/local_multiprocess.sh: exit statuses reach the caller and the launcher never hangs."""
+
 import os
 import textwrap
 import time
@@ -26,8 +27,13 @@ ABORT_TOGETHER = textwrap.dedent("""
 def _launch(tmp_path, script, env=None, timeout=20):
   path = tmp_path / "child.py"
   path.write_text(script)
-  return launcher.run(2, 1, [str(path)], timeout=timeout,
-                      env={**os.environ, "LOG_DIR": str(tmp_path / "logs"), **(env or {})})
+  return launcher.run(
+    2,
+    1,
+    [str(path)],
+    timeout=timeout,
+    env={**os.environ, "LOG_DIR": str(tmp_path / "logs"), **(env or {})},
+  )
 
 
 def test_exit_status_is_that_of_the_processes(tmp_path):
@@ -52,8 +58,9 @@ def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
   # past its timeout and leave nothing running, or one hung test holds a CPU for the rest of CI.
   pid_dir = tmp_path / "pids"
   pid_dir.mkdir()
-  script = (f"import os, time; open(os.path.join({str(pid_dir)!r}, str(os.getpid())), 'w');"
-            " time.sleep(600)")
+  script = (
+    f"import os, time; open(os.path.join({str(pid_dir)!r}, str(os.getpid())), 'w'); time.sleep(600)"
+  )
   with pytest.raises(AssertionError, match="did not exit within 3 s"):
     _launch(tmp_path, script, timeout=3)
   pids = [int(p.name) for p in pid_dir.iterdir()]
@@ -67,10 +74,14 @@ def test_a_hung_launch_is_killed_with_its_processes(tmp_path):
 @pytest.mark.parametrize("choice", ["auto", "glibc"])
 def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
   if choice == "auto":
-    packaged_data.require(host_malloc.find("tcmalloc") is not None,
-                          f"tcmalloc is not installed ({host_malloc.INSTALL_HINT})")
-  script = ("import os; from jaxssl import host_malloc; "
-            "print('malloc', host_malloc.loaded(), os.environ.get('TCMALLOC_RELEASE_RATE'))")
+    packaged_data.require(
+      host_malloc.find("tcmalloc") is not None,
+      f"tcmalloc is not installed ({host_malloc.INSTALL_HINT})",
+    )
+  script = (
+    "import os; from jaxssl import host_malloc; "
+    "print('malloc', host_malloc.loaded(), os.environ.get('TCMALLOC_RELEASE_RATE'))"
+  )
   env = host_malloc.environment_for("glibc", {"JAXSSL_MALLOC": choice, "PYTHONPATH": ROOT})
   rc, out = _launch(tmp_path, script, env=env)
   assert rc == 0, out
@@ -81,11 +92,16 @@ def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
 
 
 def test_processes_keep_the_callers_xla_flags_and_get_their_device_count(tmp_path):
-  script = ("import os, jax; print('flags', os.environ['XLA_FLAGS']); "
-            "print('devices', jax.local_device_count())")
-  rc, out = _launch(tmp_path, script, env={"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
-                                           "--xla_force_host_platform_device_count=8"},
-                    timeout=60)
+  script = (
+    "import os, jax; print('flags', os.environ['XLA_FLAGS']); "
+    "print('devices', jax.local_device_count())"
+  )
+  rc, out = _launch(
+    tmp_path,
+    script,
+    env={"XLA_FLAGS": "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=8"},
+    timeout=60,
+  )
   assert rc == 0, out
   for i in range(2):
     log = (tmp_path / "logs" / f"process_{i}.log").read_text()
@@ -97,6 +113,7 @@ def test_accelerator_installs_are_the_jax_extras_the_launchers_use():
   metadata) and are what launch/slurm.sbatch and launch/tpu_pod.sh install."""
   import configparser  # pylint: disable=g-import-not-at-top
   from importlib import metadata  # pylint: disable=g-import-not-at-top
+
   setup = configparser.ConfigParser()
   setup.read(os.path.join(ROOT, "setup.cfg"))
   extras = setup["options.extras_require"]

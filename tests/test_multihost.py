@@ -2,6 +2,7 @@
 127.0.0.1 (launch/local_multiprocess.sh, gloo collectives) against 1 process x 4 devices, a
 restart of the 2-process run's checkpoint by a single process, and the eval job's feature
 extraction over 2 processes."""
+
 import json
 import os
 import shutil
@@ -35,9 +36,13 @@ OVERRIDES = {"log_every_steps": 1, "optim.name": "sgd", "optim.base_lr": 0.5}
 
 def _trainer_args(workdir, data_dir):
   # The default mesh (data=-1) resolves to all 4 devices in both runs.
-  return [WORKER, f"--config={CONFIG}", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}",
-          *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+  return [
+    WORKER,
+    f"--config={CONFIG}",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+  ]
 
 
 def _losses(workdir):
@@ -53,8 +58,9 @@ def _params(workdir, step=6):
 def runs(tmp_path_factory, data_dir):
   """{'multi': (workdir, record_dir), 'single': (...), 'logs': ...} of both jobs, run once per
   test run (the xdist workers share them)."""
-  return conftest.once_per_suite(tmp_path_factory, "multihost",
-                                 lambda base: _run_both_jobs(base, data_dir))
+  return conftest.once_per_suite(
+    tmp_path_factory, "multihost", lambda base: _run_both_jobs(base, data_dir)
+  )
 
 
 def _run_both_jobs(base, data_dir):
@@ -64,22 +70,37 @@ def _run_both_jobs(base, data_dir):
   # Process 1 starts training 35 s after process 0 and starts compiling 35 s later again: XLA's
   # gloo gives up on peers more than 30 s apart, so this passes only through the trainer's
   # store barriers (Orbax's on CPU, and after compiling the step; jaxssl/parallel.py).
-  env = dict(os.environ, JAXSSL_TEST_RECORD_DIR=out["multi"][1], LOG_DIR=str(base / "logs"),
-             JAXSSL_TEST_START_SKEW="35")
+  env = dict(
+    os.environ,
+    JAXSSL_TEST_RECORD_DIR=out["multi"][1],
+    LOG_DIR=str(base / "logs"),
+    JAXSSL_TEST_START_SKEW="35",
+  )
   os.makedirs(env["LOG_DIR"])
   multi = launcher.start(2, 2, _trainer_args(out["multi"][0], data_dir), env=env)
-  single_env = dict(os.environ, JAXSSL_TEST_RECORD_DIR=out["single"][1], JAX_PLATFORMS="cpu",
-                    XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4")
+  single_env = dict(
+    os.environ,
+    JAXSSL_TEST_RECORD_DIR=out["single"][1],
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4",
+  )
   try:
-    single = subprocess.run([sys.executable, *_trainer_args(out["single"][0], data_dir)],
-                            env=single_env, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    single = subprocess.run(
+      [sys.executable, *_trainer_args(out["single"][0], data_dir)],
+      env=single_env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=540,
+    )
   except BaseException:
     launcher.kill(multi)
     raise
   multi_rc, multi_out = launcher.finish(multi, timeout=540)
   assert single.returncode == 0, single.stderr[-3000:]
-  logs = "".join(open(os.path.join(env["LOG_DIR"], f)).read()[-3000:]
-                 for f in sorted(os.listdir(env["LOG_DIR"])))
+  logs = "".join(
+    open(os.path.join(env["LOG_DIR"], f)).read()[-3000:] for f in sorted(os.listdir(env["LOG_DIR"]))
+  )
   assert multi_rc == 0, multi_out + logs
   out["logs"] = logs
   return out
@@ -90,10 +111,14 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
   assert "process 1 of 2, 2 local / 4 global devices" in runs["logs"]
   multi, single = _losses(runs["multi"][0]), _losses(runs["single"][0])
   assert sorted(multi) == sorted(single) == list(range(1, 7))
-  np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)],
-                             rtol=2e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               _params(runs["multi"][0]), _params(runs["single"][0]))
+  np.testing.assert_allclose(
+    [multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=2e-5
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    _params(runs["multi"][0]),
+    _params(runs["single"][0]),
+  )
   # Every process saved its own Grain iterator state.
   data = os.path.join(checkpoint.checkpoint_dir(runs["multi"][0]), "6", "data")
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))
@@ -131,10 +156,14 @@ def test_single_process_resumes_a_two_process_checkpoint(runs, tmp_path, data_di
   assert "saved with another process count); moving the input pipeline to batch 3" in caplog.text
   resumed, original = _losses(workdir), _losses(runs["multi"][0])
   assert sorted(resumed) == [4, 5, 6]
-  np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [original[s] for s in (4, 5, 6)],
-                             rtol=2e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               _params(workdir), _params(runs["multi"][0]))
+  np.testing.assert_allclose(
+    [resumed[s] for s in (4, 5, 6)], [original[s] for s in (4, 5, 6)], rtol=2e-5
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    _params(workdir),
+    _params(runs["multi"][0]),
+  )
 
 
 @pytest.mark.slow
@@ -144,11 +173,17 @@ def test_eval_features_gathered_over_two_processes_match_one_process(runs, tmp_p
   dataset order, labels included."""
   out = str(tmp_path / "features.npz")
   worker = os.path.join(ROOT, "tests", "eval_features_worker.py")
-  rc, launcher_out = launcher.run(2, 2, [worker, runs["multi"][0], "6", data_dir, out],
-                                  env=dict(os.environ, LOG_DIR=str(tmp_path / "logs")),
-                                  timeout=300)
-  logs = "".join(open(os.path.join(tmp_path, "logs", f)).read()[-2000:]
-                 for f in sorted(os.listdir(tmp_path / "logs")))
+  rc, launcher_out = launcher.run(
+    2,
+    2,
+    [worker, runs["multi"][0], "6", data_dir, out],
+    env=dict(os.environ, LOG_DIR=str(tmp_path / "logs")),
+    timeout=300,
+  )
+  logs = "".join(
+    open(os.path.join(tmp_path, "logs", f)).read()[-2000:]
+    for f in sorted(os.listdir(tmp_path / "logs"))
+  )
   assert rc == 0, launcher_out[-2000:] + logs
   multi = np.load(out)
   assert int(multi["process_count"]) == 2
@@ -156,8 +191,9 @@ def test_eval_features_gathered_over_two_processes_match_one_process(runs, tmp_p
   encoder = features_lib.Encoder(runs["multi"][0])
   variables = encoder.restore(checkpoint.Checkpointer(runs["multi"][0], read_only=True), 6)
   source = datasets.get_source("digits", "test[:40]", data_dir)
-  feats, labels = encoder.features(variables, source, datasets.get_info("digits", data_dir),
-                                   batch_size=16)
+  feats, labels = encoder.features(
+    variables, source, datasets.get_info("digits", data_dir), batch_size=16
+  )
   assert multi["features"].shape == feats.shape == (40, feats.shape[1])
   np.testing.assert_array_equal(multi["labels"], labels)
   np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(40)])
@@ -186,7 +222,8 @@ def test_sigterm_stops_both_processes_at_the_same_checkpointed_step(tmp_path, da
   steps = checkpoint.Checkpointer(workdir, read_only=True).all_steps()
   assert steps and steps[-1] < 6, steps
   for log in logs:
-    assert (f"Stopped by preemption notice after saving the checkpoint of step {steps[-1]}"
-            in log), log[-2000:]
+    assert f"Stopped by preemption notice after saving the checkpoint of step {steps[-1]}" in log, (
+      log[-2000:]
+    )
   data = os.path.join(checkpoint.checkpoint_dir(workdir), str(steps[-1]), "data")
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data))

@@ -1,4 +1,5 @@
 """Optimizers and schedules."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +17,14 @@ def _optim(**kw):
 
 
 def test_decay_mask_excludes_biases_and_norms():
-  params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
-            "norm": {"scale": jnp.ones(4)}}
-  assert optim.decay_mask(params) == {"dense": {"kernel": True, "bias": False},
-                                      "norm": {"scale": False}}
+  params = {
+    "dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+    "norm": {"scale": jnp.ones(4)},
+  }
+  assert optim.decay_mask(params) == {
+    "dense": {"kernel": True, "bias": False},
+    "norm": {"scale": False},
+  }
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
@@ -45,7 +50,9 @@ def test_schedule_warmup_peak_and_cosine_end():
 
 
 def test_sqrt_scaling_and_bad_names():
-  assert optim.peak_learning_rate(_optim(base_lr=0.1, lr_scaling="sqrt"), 1024) == pytest.approx(0.2)
+  assert optim.peak_learning_rate(_optim(base_lr=0.1, lr_scaling="sqrt"), 1024) == pytest.approx(
+    0.2
+  )
   with pytest.raises(ValueError, match="lr_scaling"):
     optim.peak_learning_rate(_optim(lr_scaling="cubic"), 256)
   with pytest.raises(ValueError, match="Unknown optimizer"):
@@ -54,10 +61,17 @@ def test_sqrt_scaling_and_bad_names():
 
 def _params_and_grads(seed=0):
   rng = np.random.default_rng(seed)
-  shapes = {"encoder": {"embedding": {"kernel": (3, 4), "bias": (4,)},
-                        "dense": {"kernel": (4, 4), "bias": (4,)}}}
-  draw = lambda: jax.tree.map(lambda shape: jnp.asarray(rng.normal(size=shape)), shapes,
-                              is_leaf=lambda x: isinstance(x, tuple))
+  shapes = {
+    "encoder": {
+      "embedding": {"kernel": (3, 4), "bias": (4,)},
+      "dense": {"kernel": (4, 4), "bias": (4,)},
+    }
+  }
+  draw = lambda: jax.tree.map(
+    lambda shape: jnp.asarray(rng.normal(size=shape)),
+    shapes,
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
   return draw(), draw()
 
 
@@ -77,13 +91,15 @@ def test_frozen_parameters_never_move_and_the_rest_train_as_before(name):
   frozen = _run(_optim(**base, frozen=(r"^encoder/embedding/",)), params, grads)
   free = _run(_optim(**base), params, grads)
   for leaf in ("kernel", "bias"):
-    np.testing.assert_array_equal(frozen["encoder"]["embedding"][leaf],
-                                  params["encoder"]["embedding"][leaf])
+    np.testing.assert_array_equal(
+      frozen["encoder"]["embedding"][leaf], params["encoder"]["embedding"][leaf]
+    )
     assert not np.allclose(free["encoder"]["embedding"][leaf], params["encoder"]["embedding"][leaf])
   # Per-parameter optimizers: the trained parameters follow the unfrozen run exactly.
   for k in ("kernel", "bias"):
-    np.testing.assert_allclose(frozen["encoder"]["dense"][k], free["encoder"]["dense"][k],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      frozen["encoder"]["dense"][k], free["encoder"]["dense"][k], rtol=1e-6
+    )
 
 
 def test_bad_frozen_pattern_is_named():
@@ -101,6 +117,7 @@ def test_norm_bias_lr_factor_scales_only_bias_and_norm_steps(name):
   plain = _run(_optim(**base), params, grads, steps=1)
   for part in ("embedding", "dense"):
     p0, s, q = (t["encoder"][part] for t in (params, scaled, plain))
-    np.testing.assert_allclose(s["bias"] - p0["bias"], 0.024 * (q["bias"] - p0["bias"]),
-                               atol=2e-7)  # float32 round-off of p0 + update
+    np.testing.assert_allclose(
+      s["bias"] - p0["bias"], 0.024 * (q["bias"] - p0["bias"]), atol=2e-7
+    )  # float32 round-off of p0 + update
     np.testing.assert_allclose(s["kernel"], q["kernel"], rtol=1e-7)

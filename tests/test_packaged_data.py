@@ -1,5 +1,6 @@
 """The packaged-data rules: a missing package skips on a bare machine and fails under CI, and a
 test that reads optional data without declaring it fails even where the data is installed."""
+
 import os
 import pathlib
 import re
@@ -35,8 +36,9 @@ def test_missing_data_skips_outside_ci_with_the_install_command(monkeypatch):
 def test_missing_data_fails_under_ci(monkeypatch, value):
   monkeypatch.setenv("CI", value)
   _absent(monkeypatch, "tuxpaint_stamps")
-  with pytest.raises(pytest.fail.Exception,
-                     match="CI installs this data.*apt-get install tuxpaint-stamps-default"):
+  with pytest.raises(
+    pytest.fail.Exception, match="CI installs this data.*apt-get install tuxpaint-stamps-default"
+  ):
     packaged_data.require_data("tuxpaint_stamps")
 
 
@@ -47,6 +49,7 @@ def test_unknown_dataset_is_an_error():
 
 def test_every_variable_is_hidden_outside_a_declaring_test():
   from jaxssl.data import text  # pylint: disable=g-import-not-at-top
+
   for data in packaged_data.DATA.values():
     for variable in data.variables:
       assert not os.path.exists(os.environ[variable]), variable
@@ -55,7 +58,7 @@ def test_every_variable_is_hidden_outside_a_declaring_test():
 
 # Run by test_an_undeclared_read_fails_where_the_data_is_installed, in this order, with fake
 # "installed" fortunes: every test named `undeclared` must fail, every other one pass.
-_INNER_TESTS = '''
+_INNER_TESTS = """
 import subprocess
 import sys
 
@@ -88,7 +91,7 @@ def test_declared_again_finds_the_prepared_copy(data_dir):
 def test_undeclared_subprocess_read_fails():
   subprocess.run([sys.executable, '-c', 'from jaxssl.data import text; text.read_fortunes()'],
                  check=True)
-'''
+"""
 
 
 def test_an_undeclared_read_fails_where_the_data_is_installed(tmp_path):
@@ -101,16 +104,44 @@ def test_an_undeclared_read_fails_where_the_data_is_installed(tmp_path):
   (fortunes / "numbers").write_text("".join(f"Quote number {i}.\n%\n" for i in range(200)))
   (tmp_path / "test_inner.py").write_text(textwrap.dedent(_INNER_TESTS))
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAXSSL_")}
-  env.update(JAXSSL_FORTUNES_DIR=str(fortunes), CI="true",
-             PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]))
+  env.update(
+    JAXSSL_FORTUNES_DIR=str(fortunes),
+    CI="true",
+    PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]),
+  )
   result = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "conftest", "-p", "no:cacheprovider",
-       "-p", "no:xdist", "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-  outcomes = dict((name, status) for status, name in
-                  re.findall(r"^(PASSED|FAILED|ERROR|SKIPPED)\S* \S*::(\w+)", result.stdout, re.M))
-  expected = {name: "FAILED" if "undeclared" in name else "PASSED"
-              for name in re.findall(r"^def (test_\w+)", _INNER_TESTS, re.M)}
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-rA",
+      "-p",
+      "conftest",
+      "-p",
+      "no:cacheprovider",
+      "-p",
+      "no:xdist",
+      "--rootdir",
+      str(tmp_path),
+      str(tmp_path / "test_inner.py"),
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  outcomes = dict(
+    (name, status)
+    for status, name in re.findall(
+      r"^(PASSED|FAILED|ERROR|SKIPPED)\S* \S*::(\w+)", result.stdout, re.M
+    )
+  )
+  expected = {
+    name: "FAILED" if "undeclared" in name else "PASSED"
+    for name in re.findall(r"^def (test_\w+)", _INNER_TESTS, re.M)
+  }
   assert outcomes == expected, result.stdout[-4000:] + result.stderr[-2000:]
   assert "MissingDataError" in result.stdout
 
@@ -118,8 +149,15 @@ def test_an_undeclared_read_fails_where_the_data_is_installed(tmp_path):
 def test_tests_never_name_the_packages_paths():
   """Tests reach optional data through the library (which reads the hidden variables), never
   by the Debian paths or the library's default-path constants."""
-  constants = ("DEFAULT_FASHION_MNIST_DIR", "DEFAULT_TUXPAINT_DIR", "DEFAULT_FONT",
-               "DEFAULT_EMOJI_TEST", "FORTUNES_DIR", "PYTHON_DOC_DIR", "DEFAULT_SHAKESPEARE_DIR")
+  constants = (
+    "DEFAULT_FASHION_MNIST_DIR",
+    "DEFAULT_TUXPAINT_DIR",
+    "DEFAULT_FONT",
+    "DEFAULT_EMOJI_TEST",
+    "FORTUNES_DIR",
+    "PYTHON_DOC_DIR",
+    "DEFAULT_SHAKESPEARE_DIR",
+  )
   pattern = re.compile(r"['\"]/usr/share/|\.(" + "|".join(constants) + r")\b")
   offenders = []
   for path in sorted(TESTS.rglob("*.py")):

@@ -1,4 +1,5 @@
 """Mesh construction, logical-axis -> mesh sharding resolution, process barriers."""
+
 from absl import flags
 import jax
 from jax.sharding import PartitionSpec as P
@@ -12,12 +13,15 @@ def test_mesh_shape_fills_the_rest():
   assert parallel.mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
 
 
-@pytest.mark.parametrize("shape,match", [
+@pytest.mark.parametrize(
+  "shape,match",
+  [
     ({"data": 3, "fsdp": 1, "tensor": 1}, "has 3 devices but 8"),
     ({"data": -1, "fsdp": 3}, "does not divide 8"),
     ({"data": -1, "fsdp": -1}, "At most one"),
     ({"model": 8}, "Unknown mesh axes"),
-])
+  ],
+)
 def test_mesh_shape_errors_say_what_to_change(shape, match):
   with pytest.raises(ValueError, match=match):
     parallel.mesh_shape(shape, 8)
@@ -33,13 +37,16 @@ def test_logical_sharding_maps_rules_and_replicates_indivisible_dims():
   mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = parallel.get_rules("fsdp_tp")
   assert parallel.logical_sharding((64, 128), ("embed", "mlp"), mesh, rules).spec == P(
-      "fsdp", "tensor")
+    "fsdp", "tensor"
+  )
   # 3 is not divisible by the fsdp size 2: that dim is replicated rather than failing.
   assert parallel.logical_sharding((3, 128), ("embed", "mlp"), mesh, rules).spec == P(
-      None, "tensor")
+    None, "tensor"
+  )
   # A mesh axis is used at most once per array.
   assert parallel.logical_sharding((64, 64), ("embed", "embed"), mesh, rules).spec == P(
-      "fsdp", None)
+    "fsdp", None
+  )
   assert parallel.logical_sharding((5,), None, mesh, rules).spec == P()
 
 

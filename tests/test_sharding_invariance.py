@@ -6,6 +6,7 @@ covered as soon as it has a `configs/<name>.py` with a `test` preset.
 One real batch of the method's own input pipeline (its `test` preset), one jitted
 value_and_grad per mesh; the (1,) mesh is the reference.
 """
+
 import functools
 import math
 import os
@@ -42,8 +43,9 @@ def _one_batch(config, method, data_dir):
   """The first global batch of the method's training pipeline (as the trainer builds it)."""
   info = datasets.get_info(config.data.name, data_dir)
   source = datasets.get_source(config.data.name, config.data.split, data_dir)
-  dataset = pipeline.make_train_dataset(source, method.train_transform(info),
-                                        global_batch_size=config.batch_size, seed=config.seed)
+  dataset = pipeline.make_train_dataset(
+    source, method.train_transform(info), global_batch_size=config.batch_size, seed=config.seed
+  )
   example = next(iter(dataset))
   return {k: np.asarray(example[k]) for k in method.batch_keys}
 
@@ -63,8 +65,9 @@ def _setup(name, data_dir):
 
 
 def _mesh(sizes):
-  return parallel.make_mesh(dict(zip(parallel.MESH_AXES, sizes)),
-                            devices=jax.devices()[:math.prod(sizes)])
+  return parallel.make_mesh(
+    dict(zip(parallel.MESH_AXES, sizes)), devices=jax.devices()[: math.prod(sizes)]
+  )
 
 
 def _loss_and_grads(name, data_dir, sizes):
@@ -76,16 +79,16 @@ def _loss_and_grads(name, data_dir, sizes):
   def loss_and_grads(variables, batch):
     with nn.logical_axis_rules(RULES):  # read at trace time by activation constraints
       grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
-      (loss, (_, new_aux)), grads = grad_fn(variables["params"], variables["aux"], batch, rng,
-                                            step)
+      (loss, (_, new_aux)), grads = grad_fn(variables["params"], variables["aux"], batch, rng, step)
     return loss, grads, new_aux
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     variables = jax.device_put(host_variables, shardings)
     batch = jax.device_put(batch, parallel.batch_sharding(mesh, RULES))
     loss, grads, new_aux = jax.jit(
-        loss_and_grads, out_shardings=(parallel.replicated(mesh), shardings["params"],
-                                       shardings["aux"]))(variables, batch)
+      loss_and_grads,
+      out_shardings=(parallel.replicated(mesh), shardings["params"], shardings["aux"]),
+    )(variables, batch)
   specs = [str(x.sharding.spec) for x in jax.tree.leaves(variables["params"])]
   return jax.tree.map(np.asarray, (loss, grads, new_aux)), specs
 
@@ -117,10 +120,12 @@ def test_loss_and_gradients_do_not_depend_on_the_mesh(name, sizes, data_dir):
   # (e.g. a LayerNorm bias followed by BatchNorm) carry only float noise on every mesh.
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads))
   assert scale > 0
-  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-5 * scale),
-               grads, ref_grads)
-  jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6),
-               new_aux, ref_aux)
+  jax.tree.map(
+    lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-5 * scale), grads, ref_grads
+  )
+  jax.tree.map(
+    lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6), new_aux, ref_aux
+  )
   if sizes[2] > 1:  # the tensor-parallel mesh really splits some parameter over 'tensor'
     assert any("tensor" in s for s in specs), specs
   if sizes[1] > 1:

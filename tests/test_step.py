@@ -1,4 +1,5 @@
 """The shared train step: identical maths on 1 device and on an 8-device mesh, traced once."""
+
 import os
 
 import jax
@@ -29,8 +30,13 @@ def _config(optimizer="sgd"):
 def _batches(config, n):
   rng = np.random.default_rng(0)
   shape = (config.batch_size, 8, 8, 1)
-  return [{"view1": rng.normal(size=shape).astype(np.float32),
-           "view2": rng.normal(size=shape).astype(np.float32)} for _ in range(n)]
+  return [
+    {
+      "view1": rng.normal(size=shape).astype(np.float32),
+      "view2": rng.normal(size=shape).astype(np.float32),
+    }
+    for _ in range(n)
+  ]
 
 
 def _run(config, mesh, rules, batches):
@@ -67,15 +73,18 @@ def test_same_losses_and_params_on_1_device_and_4x2_mesh(single_device_run, rule
   state, losses, _ = _run(config, mesh, rules, _batches(config, 3))
   ref_state, ref_losses, _ = single_device_run
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=1e-4, atol=1e-5),
-               state.params, ref_state.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5),
+    state.params,
+    ref_state.params,
+  )
   if rules_name == "fsdp":
     # Parameters really are split: some leaf is sharded over the fsdp axis.
     specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
     assert any("fsdp" in str(s) for s in specs)
-    assert (parallel.parameter_bytes_per_device(state.params)
-            < parallel.parameter_bytes_per_device(ref_state.params))
+    assert parallel.parameter_bytes_per_device(state.params) < parallel.parameter_bytes_per_device(
+      ref_state.params
+    )
 
 
 def test_adamw_losses_match_on_fsdp_mesh():
@@ -104,8 +113,9 @@ def test_rng_is_folded_by_step():
 
 def test_step_compiles_with_the_xla_cpu_options(monkeypatch):
   # An option value XLA rejects proves the step's jit is given xla_cpu's options.
-  monkeypatch.setattr(step_lib.xla_cpu, "for_mesh",
-                      lambda mesh: {xla_cpu.YNN_FUSION_TYPE: "NOT_A_FUSION_TYPE"})
+  monkeypatch.setattr(
+    step_lib.xla_cpu, "for_mesh", lambda mesh: {xla_cpu.YNN_FUSION_TYPE: "NOT_A_FUSION_TYPE"}
+  )
   config = _config()
   with pytest.raises(Exception, match="NOT_A_FUSION_TYPE"):
     _run(config, _one_device(), parallel.get_rules("dp"), _batches(config, 1))

@@ -1,4 +1,5 @@
 """The trainer end to end: checkpoints, exact resume (data order included), metrics files."""
+
 import json
 import os
 
@@ -49,8 +50,9 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, data_dir):
   step_a, params_a = _final_params(straight)
   step_b, params_b = _final_params(resumed)
   assert step_a == step_b == 6
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
-               params_a, params_b)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), params_a, params_b
+  )
 
 
 def test_workdir_files_and_progress(tmp_path, data_dir):
@@ -69,11 +71,20 @@ def test_workdir_files_and_progress(tmp_path, data_dir):
   # Compiled once, ahead of the loop (before the processes' barrier), and reused by step 1:
   # lowering against other shapes/shardings than the loop's would compile a second time.
   assert len(step_compiles) == 1
-  assert {"config.json", "input_spec.json", "metrics.jsonl", "tensorboard",
-          "checkpoints"} <= set(os.listdir(workdir))
+  assert {"config.json", "input_spec.json", "metrics.jsonl", "tensorboard", "checkpoints"} <= set(
+    os.listdir(workdir)
+  )
   assert workdir_lib.read_config(workdir).method == "simclr"
-  for key in ("train/loss", "train/lr", "train/grad_norm", "perf/step_time_s",
-              "perf/examples_per_s", "perf/eta_s", "train/rankme", "train/embedding_std"):
+  for key in (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "perf/step_time_s",
+    "perf/examples_per_s",
+    "perf/eta_s",
+    "train/rankme",
+    "train/embedding_std",
+  ):
     assert key in logged
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 

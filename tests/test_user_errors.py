@@ -4,6 +4,7 @@ mistake or recovered fault prints one line, with the right exit code and no trac
 Every run is a subprocess of `python -m jaxssl.train` / `jaxssl.evaluate` on the SimCLR `test`
 preset (8x8 digits), like tests/test_faults.py, but through the command line.
 """
+
 import hashlib
 import json
 import pathlib
@@ -26,8 +27,7 @@ def _run(workdir, *args, module="jaxssl.train", config=CONFIG, data_dir=None):
   own = [a for a in args if a.startswith("--config=")]  # the test's own config file
   config = own[0] if own else config
   args = [a for a in args if a not in own]
-  cmd = [sys.executable, "-m", module, f"--workdir={workdir}", *([config] if config else []),
-         *args]
+  cmd = [sys.executable, "-m", module, f"--workdir={workdir}", *([config] if config else []), *args]
   if data_dir and module == "jaxssl.train":
     cmd.append(f"--config.data.data_dir={data_dir}")
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -45,8 +45,11 @@ def _assert_one_line(rc, out, prefix):
 def _snapshot(directory):
   """path -> SHA-256 of every file under `directory` (what 'nothing changed' means)."""
   root = pathlib.Path(directory)
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(root.rglob("*"))
+    if p.is_file()
+  }
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +69,18 @@ def copy_of(trained, tmp_path):
   return target
 
 
-@pytest.mark.parametrize("args,expected", [
+@pytest.mark.parametrize(
+  "args,expected",
+  [
     (["--config.model.width=48"], "model.width: 32 there, 48 now"),
     (["--config.batch_size=8"], "batch_size: 16 there, 8 now"),
     ([f"--config={ROOT}/configs/byol.py:test"], "method: 'simclr' there, 'byol' now;"),
     (["--config.augment.blur_prob=0.9"], "augment.blur_prob: 0.0 there, 0.9 now"),
-])
+  ],
+)
 def test_a_changed_config_is_refused_and_nothing_in_the_workdir_changes(
-    copy_of, data_dir, args, expected):
+  copy_of, data_dir, args, expected
+):
   before = _snapshot(copy_of)
   rc, out = _run(copy_of, *BASE, *args, data_dir=data_dir)
   line = _assert_one_line(rc, out, f"workdir error: {copy_of} holds a run with another config")
@@ -82,9 +89,15 @@ def test_a_changed_config_is_refused_and_nothing_in_the_workdir_changes(
 
 
 def test_allowed_changes_resume_and_are_recorded(copy_of, data_dir):
-  rc, out = _run(copy_of, "--config.total_steps=6", "--config.checkpoint.every_steps=3",
-                 "--config.log_every_steps=1", "--config.mesh.data=4", "--config.mesh.fsdp=2",
-                 data_dir=data_dir)
+  rc, out = _run(
+    copy_of,
+    "--config.total_steps=6",
+    "--config.checkpoint.every_steps=3",
+    "--config.log_every_steps=1",
+    "--config.mesh.data=4",
+    "--config.mesh.fsdp=2",
+    data_dir=data_dir,
+  )
   assert rc == 0, out[-3000:]
   assert "Traceback" not in out
   assert "Resumed from step 4 of 6" in out
@@ -92,21 +105,29 @@ def test_allowed_changes_resume_and_are_recorded(copy_of, data_dir):
   assert checkpoint.Checkpointer(str(copy_of), read_only=True).all_steps()[-1] == 6
   config = workdir_lib.read_config(str(copy_of))
   assert (config.total_steps, config.mesh.fsdp) == (6, 2)  # the record says what ran
-  changes = [json.loads(line) for line in
-             (copy_of / workdir_lib.CHANGES_FILE).read_text().splitlines()]
+  changes = [
+    json.loads(line) for line in (copy_of / workdir_lib.CHANGES_FILE).read_text().splitlines()
+  ]
   assert len(changes) == 1 and changes[0]["changes"]["total_steps"] == [4, 6]
   # The same command again: nothing to change, nothing appended.
-  rc, out = _run(copy_of, "--config.total_steps=6", "--config.checkpoint.every_steps=3",
-                 "--config.log_every_steps=1", "--config.mesh.data=4", "--config.mesh.fsdp=2",
-                 data_dir=data_dir)
+  rc, out = _run(
+    copy_of,
+    "--config.total_steps=6",
+    "--config.checkpoint.every_steps=3",
+    "--config.log_every_steps=1",
+    "--config.mesh.data=4",
+    "--config.mesh.fsdp=2",
+    data_dir=data_dir,
+  )
   assert rc == 0 and "changed settings" not in out, out[-3000:]
   assert len((copy_of / workdir_lib.CHANGES_FILE).read_text().splitlines()) == 1
 
 
 def _corrupt_arrays(workdir, step):
   """Halves every array data file of a step (its metadata stays readable)."""
-  files = list((pathlib.Path(checkpoint.checkpoint_dir(str(workdir))) / str(step) /
-                "state").glob("**/d/*"))
+  files = list(
+    (pathlib.Path(checkpoint.checkpoint_dir(str(workdir))) / str(step) / "state").glob("**/d/*")
+  )
   assert files
   for path in files:
     with open(path, "r+b") as f:
@@ -147,21 +168,29 @@ def test_another_models_checkpoint_is_not_called_corrupt(copy_of, data_dir):
 def test_a_config_json_that_is_not_json_names_the_file(copy_of, data_dir):
   (copy_of / "config.json").write_text("{not json")
   for module in ("jaxssl.train", "jaxssl.evaluate"):
-    rc, out = _run(copy_of, *(BASE if module == "jaxssl.train" else []), module=module,
-                   config=CONFIG if module == "jaxssl.train" else None, data_dir=data_dir)
+    rc, out = _run(
+      copy_of,
+      *(BASE if module == "jaxssl.train" else []),
+      module=module,
+      config=CONFIG if module == "jaxssl.train" else None,
+      data_dir=data_dir,
+    )
     line = _assert_one_line(rc, out, f"workdir error: {copy_of}/config.json is not valid JSON")
     assert "use a new --workdir" in line
   assert (copy_of / "config.json").read_text() == "{not json"
 
 
-@pytest.mark.parametrize("args,prefix", [
+@pytest.mark.parametrize(
+  "args,prefix",
+  [
     (["--config.data.name=cifar10"], "data error: Dataset 'cifar10' is not prepared in"),
     (["--config.data.name=no_such_set"], "data error: Unknown dataset 'no_such_set'"),
     (["--config.total_steps=0"], "config error: config.total_steps=0: a run needs a positive"),
     (["--config.optim.lr=1"], "config error: Unknown config key config.optim.lr"),
     ([f"--config={ROOT}/configs/simclr.py:nope"], "config error: "),
     ([f"--config={ROOT}/configs/simclrr.py:test"], "config error: "),
-])
+  ],
+)
 def test_trainer_mistakes_are_one_line_and_leave_no_workdir(tmp_path, data_dir, args, prefix):
   rc, out = _run(tmp_path / "new", *args, data_dir=data_dir)
   _assert_one_line(rc, out, prefix)
@@ -176,10 +205,13 @@ def test_eval_mistakes_are_one_line(trained, tmp_path):
 
 
 def test_an_unexpected_error_keeps_its_traceback():
-  code = ("from jaxssl import config_lib\n"
-          "def main(argv):\n  raise RuntimeError('a bug')\n"
-          "config_lib.run_app(main, lambda: None)\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+  code = (
+    "from jaxssl import config_lib\n"
+    "def main(argv):\n  raise RuntimeError('a bug')\n"
+    "config_lib.run_app(main, lambda: None)\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 1
   assert "Traceback" in result.stderr and "RuntimeError: a bug" in result.stderr

@@ -1,6 +1,7 @@
 """xla_cpu: the compiler options take convolutions out of YNNPACK and leave its dots there, only
 on CPU and only when the user's XLA_FLAGS do not choose for themselves; the train step and the
 eval encoder compile with them."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -9,8 +10,9 @@ from jaxssl import xla_cpu
 
 
 def _conv_then_dot(x, kernel, weights):
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   return y.reshape(y.shape[0], -1) @ weights
 
 
@@ -31,8 +33,11 @@ def _ynn_fusions(hlo):
       computations[name] += line + "\n"
       if line == "}":
         name = None
-  names = {line.split("calls=%")[1].split(",")[0]
-           for line in hlo.splitlines() if "__ynn_fusion" in line and "calls=%" in line}
+  names = {
+    line.split("calls=%")[1].split(",")[0]
+    for line in hlo.splitlines()
+    if "__ynn_fusion" in line and "calls=%" in line
+  }
   return {name: "convolution(" in computations[name] for name in names}
 
 
@@ -54,11 +59,12 @@ def test_options_only_on_cpu_and_never_over_the_users_xla_flags(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert xla_cpu.compiler_options("gpu") == {}
   assert xla_cpu.compiler_options("tpu") == {}
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                     f"--{xla_cpu.YNN_FUSION_TYPE}=+individual_convolution")
+  monkeypatch.setenv(
+    "XLA_FLAGS",
+    f"--xla_force_host_platform_device_count=8 --{xla_cpu.YNN_FUSION_TYPE}=+individual_convolution",
+  )
   assert xla_cpu.compiler_options("cpu") == {}
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   assert xla_cpu.for_mesh(mesh) == {}
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
   assert xla_cpu.for_mesh(mesh) == xla_cpu.compiler_options(jax.default_backend())
@@ -90,5 +96,4 @@ ENTRY %main (x.1: bf16[12544,384], w.1: bf16[384,1536]) -> f32[12544,1536] {
   ROOT %dot.3 = f32[12544,1536]{1,0} dot(%x.1, %w.1), lhs_contracting_dims={1}
 }
 """
-  assert xla_cpu.dot_operand_types(text) == [('f32', 'f32'), ('bf16', 'bf16')]
-
+  assert xla_cpu.dot_operand_types(text) == [("f32", "f32"), ("bf16", "bf16")]

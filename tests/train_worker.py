@@ -11,6 +11,7 @@ Environment:
   JAXSSL_TEST_RECORD_DIR   saves this process's first local batches (what its input pipeline
                            fed the step) to <dir>/process_<i>.npz, to check per-host shards.
 """
+
 import os
 import sys
 import time
@@ -34,11 +35,14 @@ def _probe(global_batch):
       time.sleep(delay)
     if record_dir and len(recorded) < _RECORD_STEPS:
       import jax  # pylint: disable=g-import-not-at-top
+
       recorded.append({k: np.asarray(v) for k, v in local_batch.items()})
       if len(recorded) == _RECORD_STEPS:
         os.makedirs(record_dir, exist_ok=True)
-        np.savez(os.path.join(record_dir, f"process_{jax.process_index()}.npz"),
-                 **{f"{k}_{i}": v for i, b in enumerate(recorded) for k, v in b.items()})
+        np.savez(
+          os.path.join(record_dir, f"process_{jax.process_index()}.npz"),
+          **{f"{k}_{i}": v for i, b in enumerate(recorded) for k, v in b.items()},
+        )
     return global_batch(local_batch, sharding)
 
   return probed
@@ -49,6 +53,7 @@ def _skewed(fn):
 
   def skewed(*args, **kwargs):
     import jax  # pylint: disable=g-import-not-at-top
+
     if skew and jax.process_index() == 1:
       time.sleep(skew)
     return fn(*args, **kwargs)

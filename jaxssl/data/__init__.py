@@ -1,4 +1,5 @@
 """Input data: real datasets as random-access sources, augmentations, Grain pipelines."""
+
 from jaxssl.data.augment import Deterministic
 from jaxssl.data.augment import SimCLRAugment
 from jaxssl.data.augment import TwoViews

@@ -12,6 +12,7 @@ Pieces are plain functions of (array, rng) so later methods can recombine them: 
 several with different crop scales and output sizes. Every class lives at module level so Grain
 worker processes can pickle it.
 """
+
 import dataclasses
 import math
 
@@ -23,16 +24,20 @@ from PIL import Image
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 # RGB <-> YIQ. A hue shift by a fraction d of a turn is a rotation of the (I, Q) chroma plane
 # by 2*pi*d, the linear approximation of an HSV hue shift (used e.g. by kornia).
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                        [0.596, -0.274, -0.322],
-                        [0.211, -0.523, 0.312]], np.float32)
+_RGB_TO_YIQ = np.array(
+  [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
+)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
-def sample_crop_box(rng: np.random.Generator, height: int, width: int,
-                    scale: tuple[float, float] = (0.2, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                    attempts: int = 10) -> tuple[int, int, int, int]:
+def sample_crop_box(
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  scale: tuple[float, float] = (0.2, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  attempts: int = 10,
+) -> tuple[int, int, int, int]:
   """Samples (top, left, crop_height, crop_width) as Inception-style random resized crop.
 
   Area fraction ~ U[scale], aspect ratio w/h log-uniform in `ratio` (Szegedy et al. 2015;
@@ -60,17 +65,21 @@ def sample_crop_box(rng: np.random.Generator, height: int, width: int,
   return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def resized_crop(image: np.ndarray, box: tuple[int, int, int, int],
-                 size: tuple[int, int]) -> np.ndarray:
+def resized_crop(
+  image: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> np.ndarray:
   """Crops `box` = (top, left, h, w) from uint8 [H, W, C] and resizes it bilinearly to `size`.
 
   PIL's bilinear filter widens its support when shrinking, so downsampling is antialiased.
   """
   top, left, crop_h, crop_w = box
   pil_box = (left, top, left + crop_w, top + crop_h)
-  channels = [Image.fromarray(np.ascontiguousarray(image[..., c]), mode='L')
-              .resize((size[1], size[0]), Image.BILINEAR, box=pil_box)
-              for c in range(image.shape[-1])]
+  channels = [
+    Image.fromarray(np.ascontiguousarray(image[..., c]), mode="L").resize(
+      (size[1], size[0]), Image.BILINEAR, box=pil_box
+    )
+    for c in range(image.shape[-1])
+  ]
   return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
@@ -115,12 +124,16 @@ def color_jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np
   Brightness, contrast and saturation factors ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s], hue shift
   ~ U[-0.2 s, 0.2 s] (Chen et al. 2020, appendix A, `color_jitter`).
   """
+
   def factor():
     return rng.uniform(max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
-  ops = [lambda y: adjust_brightness(y, factor()),
-         lambda y: adjust_contrast(y, factor()),
-         lambda y: adjust_saturation(y, factor()),
-         lambda y: adjust_hue(y, rng.uniform(-0.2 * strength, 0.2 * strength))]
+
+  ops = [
+    lambda y: adjust_brightness(y, factor()),
+    lambda y: adjust_contrast(y, factor()),
+    lambda y: adjust_saturation(y, factor()),
+    lambda y: adjust_hue(y, rng.uniform(-0.2 * strength, 0.2 * strength)),
+  ]
   for index in rng.permutation(len(ops)):
     x = ops[index](x)
   return x
@@ -135,12 +148,12 @@ def gaussian_blur(x: np.ndarray, sigma: float, radius: int) -> np.ndarray:
   if radius <= 0:
     return x
   offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-  kernel = np.exp(-offsets ** 2 / (2.0 * sigma ** 2))
+  kernel = np.exp(-(offsets**2) / (2.0 * sigma**2))
   kernel = (kernel / kernel.sum()).astype(x.dtype)
   height, width = x.shape[:2]
-  padded = np.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode='symmetric')
-  rows = sum(k * padded[i:i + height] for i, k in enumerate(kernel))
-  return sum(k * rows[:, i:i + width] for i, k in enumerate(kernel))
+  padded = np.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  rows = sum(k * padded[i : i + height] for i, k in enumerate(kernel))
+  return sum(k * rows[:, i : i + width] for i, k in enumerate(kernel))
 
 
 def solarize(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -158,13 +171,13 @@ def _as_hwc(image) -> np.ndarray:
   if image.ndim == 2:
     image = image[..., None]
   if image.ndim != 3 or image.dtype != np.uint8:
-    raise ValueError(f'Expected a uint8 image [H, W, C], got {image.dtype} {image.shape}.')
+    raise ValueError(f"Expected a uint8 image [H, W, C], got {image.dtype} {image.shape}.")
   return image
 
 
 def _check_probability(name: str, value: float) -> None:
   if not 0.0 <= value <= 1.0:
-    raise ValueError(f'{name}={value} must be a probability in [0, 1].')
+    raise ValueError(f"{name}={value} must be a probability in [0, 1].")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +189,7 @@ class SimCLRAugment:
   jitter strength 0.5 (the paper's CIFAR-10 value; 1.0 on ImageNet).
   BYOL's views: blur_prob 1.0 / 0.1 and solarize_prob 0.0 / 0.2.
   """
+
   mean: tuple[float, ...]
   std: tuple[float, ...]
   output_size: int | None = None  # None: the input's height and width.
@@ -192,22 +206,26 @@ class SimCLRAugment:
 
   def __post_init__(self):
     if len(self.mean) != len(self.std) or min(self.std) <= 0:
-      raise ValueError(f'mean {self.mean} and std {self.std} need one entry per channel, '
-                       'std > 0; take them from datasets.get_info(name).')
+      raise ValueError(
+        f"mean {self.mean} and std {self.std} need one entry per channel, "
+        "std > 0; take them from datasets.get_info(name)."
+      )
     if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
-      raise ValueError(f'crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1.')
+      raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1.")
     if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-      raise ValueError(f'crop_ratio={self.crop_ratio} must satisfy 0 < low <= high.')
+      raise ValueError(f"crop_ratio={self.crop_ratio} must satisfy 0 < low <= high.")
     if self.output_size is not None and self.output_size <= 0:
-      raise ValueError(f'output_size={self.output_size} must be positive (or None).')
-    for name in ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob'):
+      raise ValueError(f"output_size={self.output_size} must be positive (or None).")
+    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
       _check_probability(name, getattr(self, name))
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = _as_hwc(image)
     if image.shape[-1] != len(self.mean):
-      raise ValueError(f'Image has {image.shape[-1]} channels but mean/std have '
-                       f'{len(self.mean)}; use the statistics of this dataset.')
+      raise ValueError(
+        f"Image has {image.shape[-1]} channels but mean/std have "
+        f"{len(self.mean)}; use the statistics of this dataset."
+      )
     height, width = image.shape[:2]
     size = (self.output_size or height, self.output_size or width)
     box = sample_crop_box(rng, height, width, self.crop_scale, self.crop_ratio)
@@ -234,14 +252,17 @@ class TwoViews(grain.transforms.RandomMap):
   Both views draw from the same per-example generator one after the other, so they are
   independent samples; `augment2` defaults to `augment1` (SimCLR), or differs (BYOL).
   """
+
   augment1: SimCLRAugment
   augment2: SimCLRAugment | None = None
 
   def random_map(self, element, rng: np.random.Generator):
     augment2 = self.augment2 or self.augment1
-    return {'view1': self.augment1(element['image'], rng),
-            'view2': augment2(element['image'], rng),
-            'label': np.int32(element['label'])}
+    return {
+      "view1": self.augment1(element["image"], rng),
+      "view2": augment2(element["image"], rng),
+      "label": np.int32(element["label"]),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +272,7 @@ class Deterministic(grain.transforms.Map):
   `crop_fraction` < 1 takes the central crop of that side fraction before resizing (e.g. 0.875
   for ImageNet-style eval); the default keeps the whole image.
   """
+
   mean: tuple[float, ...]
   std: tuple[float, ...]
   output_size: int | None = None
@@ -258,10 +280,10 @@ class Deterministic(grain.transforms.Map):
 
   def __post_init__(self):
     if not 0.0 < self.crop_fraction <= 1.0:
-      raise ValueError(f'crop_fraction={self.crop_fraction} must be in (0, 1].')
+      raise ValueError(f"crop_fraction={self.crop_fraction} must be in (0, 1].")
 
   def map(self, element):
-    image = _as_hwc(element['image'])
+    image = _as_hwc(element["image"])
     height, width = image.shape[:2]
     size = (self.output_size or height, self.output_size or width)
     crop_h = max(1, int(round(height * self.crop_fraction)))
@@ -269,5 +291,7 @@ class Deterministic(grain.transforms.Map):
     box = ((height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w)
     if box != (0, 0, height, width) or size != (height, width):
       image = resized_crop(image, box, size)
-    return {'image': normalize(image.astype(np.float32) / 255.0, self.mean, self.std),
-            'label': np.int32(element['label'])}
+    return {
+      "image": normalize(image.astype(np.float32) / 255.0, self.mean, self.std),
+      "label": np.int32(element["label"]),
+    }

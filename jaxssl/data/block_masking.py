@@ -27,6 +27,7 @@ drops tokens with `keep_indices` and the loss averages over all predicted patche
 Everything is drawn from the example's NumPy generator, so a mask is a pure function of the
 seed and the example's position (a restored iterator replays the same masks).
 """
+
 import dataclasses
 import math
 
@@ -49,8 +50,11 @@ def block_size(grid: tuple[int, int], scale: float, aspect: float) -> tuple[int,
 
 def block_area_range(grid, scale_range, aspect_range, num=257) -> tuple[int, int]:
   """(min, max) of h * w over a dense grid of (scale, aspect) in the ranges (inclusive)."""
-  areas = [np.prod(block_size(grid, s, a))
-           for s in np.linspace(*scale_range, num) for a in np.linspace(*aspect_range, num)]
+  areas = [
+    np.prod(block_size(grid, s, a))
+    for s in np.linspace(*scale_range, num)
+    for a in np.linspace(*aspect_range, num)
+  ]
   return int(min(areas)), int(max(areas))
 
 
@@ -64,7 +68,7 @@ def _place_block(rng, grid, size) -> np.ndarray:
   top = rng.integers(0, height - h + 1)
   left = rng.integers(0, width - w + 1)
   mask = np.zeros(grid, bool)
-  mask[top:top + h, left:left + w] = True
+  mask[top : top + h, left : left + w] = True
   return mask
 
 
@@ -76,6 +80,7 @@ def _subset(rng, mask_flat: np.ndarray, count: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class MultiBlockMasker:
   """Draws I-JEPA's context and target indices for one image (see the module docstring)."""
+
   grid: tuple[int, int]
   target_patches: int
   context_patches: int
@@ -87,24 +92,26 @@ class MultiBlockMasker:
   max_tries: int = 20
 
   def __post_init__(self):
-    for name in ('target_scale', 'target_aspect', 'context_scale', 'context_aspect'):
+    for name in ("target_scale", "target_aspect", "context_scale", "context_aspect"):
       low, high = getattr(self, name)
       if not 0 < low <= high:
-        raise ValueError(f'{name}={(low, high)} must satisfy 0 < low <= high.')
+        raise ValueError(f"{name}={(low, high)} must satisfy 0 < low <= high.")
     if self.num_targets < 1:
-      raise ValueError(f'num_targets={self.num_targets} must be >= 1 (the paper uses 4).')
+      raise ValueError(f"num_targets={self.num_targets} must be >= 1 (the paper uses 4).")
     smallest, _ = block_area_range(self.grid, self.target_scale, self.target_aspect)
     if not 1 <= self.target_patches <= smallest:
       raise ValueError(
-          f'target_patches={self.target_patches} must be in [1, {smallest}]: every target '
-          f'block keeps that many patches and the smallest block the ranges allow on the '
-          f'{self.grid} grid has {smallest}. Lower target_patches or raise target_scale.')
+        f"target_patches={self.target_patches} must be in [1, {smallest}]: every target "
+        f"block keeps that many patches and the smallest block the ranges allow on the "
+        f"{self.grid} grid has {smallest}. Lower target_patches or raise target_scale."
+      )
     num_patches = self.grid[0] * self.grid[1]
     _, largest = block_area_range(self.grid, self.target_scale, self.target_aspect)
     if not 1 <= self.context_patches <= num_patches - largest:
       raise ValueError(
-          f'context_patches={self.context_patches} must be in [1, {num_patches - largest}] '
-          f'(grid {self.grid}, target blocks up to {largest} patches). Lower it.')
+        f"context_patches={self.context_patches} must be in [1, {num_patches - largest}] "
+        f"(grid {self.grid}, target blocks up to {largest} patches). Lower it."
+      )
 
   @property
   def num_patches(self) -> int:
@@ -118,8 +125,8 @@ class MultiBlockMasker:
       targets = [_place_block(rng, self.grid, target_size) for _ in range(self.num_targets)]
       union = np.any(targets, axis=0).reshape(-1)
       context_block = _place_block(
-          rng, self.grid,
-          _sample_size(rng, self.grid, self.context_scale, self.context_aspect)).reshape(-1)
+        rng, self.grid, _sample_size(rng, self.grid, self.context_scale, self.context_aspect)
+      ).reshape(-1)
       context = context_block & ~union
       if context.sum() >= self.context_patches:
         break
@@ -127,14 +134,15 @@ class MultiBlockMasker:
       # Rare: top the context up with non-target patches outside the context block.
       if (~union).sum() < self.context_patches:
         raise ValueError(
-            f'{self.max_tries} draws left fewer than context_patches={self.context_patches} '
-            f'non-target patches on the {self.grid} grid; lower context_patches.')
+          f"{self.max_tries} draws left fewer than context_patches={self.context_patches} "
+          f"non-target patches on the {self.grid} grid; lower context_patches."
+        )
       extra = self.context_patches - context.sum()
-      context = context | np.isin(np.arange(self.num_patches),
-                                  _subset(rng, ~union & ~context, extra))
+      context = context | np.isin(
+        np.arange(self.num_patches), _subset(rng, ~union & ~context, extra)
+      )
     context_indices = _subset(rng, context, self.context_patches)
-    target_indices = np.stack([_subset(rng, t.reshape(-1), self.target_patches)
-                               for t in targets])
+    target_indices = np.stack([_subset(rng, t.reshape(-1), self.target_patches) for t in targets])
     return context_indices, target_indices
 
 
@@ -146,6 +154,7 @@ class MultiBlockView(grain.transforms.RandomMap):
   'target_indices' int32 [num_targets, target_patches] and 'label' int32. The augmentation
   and the masks draw from the same per-element generator, one after the other.
   """
+
   augment: augment_lib.SimCLRAugment
   masker: MultiBlockMasker
   patch_size: int
@@ -154,11 +163,17 @@ class MultiBlockView(grain.transforms.RandomMap):
   def __post_init__(self):
     side = self.image_size // self.patch_size
     if self.image_size % self.patch_size or self.masker.grid != (side, side):
-      raise ValueError(f'The masker grid {self.masker.grid} must be image_size / patch_size '
-                       f'= {self.image_size} / {self.patch_size} per side.')
+      raise ValueError(
+        f"The masker grid {self.masker.grid} must be image_size / patch_size "
+        f"= {self.image_size} / {self.patch_size} per side."
+      )
 
   def random_map(self, element, rng: np.random.Generator):
-    image = self.augment(element['image'], rng)
+    image = self.augment(element["image"], rng)
     context_indices, target_indices = self.masker(rng)
-    return {'image': image, 'context_indices': context_indices,
-            'target_indices': target_indices, 'label': np.int32(element['label'])}
+    return {
+      "image": image,
+      "context_indices": context_indices,
+      "target_indices": target_indices,
+      "label": np.int32(element["label"]),
+    }

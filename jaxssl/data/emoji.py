@@ -36,6 +36,7 @@ gender and hair-style variants of one emoji ('cook', 'man cook', 'woman cook'; '
 training pairs. Short names are unique (checked), so identical captions never straddle the
 split either. 1,481 train / 389 test.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,30 +56,39 @@ from PIL import ImageFont
 from jaxssl import errors
 from jaxssl.data import image_text
 
-FONT_ENV = 'JAXSSL_EMOJI_FONT'
-EMOJI_TEST_ENV = 'JAXSSL_EMOJI_TEST'
-FONT_FILE = 'NotoColorEmoji.ttf'
-EMOJI_TEST_FILE = 'emoji-test.txt'
-DEFAULT_FONT = f'/usr/share/fonts/truetype/noto/{FONT_FILE}'
-DEFAULT_EMOJI_TEST = f'/usr/share/unicode/emoji/{EMOJI_TEST_FILE}'
-FONT_APT_PACKAGE = 'fonts-noto-color-emoji'
-EMOJI_TEST_APT_PACKAGE = 'unicode-data'
+FONT_ENV = "JAXSSL_EMOJI_FONT"
+EMOJI_TEST_ENV = "JAXSSL_EMOJI_TEST"
+FONT_FILE = "NotoColorEmoji.ttf"
+EMOJI_TEST_FILE = "emoji-test.txt"
+DEFAULT_FONT = f"/usr/share/fonts/truetype/noto/{FONT_FILE}"
+DEFAULT_EMOJI_TEST = f"/usr/share/unicode/emoji/{EMOJI_TEST_FILE}"
+FONT_APT_PACKAGE = "fonts-noto-color-emoji"
+EMOJI_TEST_APT_PACKAGE = "unicode-data"
 # The only bitmap strike of Noto Color Emoji; FreeType refuses other sizes for a CBDT font.
 FONT_SIZE = 109
 # Any one-code-point emoji: its advance is the width of one glyph.
-_REFERENCE_EMOJI = '\U0001F600'  # grinning face
+_REFERENCE_EMOJI = "\U0001f600"  # grinning face
 
 # The groups of emoji-test.txt 15.0 (Debian 12 unicode-data) in file order = label order;
 # 'Component' (skin tones, hair styles on their own) is skipped.
-EMOJI_GROUPS = ('Smileys & Emotion', 'People & Body', 'Animals & Nature', 'Food & Drink',
-                'Travel & Places', 'Activities', 'Objects', 'Symbols', 'Flags')
-SKIPPED_GROUPS = ('Component',)
+EMOJI_GROUPS = (
+  "Smileys & Emotion",
+  "People & Body",
+  "Animals & Nature",
+  "Food & Drink",
+  "Travel & Places",
+  "Activities",
+  "Objects",
+  "Symbols",
+  "Flags",
+)
+SKIPPED_GROUPS = ("Component",)
 SKIN_TONES = range(0x1F3FB, 0x1F3FF + 1)
 
 
 def prompt_words(header: str) -> str:
   """'Smileys & Emotion' -> 'smileys and emotion'; 'face-smiling' -> 'face smiling'."""
-  return ' '.join(header.lower().replace('&', 'and').replace('-', ' ').split())
+  return " ".join(header.lower().replace("&", "and").replace("-", " ").split())
 
 
 EMOJI_CLASS_NAMES = tuple(prompt_words(g) for g in EMOJI_GROUPS)
@@ -86,10 +96,14 @@ EMOJI_CLASS_NAMES = tuple(prompt_words(g) for g in EMOJI_GROUPS)
 # DatasetInfo fields of the prepared set (jaxssl.data.datasets registers them). mean/std: our
 # train split, float64 over all pixels / 255, rounded to 4 digits; tests/data/test_emoji.py
 # recomputes them and the split sizes.
-EMOJI_INFO = dict(name='emoji', num_classes=len(EMOJI_GROUPS),
-                  image_shape=(image_text.IMAGE_SIZE, image_text.IMAGE_SIZE, 3),
-                  split_sizes={'train': 1481, 'test': 389},
-                  mean=(0.7938, 0.7332, 0.6631), std=(0.2965, 0.2913, 0.3572))
+EMOJI_INFO = dict(
+  name="emoji",
+  num_classes=len(EMOJI_GROUPS),
+  image_shape=(image_text.IMAGE_SIZE, image_text.IMAGE_SIZE, 3),
+  split_sizes={"train": 1481, "test": 389},
+  mean=(0.7938, 0.7332, 0.6631),
+  std=(0.2965, 0.2913, 0.3572),
+)
 
 
 def source_paths(source_dir: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
@@ -100,14 +114,16 @@ def source_paths(source_dir: str | None = None) -> tuple[pathlib.Path, pathlib.P
   else:
     font = pathlib.Path(os.environ.get(FONT_ENV) or DEFAULT_FONT)
     test = pathlib.Path(os.environ.get(EMOJI_TEST_ENV) or DEFAULT_EMOJI_TEST)
-  for path, package, default, env in ((font, FONT_APT_PACKAGE, DEFAULT_FONT, FONT_ENV),
-                                      (test, EMOJI_TEST_APT_PACKAGE, DEFAULT_EMOJI_TEST,
-                                       EMOJI_TEST_ENV)):
+  for path, package, default, env in (
+    (font, FONT_APT_PACKAGE, DEFAULT_FONT, FONT_ENV),
+    (test, EMOJI_TEST_APT_PACKAGE, DEFAULT_EMOJI_TEST, EMOJI_TEST_ENV),
+  ):
     if not path.is_file():
       raise errors.MissingDataError(
-          f"Dataset 'emoji' needs {path.name}; {path} does not exist. Install it with "
-          f'`apt-get install {package}` (into {default}), or set ${env} to the file (or pass a '
-          f'source_dir holding {FONT_FILE} and {EMOJI_TEST_FILE}).')
+        f"Dataset 'emoji' needs {path.name}; {path} does not exist. Install it with "
+        f"`apt-get install {package}` (into {default}), or set ${env} to the file (or pass a "
+        f"source_dir holding {FONT_FILE} and {EMOJI_TEST_FILE})."
+      )
   return font, test
 
 
@@ -121,72 +137,102 @@ def parse_emoji_test(lines: Iterable[str]) -> list[dict[str, str]]:
   entries, group, subgroup = [], None, None
   for number, line in enumerate(lines, 1):
     line = line.strip()
-    if line.startswith('# group:'):
-      group, subgroup = line.split(':', 1)[1].strip(), None
+    if line.startswith("# group:"):
+      group, subgroup = line.split(":", 1)[1].strip(), None
       if group not in EMOJI_GROUPS + SKIPPED_GROUPS:
-        raise ValueError(f'emoji-test.txt line {number}: group {group!r} is not one of '
-                         f'{EMOJI_GROUPS + SKIPPED_GROUPS}; this loader knows '
-                         f'{EMOJI_TEST_APT_PACKAGE} 15.0. Add the group to EMOJI_GROUPS.')
+        raise ValueError(
+          f"emoji-test.txt line {number}: group {group!r} is not one of "
+          f"{EMOJI_GROUPS + SKIPPED_GROUPS}; this loader knows "
+          f"{EMOJI_TEST_APT_PACKAGE} 15.0. Add the group to EMOJI_GROUPS."
+        )
       continue
-    if line.startswith('# subgroup:'):
-      subgroup = line.split(':', 1)[1].strip()
+    if line.startswith("# subgroup:"):
+      subgroup = line.split(":", 1)[1].strip()
       continue
-    if not line or line.startswith('#'):
+    if not line or line.startswith("#"):
       continue
-    fields, _, comment = line.partition('#')
-    points, _, status = fields.partition(';')
+    fields, _, comment = line.partition("#")
+    points, _, status = fields.partition(";")
     parts = comment.split(maxsplit=2)
     try:
       codepoints = [int(p, 16) for p in points.split()]
     except ValueError:
       codepoints = []
-    sequence = ''.join(map(chr, codepoints))
-    if (not codepoints or len(parts) != 3 or parts[0] != sequence or not parts[1].startswith('E')
-        or group is None or subgroup is None):
-      raise ValueError(f'emoji-test.txt line {number} is not `code points ; status # emoji '
-                       f'E<version> name` under a group and subgroup header: {line!r}. Reinstall '
-                       f'{EMOJI_TEST_APT_PACKAGE} or point ${EMOJI_TEST_ENV} at the real file.')
-    if (status.strip() != 'fully-qualified' or group in SKIPPED_GROUPS
-        or any(c in SKIN_TONES for c in codepoints)):
+    sequence = "".join(map(chr, codepoints))
+    if (
+      not codepoints
+      or len(parts) != 3
+      or parts[0] != sequence
+      or not parts[1].startswith("E")
+      or group is None
+      or subgroup is None
+    ):
+      raise ValueError(
+        f"emoji-test.txt line {number} is not `code points ; status # emoji "
+        f"E<version> name` under a group and subgroup header: {line!r}. Reinstall "
+        f"{EMOJI_TEST_APT_PACKAGE} or point ${EMOJI_TEST_ENV} at the real file."
+      )
+    if (
+      status.strip() != "fully-qualified"
+      or group in SKIPPED_GROUPS
+      or any(c in SKIN_TONES for c in codepoints)
+    ):
       continue
-    entries.append({'sequence': sequence, 'key': '-'.join(f'{c:X}' for c in codepoints),
-                    'group': group, 'subgroup': subgroup, 'caption': parts[2],
-                    'keywords': f'{prompt_words(group)} {prompt_words(subgroup)}'})
-  counts = collections.Counter(e['caption'] for e in entries)
+    entries.append(
+      {
+        "sequence": sequence,
+        "key": "-".join(f"{c:X}" for c in codepoints),
+        "group": group,
+        "subgroup": subgroup,
+        "caption": parts[2],
+        "keywords": f"{prompt_words(group)} {prompt_words(subgroup)}",
+      }
+    )
+  counts = collections.Counter(e["caption"] for e in entries)
   twins = sorted(c for c, n in counts.items() if n > 1)
   if twins:
-    raise ValueError(f'emoji-test.txt gives two kept emoji the same name ({", ".join(twins[:3])});'
-                     f' the split assumes unique names. Reinstall {EMOJI_TEST_APT_PACKAGE}.')
+    raise ValueError(
+      f"emoji-test.txt gives two kept emoji the same name ({', '.join(twins[:3])});"
+      f" the split assumes unique names. Reinstall {EMOJI_TEST_APT_PACKAGE}."
+    )
   return entries
 
 
 def read_emoji_test(path: pathlib.Path) -> list[dict[str, str]]:
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     entries = parse_emoji_test(f)
   if not entries:
-    raise ValueError(f'No fully-qualified emoji in {path}; reinstall {EMOJI_TEST_APT_PACKAGE}.')
+    raise ValueError(f"No fully-qualified emoji in {path}; reinstall {EMOJI_TEST_APT_PACKAGE}.")
   return entries
 
 
 # Code points a split key ignores: ZWJ, emoji presentation selector, female / male signs, the
 # hair-style components; and the gendered people read as their neutral form.
 _KEY_DROPPED = {0x200D, 0xFE0F, 0x2640, 0x2642, 0x1F9B0, 0x1F9B1, 0x1F9B2, 0x1F9B3}
-_KEY_NEUTRAL = {0x1F468: 0x1F9D1, 0x1F469: 0x1F9D1,  # man, woman -> person
-                0x1F466: 0x1F9D2, 0x1F467: 0x1F9D2,  # boy, girl -> child
-                0x1F474: 0x1F9D3, 0x1F475: 0x1F9D3}  # old man, old woman -> older person
+_KEY_NEUTRAL = {
+  0x1F468: 0x1F9D1,
+  0x1F469: 0x1F9D1,  # man, woman -> person
+  0x1F466: 0x1F9D2,
+  0x1F467: 0x1F9D2,  # boy, girl -> child
+  0x1F474: 0x1F9D3,
+  0x1F475: 0x1F9D3,
+}  # old man, old woman -> older person
 
 
 def split_key(sequence: str) -> str:
   """The emoji with gender and hair style erased, in hex: 'man cook' and 'woman cook' (and
   'cook') -> '1F9D1 1F373'."""
-  return ' '.join(f'{_KEY_NEUTRAL.get(ord(c), ord(c)):X}' for c in sequence
-                  if ord(c) not in _KEY_DROPPED)
+  return " ".join(
+    f"{_KEY_NEUTRAL.get(ord(c), ord(c)):X}" for c in sequence if ord(c) not in _KEY_DROPPED
+  )
 
 
 def is_test_emoji(sequence: str) -> bool:
   """The split rule: MD5 of the UTF-8 split key is 0 modulo 5."""
-  return (int(hashlib.md5(split_key(sequence).encode('utf-8')).hexdigest(), 16)
-          % image_text.TEST_MODULUS == 0)
+  return (
+    int(hashlib.md5(split_key(sequence).encode("utf-8")).hexdigest(), 16) % image_text.TEST_MODULUS
+    == 0
+  )
 
 
 def load_font(path: str | os.PathLike, layout_engine=None) -> ImageFont.FreeTypeFont:
@@ -205,9 +251,9 @@ def render_emoji(font: ImageFont.FreeTypeFont, sequence: str) -> Image.Image | N
   if round(font.getlength(sequence) / advance) != 1:
     return None
   side = 2 * math.ceil(advance)
-  canvas = Image.new('RGBA', (side, side), (0, 0, 0, 0))
+  canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
   ImageDraw.Draw(canvas).text((0, 0), sequence, font=font, embedded_color=True)
-  ink = canvas.getchannel('A').getbbox()
+  ink = canvas.getchannel("A").getbbox()
   if ink is None or ink[2] - ink[0] > advance + 1:
     return None
   return canvas.crop(ink)
@@ -220,33 +266,42 @@ def list_emoji(source_dir: str | None = None) -> list[dict[str, str | np.ndarray
   font = load_font(font_path)
   kept, dropped = [], []
   for entry in read_emoji_test(test_path):
-    glyph = render_emoji(font, entry['sequence'])
+    glyph = render_emoji(font, entry["sequence"])
     if glyph is None:
-      dropped.append(entry['caption'])
+      dropped.append(entry["caption"])
     else:
       kept.append(dict(entry, pixels=image_text.to_square_rgb(glyph)))
   if dropped:
     logging.warning(
-        '%d of %d emoji did not draw as one glyph with %s and are left out (e.g. %s); the split '
-        'sizes will differ from the registered ones. Multi-code-point emoji need text shaping: '
-        'this Pillow %s raqm (the PyPI wheels have it).', len(dropped), len(dropped) + len(kept),
-        font_path, ', '.join(dropped[:3]), 'has' if pil_features.check('raqm') else 'lacks')
+      "%d of %d emoji did not draw as one glyph with %s and are left out (e.g. %s); the split "
+      "sizes will differ from the registered ones. Multi-code-point emoji need text shaping: "
+      "this Pillow %s raqm (the PyPI wheels have it).",
+      len(dropped),
+      len(dropped) + len(kept),
+      font_path,
+      ", ".join(dropped[:3]),
+      "has" if pil_features.check("raqm") else "lacks",
+    )
   if not kept:
-    raise ValueError(f'No emoji of {test_path} drew as a glyph with {font_path}; reinstall '
-                     f'{FONT_APT_PACKAGE}.')
+    raise ValueError(
+      f"No emoji of {test_path} drew as a glyph with {font_path}; reinstall {FONT_APT_PACKAGE}."
+    )
   return kept
 
 
 class JaxsslEmoji(image_text.ImageCaptionBuilder, skip_registration=True):
   """The Noto Color Emoji images with their Unicode names, keyed by their code points."""
-  name = 'jaxssl_emoji'
-  short_name = 'emoji'
+
+  name = "jaxssl_emoji"
+  short_name = "emoji"
   label_names = EMOJI_CLASS_NAMES
-  about = 'Noto Color Emoji with Unicode short names; see jaxssl/data/emoji.py.'
+  about = "Noto Color Emoji with Unicode short names; see jaxssl/data/emoji.py."
 
   def _examples(self):
-    return [dict(e, label=EMOJI_GROUPS.index(e['group']), is_test=is_test_emoji(e['sequence']))
-            for e in list_emoji(self._source_dir)]
+    return [
+      dict(e, label=EMOJI_GROUPS.index(e["group"]), is_test=is_test_emoji(e["sequence"]))
+      for e in list_emoji(self._source_dir)
+    ]
 
   def _pixels(self, example):
-    return example['pixels']
+    return example["pixels"]

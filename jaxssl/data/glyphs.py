@@ -36,6 +36,7 @@ Unicode names are unique and never change (Unicode's name stability policy), so 
 both splits and a character's split is the same under any Python's unicodedata. 4,456 train /
 1,117 test (letters 2,638 / 636, symbols 1,515 / 423, numbers 162 / 28, punctuation 141 / 30).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,35 +52,51 @@ from PIL import ImageFont
 from jaxssl import errors
 from jaxssl.data import image_text
 
-FONT_FILE = 'DejaVuSans.ttf'
+FONT_FILE = "DejaVuSans.ttf"
 FONT_SIZE = 64
 # Transparent border around the glyph's box on the drawing canvas, so no ink is cut off.
 _MARGIN = FONT_SIZE // 4
 
 # The classes in label order: the first letter of a general category picks one.
-GLYPH_CLASSES = ('letter', 'number', 'punctuation', 'symbol')
-GLYPH_CLASS_NAMES = ('letter', 'number', 'punctuation mark', 'symbol')  # zero-shot prompt words
-_CLASS_OF_MAJOR = {'L': 0, 'N': 1, 'P': 2, 'S': 3}
+GLYPH_CLASSES = ("letter", "number", "punctuation", "symbol")
+GLYPH_CLASS_NAMES = ("letter", "number", "punctuation mark", "symbol")  # zero-shot prompt words
+_CLASS_OF_MAJOR = {"L": 0, "N": 1, "P": 2, "S": 3}
 
 # The long names of the kept general categories (Unicode's PropertyValueAliases.txt, gc),
 # lower-cased with '_' read as a space.
 CATEGORY_NAMES = {
-    'Lu': 'uppercase letter', 'Ll': 'lowercase letter', 'Lt': 'titlecase letter',
-    'Lm': 'modifier letter', 'Lo': 'other letter',
-    'Nd': 'decimal number', 'Nl': 'letter number', 'No': 'other number',
-    'Pc': 'connector punctuation', 'Pd': 'dash punctuation', 'Ps': 'open punctuation',
-    'Pe': 'close punctuation', 'Pi': 'initial punctuation', 'Pf': 'final punctuation',
-    'Po': 'other punctuation',
-    'Sm': 'math symbol', 'Sc': 'currency symbol', 'Sk': 'modifier symbol', 'So': 'other symbol',
+  "Lu": "uppercase letter",
+  "Ll": "lowercase letter",
+  "Lt": "titlecase letter",
+  "Lm": "modifier letter",
+  "Lo": "other letter",
+  "Nd": "decimal number",
+  "Nl": "letter number",
+  "No": "other number",
+  "Pc": "connector punctuation",
+  "Pd": "dash punctuation",
+  "Ps": "open punctuation",
+  "Pe": "close punctuation",
+  "Pi": "initial punctuation",
+  "Pf": "final punctuation",
+  "Po": "other punctuation",
+  "Sm": "math symbol",
+  "Sc": "currency symbol",
+  "Sk": "modifier symbol",
+  "So": "other symbol",
 }
 
 # DatasetInfo fields of the prepared set (jaxssl.data.datasets registers them). mean/std: our
 # train split, float64 over all pixels / 255, rounded to 4 digits; tests/data/test_glyphs.py
 # recomputes them and the split sizes.
-DEJAVU_GLYPHS_INFO = dict(name='dejavu_glyphs', num_classes=len(GLYPH_CLASSES),
-                          image_shape=(image_text.IMAGE_SIZE, image_text.IMAGE_SIZE, 3),
-                          split_sizes={'train': 4456, 'test': 1117},
-                          mean=(0.7428, 0.7428, 0.7428), std=(0.4001, 0.4001, 0.4001))
+DEJAVU_GLYPHS_INFO = dict(
+  name="dejavu_glyphs",
+  num_classes=len(GLYPH_CLASSES),
+  image_shape=(image_text.IMAGE_SIZE, image_text.IMAGE_SIZE, 3),
+  split_sizes={"train": 4456, "test": 1117},
+  mean=(0.7428, 0.7428, 0.7428),
+  std=(0.4001, 0.4001, 0.4001),
+)
 
 
 def font_path(source_dir: str | None = None) -> pathlib.Path:
@@ -89,25 +106,26 @@ def font_path(source_dir: str | None = None) -> pathlib.Path:
   if source_dir:
     path = pathlib.Path(source_dir) / FONT_FILE
   else:
-    spec = importlib.util.find_spec('matplotlib')
+    spec = importlib.util.find_spec("matplotlib")
     if spec is None or not spec.submodule_search_locations:
       raise errors.MissingDataError(
-          f"Dataset 'dejavu_glyphs' needs matplotlib's bundled {FONT_FILE}: "
-          '`pip install matplotlib`.')
+        f"Dataset 'dejavu_glyphs' needs matplotlib's bundled {FONT_FILE}: `pip install matplotlib`."
+      )
     package_dir = pathlib.Path(list(spec.submodule_search_locations)[0])
-    path = package_dir / 'mpl-data' / 'fonts' / 'ttf' / FONT_FILE
+    path = package_dir / "mpl-data" / "fonts" / "ttf" / FONT_FILE
   if not path.is_file():
     raise errors.MissingDataError(
-        f"Dataset 'dejavu_glyphs' needs {FONT_FILE}; {path} does not exist. "
-        'Reinstall matplotlib (`pip install --force-reinstall matplotlib`), or '
-        f'pass a source_dir holding {FONT_FILE}.')
+      f"Dataset 'dejavu_glyphs' needs {FONT_FILE}; {path} does not exist. "
+      "Reinstall matplotlib (`pip install --force-reinstall matplotlib`), or "
+      f"pass a source_dir holding {FONT_FILE}."
+    )
   return path
 
 
 def font_version(path: str | pathlib.Path) -> str:
   """The font's version string (name table record 5), e.g. 'Version 2.35'."""
   with ttLib.TTFont(str(path), lazy=True) as font:
-    return font['name'].getDebugName(5)
+    return font["name"].getDebugName(5)
 
 
 def category_label(category: str) -> int | None:
@@ -124,16 +142,24 @@ def list_characters(path: str | pathlib.Path) -> list[dict[str, str]]:
   entries = []
   for code_point in code_points:
     char = chr(code_point)
-    name, category = unicodedata.name(char, ''), unicodedata.category(char)
+    name, category = unicodedata.name(char, ""), unicodedata.category(char)
     label = category_label(category)
     if not name or label is None:
       continue
-    entries.append({'char': char, 'key': f'U+{code_point:04X}', 'category': category,
-                    'caption': name.lower(),
-                    'keywords': f'{GLYPH_CLASS_NAMES[label]} {CATEGORY_NAMES[category]}'})
+    entries.append(
+      {
+        "char": char,
+        "key": f"U+{code_point:04X}",
+        "category": category,
+        "caption": name.lower(),
+        "keywords": f"{GLYPH_CLASS_NAMES[label]} {CATEGORY_NAMES[category]}",
+      }
+    )
   if not entries:
-    raise ValueError(f'No named letter, number, punctuation or symbol in the character map of '
-                     f'{path}; reinstall matplotlib.')
+    raise ValueError(
+      f"No named letter, number, punctuation or symbol in the character map of "
+      f"{path}; reinstall matplotlib."
+    )
   return entries
 
 
@@ -147,10 +173,9 @@ def render_glyph(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None:
   draws no ink (a blank glyph)."""
   left, top, right, bottom = font.getbbox(char)
   size = (max(right - left, 0) + 2 * _MARGIN, max(bottom - top, 0) + 2 * _MARGIN)
-  canvas = Image.new('RGBA', size, (0, 0, 0, 0))
-  ImageDraw.Draw(canvas).text((_MARGIN - left, _MARGIN - top), char, font=font,
-                              fill=(0, 0, 0, 255))
-  ink = canvas.getchannel('A').getbbox()
+  canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+  ImageDraw.Draw(canvas).text((_MARGIN - left, _MARGIN - top), char, font=font, fill=(0, 0, 0, 255))
+  ink = canvas.getchannel("A").getbbox()
   return None if ink is None else canvas.crop(ink)
 
 
@@ -161,25 +186,27 @@ def list_glyphs(source_dir: str | None = None) -> list[dict[str, str | np.ndarra
   font = load_font(path)
   glyphs = []
   for entry in list_characters(path):
-    glyph = render_glyph(font, entry['char'])
+    glyph = render_glyph(font, entry["char"])
     if glyph is not None:
       glyphs.append(dict(entry, pixels=image_text.to_square_rgb(glyph)))
   if not glyphs:
-    raise ValueError(f'No character of {path} drew any ink; reinstall matplotlib.')
+    raise ValueError(f"No character of {path} drew any ink; reinstall matplotlib.")
   return glyphs
 
 
 class JaxsslDejavuGlyphs(image_text.ImageCaptionBuilder, skip_registration=True):
   """The DejaVu Sans characters with their Unicode names, keyed by code point ('U+03B1')."""
-  name = 'jaxssl_dejavu_glyphs'
-  short_name = 'dejavu_glyphs'
+
+  name = "jaxssl_dejavu_glyphs"
+  short_name = "dejavu_glyphs"
   label_names = GLYPH_CLASSES
   about = "matplotlib's DejaVu Sans characters with Unicode names; see jaxssl/data/glyphs.py."
 
   def _examples(self):
-    return [dict(g, label=category_label(g['category']),
-                 is_test=image_text.is_test_caption(g['caption']))
-            for g in list_glyphs(self._source_dir)]
+    return [
+      dict(g, label=category_label(g["category"]), is_test=image_text.is_test_caption(g["caption"]))
+      for g in list_glyphs(self._source_dir)
+    ]
 
   def _pixels(self, example):
-    return example['pixels']
+    return example["pixels"]

@@ -11,6 +11,7 @@ jitted step: each example's mask is then a pure function of the seed and its glo
 so a restored data iterator replays exactly the same masks, and every example in a batch has
 the same number K of kept patches (fixed shapes for XLA).
 """
+
 import dataclasses
 
 import grain
@@ -24,8 +25,9 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
   return int(num_patches * (1 - mask_ratio))
 
 
-def random_mask(rng: np.random.Generator, num_patches: int, mask_ratio: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_mask(
+  rng: np.random.Generator, num_patches: int, mask_ratio: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """MAE's per-sample random masking of `num_patches` patch indices.
 
   MAE sorts uniform noise to get a random permutation `ids_shuffle`; a uniformly random
@@ -43,12 +45,15 @@ def random_mask(rng: np.random.Generator, num_patches: int, mask_ratio: float
       tokens) sequence that holds patch n, so `take(sequence, ids_restore)` unshuffles it.
   """
   if not 0.0 <= mask_ratio < 1.0:
-    raise ValueError(f'mask_ratio={mask_ratio} must be in [0, 1) (the fraction of patches '
-                     'removed; MAE uses 0.75).')
+    raise ValueError(
+      f"mask_ratio={mask_ratio} must be in [0, 1) (the fraction of patches removed; MAE uses 0.75)."
+    )
   keep = num_kept(num_patches, mask_ratio)
   if keep < 1:
-    raise ValueError(f'mask_ratio={mask_ratio} keeps no patch of {num_patches}; lower '
-                     'mask_ratio or use smaller patches.')
+    raise ValueError(
+      f"mask_ratio={mask_ratio} keeps no patch of {num_patches}; lower "
+      "mask_ratio or use smaller patches."
+    )
   ids_shuffle = rng.permutation(num_patches)
   ids_restore = np.argsort(ids_shuffle)
   # In shuffled order the first K are kept; `ids_restore` carries that back to patch order.
@@ -65,6 +70,7 @@ class MaskedView(grain.transforms.RandomMap):
   The augmentation and the mask draw from the same per-element generator one after the other.
   MAE's augmentation is a random resized crop and a horizontal flip only (sec. A.1).
   """
+
   augment: augment_lib.SimCLRAugment
   patch_size: int
   mask_ratio: float
@@ -72,11 +78,15 @@ class MaskedView(grain.transforms.RandomMap):
 
   def __post_init__(self):
     if self.patch_size < 1 or self.image_size % self.patch_size:
-      raise ValueError(f'image_size={self.image_size} must be a multiple of patch_size='
-                       f'{self.patch_size}; change one of them.')
+      raise ValueError(
+        f"image_size={self.image_size} must be a multiple of patch_size="
+        f"{self.patch_size}; change one of them."
+      )
     if self.augment.output_size not in (None, self.image_size):
-      raise ValueError(f'The augmentation makes {self.augment.output_size}px images but '
-                       f'image_size={self.image_size}; give it output_size=image_size.')
+      raise ValueError(
+        f"The augmentation makes {self.augment.output_size}px images but "
+        f"image_size={self.image_size}; give it output_size=image_size."
+      )
     # Fails here, at pipeline construction, rather than inside a worker process.
     random_mask(np.random.default_rng(0), self.num_patches, self.mask_ratio)
 
@@ -85,11 +95,18 @@ class MaskedView(grain.transforms.RandomMap):
     return (self.image_size // self.patch_size) ** 2
 
   def random_map(self, element, rng: np.random.Generator):
-    image = self.augment(element['image'], rng)
+    image = self.augment(element["image"], rng)
     if image.shape[:2] != (self.image_size, self.image_size):
-      raise ValueError(f'Augmented image is {image.shape[:2]}, expected '
-                       f'{(self.image_size, self.image_size)}; set the augmentation\'s '
-                       'output_size to image_size.')
+      raise ValueError(
+        f"Augmented image is {image.shape[:2]}, expected "
+        f"{(self.image_size, self.image_size)}; set the augmentation's "
+        "output_size to image_size."
+      )
     keep_indices, mask, ids_restore = random_mask(rng, self.num_patches, self.mask_ratio)
-    return {'image': image, 'keep_indices': keep_indices, 'mask': mask,
-            'ids_restore': ids_restore, 'label': np.int32(element['label'])}
+    return {
+      "image": image,
+      "keep_indices": keep_indices,
+      "mask": mask,
+      "ids_restore": ids_restore,
+      "label": np.int32(element["label"]),
+    }

@@ -13,6 +13,7 @@ and aspect ratio are masked until r N patches are; otherwise it is left unmasked
 drawn here, from the example's generator, so they are a pure function of the seed and the
 example's position (a restored iterator replays them) and fixed-shape for XLA.
 """
+
 import dataclasses
 import math
 
@@ -22,9 +23,16 @@ import numpy as np
 from jaxssl.data import augment as augment_lib
 
 
-def block_mask(rng: np.random.Generator, grid: tuple[int, int], num_masked: int, *,
-               min_block: int = 4, max_block: int | None = None,
-               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> np.ndarray:
+def block_mask(
+  rng: np.random.Generator,
+  grid: tuple[int, int],
+  num_masked: int,
+  *,
+  min_block: int = 4,
+  max_block: int | None = None,
+  aspect: tuple[float, float] = (0.3, 1 / 0.3),
+  attempts: int = 10,
+) -> np.ndarray:
   """BEiT's block-wise mask of about `num_masked` patches on a `grid` (rows, cols).
 
   Repeatedly draws a rectangle of area ~ U[min_block, remaining] and log-uniform aspect ratio
@@ -52,9 +60,9 @@ def block_mask(rng: np.random.Generator, grid: tuple[int, int], num_masked: int,
       if 0 < h < rows and 0 < w < cols:
         top = int(rng.integers(0, rows - h + 1))
         left = int(rng.integers(0, cols - w + 1))
-        new = h * w - int(mask[top:top + h, left:left + w].sum())
+        new = h * w - int(mask[top : top + h, left : left + w].sum())
         if 0 < new <= budget:
-          mask[top:top + h, left:left + w] = True
+          mask[top : top + h, left : left + w] = True
           added = new
           break
     if added == 0:
@@ -67,6 +75,7 @@ def block_mask(rng: np.random.Generator, grid: tuple[int, int], num_masked: int,
 class BlockMasking:
   """iBOT's per-image mask policy: with probability `prob` a block mask of ratio
   r ~ U[ratio], else no mask. `__call__(rng)` returns bool [rows * cols]."""
+
   grid: tuple[int, int]
   ratio: tuple[float, float] = (0.1, 0.5)
   prob: float = 0.5
@@ -74,13 +83,16 @@ class BlockMasking:
 
   def __post_init__(self):
     if not 0.0 <= self.ratio[0] <= self.ratio[1] < 1.0:
-      raise ValueError(f'mask ratio range {self.ratio} must satisfy 0 <= low <= high < 1 '
-                       '(iBOT: (0.1, 0.5)).')
+      raise ValueError(
+        f"mask ratio range {self.ratio} must satisfy 0 <= low <= high < 1 (iBOT: (0.1, 0.5))."
+      )
     if not 0.0 <= self.prob <= 1.0:
-      raise ValueError(f'mask probability {self.prob} must be in [0, 1] (iBOT: 0.5).')
+      raise ValueError(f"mask probability {self.prob} must be in [0, 1] (iBOT: 0.5).")
     if min(self.grid) < 2:
-      raise ValueError(f'patch grid {self.grid} is too small for block masks (blocks are '
-                       'strictly smaller than the grid); use a smaller patch size.')
+      raise ValueError(
+        f"patch grid {self.grid} is too small for block masks (blocks are "
+        "strictly smaller than the grid); use a smaller patch size."
+      )
 
   def __call__(self, rng: np.random.Generator) -> np.ndarray:
     num_patches = self.grid[0] * self.grid[1]
@@ -100,6 +112,7 @@ class MultiCrop(grain.transforms.RandomMap):
   global crop's patch count). All draws come from the example's generator in a fixed order
   (global crops, local crops, masks), so the output is a pure function of seed and position.
   """
+
   global_augments: tuple[augment_lib.SimCLRAugment, ...]
   local_augment: augment_lib.SimCLRAugment | None = None
   num_local: int = 0
@@ -107,45 +120,69 @@ class MultiCrop(grain.transforms.RandomMap):
 
   def __post_init__(self):
     if not self.global_augments:
-      raise ValueError('MultiCrop needs at least one global crop augmentation.')
+      raise ValueError("MultiCrop needs at least one global crop augmentation.")
     sizes = {a.output_size for a in self.global_augments}
     if len(sizes) != 1 or None in sizes:
-      raise ValueError(f'global crops must share one explicit output_size, got {sizes}.')
+      raise ValueError(f"global crops must share one explicit output_size, got {sizes}.")
     if self.num_local < 0 or (self.num_local and self.local_augment is None):
-      raise ValueError(f'num_local={self.num_local} needs num_local >= 0 and a '
-                       'local_augment when > 0.')
+      raise ValueError(
+        f"num_local={self.num_local} needs num_local >= 0 and a local_augment when > 0."
+      )
     if self.num_local and self.local_augment.output_size is None:
-      raise ValueError('local_augment needs an explicit output_size (the local crop size).')
+      raise ValueError("local_augment needs an explicit output_size (the local crop size).")
 
   def random_map(self, element, rng: np.random.Generator):
-    image = element['image']
+    image = element["image"]
     global_crops = np.stack([aug(image, rng) for aug in self.global_augments])
     if self.num_local:
       local_crops = np.stack([self.local_augment(image, rng) for _ in range(self.num_local)])
     else:
       size = self.global_augments[0].output_size // 2
       local_crops = np.zeros((0, size, size, global_crops.shape[-1]), np.float32)
-    out = {'global_crops': global_crops, 'local_crops': local_crops,
-           'label': np.int32(element['label'])}
+    out = {
+      "global_crops": global_crops,
+      "local_crops": local_crops,
+      "label": np.int32(element["label"]),
+    }
     if self.masking is not None:
-      out['masks'] = np.stack([self.masking(rng) for _ in self.global_augments]
-                              ).astype(np.float32)
+      out["masks"] = np.stack([self.masking(rng) for _ in self.global_augments]).astype(np.float32)
     return out
 
 
-def dino_multicrop(*, mean, std, global_size: int, local_size: int, num_local: int,
-                   global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), flip_prob=0.5,
-                   jitter_strength=0.5, jitter_prob=0.8,
-                   masking: BlockMasking | None = None) -> MultiCrop:
+def dino_multicrop(
+  *,
+  mean,
+  std,
+  global_size: int,
+  local_size: int,
+  num_local: int,
+  global_scale=(0.4, 1.0),
+  local_scale=(0.05, 0.4),
+  flip_prob=0.5,
+  jitter_strength=0.5,
+  jitter_prob=0.8,
+  masking: BlockMasking | None = None,
+) -> MultiCrop:
   """DINO's `DataAugmentationDINO`: global 1 blur p=1.0, global 2 blur 0.1 + solarize 0.2,
   locals blur 0.5; all with flip, colour jitter (p=0.8) and grayscale (p=0.2)."""
-  common = dict(mean=tuple(mean), std=tuple(std), flip_prob=flip_prob,
-                jitter_strength=jitter_strength, jitter_prob=jitter_prob)
+  common = dict(
+    mean=tuple(mean),
+    std=tuple(std),
+    flip_prob=flip_prob,
+    jitter_strength=jitter_strength,
+    jitter_prob=jitter_prob,
+  )
   global_augments = tuple(
-      augment_lib.SimCLRAugment(output_size=global_size, crop_scale=tuple(global_scale),
-                                blur_prob=blur, solarize_prob=solarize, **common)
-      for blur, solarize in ((1.0, 0.0), (0.1, 0.2)))
-  local_augment = augment_lib.SimCLRAugment(output_size=local_size,
-                                            crop_scale=tuple(local_scale), blur_prob=0.5,
-                                            **common)
+    augment_lib.SimCLRAugment(
+      output_size=global_size,
+      crop_scale=tuple(global_scale),
+      blur_prob=blur,
+      solarize_prob=solarize,
+      **common,
+    )
+    for blur, solarize in ((1.0, 0.0), (0.1, 0.2))
+  )
+  local_augment = augment_lib.SimCLRAugment(
+    output_size=local_size, crop_scale=tuple(local_scale), blur_prob=0.5, **common
+  )
   return MultiCrop(global_augments, local_augment, num_local, masking)

@@ -15,6 +15,7 @@ Evaluation: each host reads a contiguous block of every global batch, the last g
 padded with zeros and `valid=False`, so all hosts run the same number of equally shaped steps
 (collectives do not hang) and every example is seen exactly once.
 """
+
 import math
 import multiprocessing
 import os
@@ -34,24 +35,33 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count='
-                     f'{process_count}).')
+    raise ValueError(
+      f"process_index={process_index} must be in [0, process_count={process_count})."
+    )
   return process_index, process_count
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'Global batch size {global_batch_size} must be a positive multiple of the '
-                     f'process count {process_count}; each host loads an equal share.')
+    raise ValueError(
+      f"Global batch size {global_batch_size} must be a positive multiple of the "
+      f"process count {process_count}; each host loads an equal share."
+    )
   return global_batch_size // process_count
 
 
-def make_train_dataset(source: Sequence[Any], transform: grain.transforms.RandomMap | Callable,
-                       *, global_batch_size: int, seed: int,
-                       process_index: int | None = None, process_count: int | None = None,
-                       num_epochs: int | None = None, drop_remainder: bool = True,
-                       read_options: grain.ReadOptions = DEFAULT_READ_OPTIONS
-                       ) -> grain.IterDataset:
+def make_train_dataset(
+  source: Sequence[Any],
+  transform: grain.transforms.RandomMap | Callable,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  read_options: grain.ReadOptions = DEFAULT_READ_OPTIONS,
+) -> grain.IterDataset:
   """This host's batches of `transform`ed examples, shuffled anew each epoch.
 
   Args:
@@ -71,19 +81,22 @@ def make_train_dataset(source: Sequence[Any], transform: grain.transforms.Random
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
   if num_epochs is not None:
     if drop_remainder:
-      ds = ds[:len(ds) // global_batch_size * global_batch_size]
+      ds = ds[: len(ds) // global_batch_size * global_batch_size]
     elif process_count > 1:
-      raise ValueError('drop_remainder=False with finite num_epochs and several processes would '
-                       'give hosts different numbers of batches (the step would hang); use '
-                       'drop_remainder=True.')
+      raise ValueError(
+        "drop_remainder=False with finite num_epochs and several processes would "
+        "give hosts different numbers of batches (the step would hang); use "
+        "drop_remainder=True."
+      )
   ds = ds.random_map(transform)
   ds = ds[process_index::process_count]
   ds = ds.batch(local_batch_size, drop_remainder=drop_remainder)
   return ds.to_iter_dataset(read_options)
 
 
-def make_train_iterator(dataset: grain.IterDataset, *, worker_count: int = 0,
-                        prefetch_buffer_size: int = 2) -> grain.DatasetIterator:
+def make_train_iterator(
+  dataset: grain.IterDataset, *, worker_count: int = 0, prefetch_buffer_size: int = 2
+) -> grain.DatasetIterator:
   """A checkpointable iterator over `dataset` (get_state()/set_state()).
 
   With `worker_count` > 0, batches are produced in that many worker processes (worker w makes
@@ -92,11 +105,14 @@ def make_train_iterator(dataset: grain.IterDataset, *, worker_count: int = 0,
   `flags.FLAGS.mark_as_parsed()` first. Close the iterator (`it.close()`) to stop workers.
   """
   if worker_count < 0:
-    raise ValueError(f'worker_count={worker_count} must be >= 0 (0: no worker processes).')
+    raise ValueError(f"worker_count={worker_count} must be >= 0 (0: no worker processes).")
   if worker_count > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer_size),
-        worker_init_fn=exit_with_parent)
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer_size
+      ),
+      worker_init_fn=exit_with_parent,
+    )
   return iter(dataset)
 
 
@@ -118,7 +134,7 @@ def exit_with_parent(worker_index: int, worker_count: int) -> None:
     parent.join()  # returns when the parent process has exited
     os._exit(0)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
 
-  threading.Thread(target=watch, name='jaxssl-exit-with-parent', daemon=True).start()
+  threading.Thread(target=watch, name="jaxssl-exit-with-parent", daemon=True).start()
 
 
 class _PaddedHostExamples(Sequence):
@@ -127,11 +143,11 @@ class _PaddedHostExamples(Sequence):
 
   def __init__(self, source, transform, indices: np.ndarray):
     self._source = source
-    self._transform = transform.map if hasattr(transform, 'map') else transform
+    self._transform = transform.map if hasattr(transform, "map") else transform
     self._indices = indices
     example = self._transform(source[0])
     self._padding = {key: np.zeros_like(value) for key, value in example.items()}
-    self._padding['valid'] = np.bool_(False)
+    self._padding["valid"] = np.bool_(False)
 
   def __len__(self) -> int:
     return len(self._indices)
@@ -140,7 +156,7 @@ class _PaddedHostExamples(Sequence):
     index = int(self._indices[position])
     if index < 0:
       return self._padding
-    return {**self._transform(self._source[index]), 'valid': np.bool_(True)}
+    return {**self._transform(self._source[index]), "valid": np.bool_(True)}
 
 
 def eval_num_batches(num_examples: int, batch_size: int) -> int:
@@ -148,11 +164,15 @@ def eval_num_batches(num_examples: int, batch_size: int) -> int:
   return math.ceil(num_examples / batch_size)
 
 
-def make_eval_batches(source: Sequence[Any], transform: grain.transforms.Map | Callable, *,
-                      batch_size: int, process_index: int | None = None,
-                      process_count: int | None = None,
-                      read_options: grain.ReadOptions = DEFAULT_READ_OPTIONS
-                      ) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_batches(
+  source: Sequence[Any],
+  transform: grain.transforms.Map | Callable,
+  *,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  read_options: grain.ReadOptions = DEFAULT_READ_OPTIONS,
+) -> Iterator[dict[str, np.ndarray]]:
   """This host's share of one ordered pass over `source`: dicts of `transform`'s outputs plus
   'valid' (bool [b]).
 
@@ -165,10 +185,13 @@ def make_eval_batches(source: Sequence[Any], transform: grain.transforms.Map | C
   process_index, process_count = _resolve_processes(process_index, process_count)
   local_batch_size = _local_batch_size(batch_size, process_count)
   if len(source) == 0:
-    raise ValueError('The eval source is empty; check the split name.')
+    raise ValueError("The eval source is empty; check the split name.")
   num_batches = eval_num_batches(len(source), batch_size)
-  indices = (np.arange(num_batches)[:, None] * batch_size + process_index * local_batch_size
-             + np.arange(local_batch_size)[None, :]).ravel()
+  indices = (
+    np.arange(num_batches)[:, None] * batch_size
+    + process_index * local_batch_size
+    + np.arange(local_batch_size)[None, :]
+  ).ravel()
   indices[indices >= len(source)] = -1
   ds = grain.MapDataset.source(_PaddedHostExamples(source, transform, indices))
   return iter(ds.batch(local_batch_size).to_iter_dataset(read_options))
@@ -181,4 +204,5 @@ def global_batch(local_batch: Any, sharding: jax.sharding.Sharding) -> Any:
   leaf's global leading size is the sum of the hosts' local sizes.
   """
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )

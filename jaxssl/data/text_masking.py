@@ -6,6 +6,7 @@ uniformly random non-special token with probability 0.1, and left unchanged with
 0.1. Output: {'tokens': the corrupted input, 'labels': the original ids, 'mask': float32, 1 at
 the chosen positions}. Seeded per element by Grain, so the pipeline is reproducible.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,12 +26,12 @@ class BertMasking(grain.transforms.RandomMap):
 
   def __post_init__(self):
     if not 0.0 < self.mask_prob <= 1.0:
-      raise ValueError(f'mask_prob must be in (0, 1], got {self.mask_prob}.')
+      raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}.")
     if self.replace_mask + self.replace_random > 1.0:
-      raise ValueError('replace_mask + replace_random must be <= 1 (the rest stays unchanged).')
+      raise ValueError("replace_mask + replace_random must be <= 1 (the rest stays unchanged).")
 
   def random_map(self, element, rng: np.random.Generator):
-    labels = np.asarray(element['tokens'], np.int32)
+    labels = np.asarray(element["tokens"], np.int32)
     length = labels.shape[0]
     chosen = rng.choice(length, size=max(1, round(self.mask_prob * length)), replace=False)
     mask = np.zeros(length, np.float32)
@@ -39,10 +40,12 @@ class BertMasking(grain.transforms.RandomMap):
     allowed = np.setdiff1d(np.arange(self.vocab_size), np.asarray(self.special_ids))
     random_tokens = rng.choice(allowed, size=len(chosen))
     tokens = labels.copy()
-    tokens[chosen] = np.where(u < self.replace_mask, self.mask_id,
-                              np.where(u < self.replace_mask + self.replace_random,
-                                       random_tokens, labels[chosen]))
-    return {'tokens': tokens, 'labels': labels, 'mask': mask}
+    tokens[chosen] = np.where(
+      u < self.replace_mask,
+      self.mask_id,
+      np.where(u < self.replace_mask + self.replace_random, random_tokens, labels[chosen]),
+    )
+    return {"tokens": tokens, "labels": labels, "mask": mask}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,4 +54,4 @@ class Tokens(grain.transforms.RandomMap):
 
   def random_map(self, element, rng: np.random.Generator):
     del rng
-    return {'tokens': np.asarray(element['tokens'], np.int32)}
+    return {"tokens": np.asarray(element["tokens"], np.int32)}

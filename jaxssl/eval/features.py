@@ -1,4 +1,5 @@
 """Frozen features from a training workdir: encoder-only restore and a sharded forward pass."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,13 +34,14 @@ class Encoder:
     self.mesh = parallel.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     self.rules = parallel.get_rules(self.config.sharding_rules)
     self.init_fn, self.abstract, self.shardings = state_lib.model_variables(
-        self.method, checkpoint.read_input_spec(workdir), self.mesh, self.rules,
-        self.config.seed)
-    self._encode = jax.jit(self._encode_fn,
-                           in_shardings=(self.shardings,
-                                         parallel.batch_sharding(self.mesh, self.rules)),
-                           out_shardings=parallel.replicated(self.mesh),
-                           compiler_options=xla_cpu.for_mesh(self.mesh))
+      self.method, checkpoint.read_input_spec(workdir), self.mesh, self.rules, self.config.seed
+    )
+    self._encode = jax.jit(
+      self._encode_fn,
+      in_shardings=(self.shardings, parallel.batch_sharding(self.mesh, self.rules)),
+      out_shardings=parallel.replicated(self.mesh),
+      compiler_options=xla_cpu.for_mesh(self.mesh),
+    )
 
   def _encode_fn(self, variables, images):
     with nn.logical_axis_rules(self.rules):
@@ -54,8 +56,9 @@ class Encoder:
     with jax.set_mesh(self.mesh):
       return jax.jit(self.init_fn, out_shardings=self.shardings)()
 
-  def features(self, variables: Any, source, info, *, batch_size: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def features(
+    self, variables: Any, source, info, *, batch_size: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Features [N, D] float32 and labels [N] of every example of `source`, in order.
 
     Images get the deterministic eval transform only (resize + normalise). Batches are padded
@@ -63,13 +66,15 @@ class Encoder:
     """
     divisor = parallel.batch_divisor(self.mesh, self.rules)
     batch_size = max(divisor, batch_size // divisor * divisor)
-    transform = augment.Deterministic(mean=info.mean, std=info.std,
-                                      output_size=self.config.data.image_size)
+    transform = augment.Deterministic(
+      mean=info.mean, std=info.std, output_size=self.config.data.image_size
+    )
     sharding = parallel.batch_sharding(self.mesh, self.rules)
     feats, labels = [], []
     with jax.set_mesh(self.mesh):
-      for i, local in enumerate(pipeline.make_eval_batches(source, transform,
-                                                           batch_size=batch_size)):
+      for i, local in enumerate(
+        pipeline.make_eval_batches(source, transform, batch_size=batch_size)
+      ):
         images = pipeline.global_batch({"image": local["image"]}, sharding)["image"]
         if i == 0:
           parallel.compile_then_sync(self._encode, variables, images, name="eval_encoder_compiled")

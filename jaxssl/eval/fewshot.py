@@ -7,6 +7,7 @@ statistics, regress ±1 one-hot targets by L2-regularised least squares (with an
 almost unregularised bias), and classify test points by argmax of the
 regression output. Accuracy is averaged over seeds.
 """
+
 import functools
 from typing import Sequence
 
@@ -63,8 +64,7 @@ def ridge_weights(x_aug, targets, l2_reg):
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
-def _fit_and_predict(sample_x, sample_y, mean, std, test_x, l2_reg, *,
-                     num_classes):
+def _fit_and_predict(sample_x, sample_y, mean, std, test_x, l2_reg, *, num_classes):
   """Fits ridge on the sample and returns [M] predicted test classes."""
   # One-hot targets mapped to {-1, +1}: each class is a separate ±1
   # regression problem sharing the same design matrix.
@@ -85,10 +85,17 @@ def sample_per_class(train_y, rng, num_classes):
   return [rng.permutation(indices) for indices in np.split(order, boundaries)]
 
 
-def fewshot_ridge(train_x, train_y, test_x, test_y, *, num_classes,
-                  shots: Sequence[int] = (1, 5, 10, 25),
-                  seeds: Sequence[int] = (0, 1, 2),
-                  l2_reg: float = 2.0**10) -> dict:
+def fewshot_ridge(
+  train_x,
+  train_y,
+  test_x,
+  test_y,
+  *,
+  num_classes,
+  shots: Sequence[int] = (1, 5, 10, 25),
+  seeds: Sequence[int] = (0, 1, 2),
+  l2_reg: float = 2.0**10,
+) -> dict:
   """Few-shot top-1 of closed-form ridge regression, big_vision protocol.
 
   For each seed and shot count n: take n train examples per class (nested
@@ -113,43 +120,41 @@ def fewshot_ridge(train_x, train_y, test_x, test_y, *, num_classes,
       the class and its count), or for bad inputs / arguments.
   """
   train_x, train_y, test_x, test_y = validate_eval_inputs(
-      train_x, train_y, test_x, test_y, num_classes=num_classes)
+    train_x, train_y, test_x, test_y, num_classes=num_classes
+  )
   shots = [int(n) for n in shots]
   seeds = [int(s) for s in seeds]
   if not shots or min(shots) < 1:
-    raise ValueError(f"shots must be a non-empty list of ints >= 1, got "
-                     f"{shots}.")
+    raise ValueError(f"shots must be a non-empty list of ints >= 1, got {shots}.")
   if not seeds:
     raise ValueError("seeds must name at least one seed.")
   if not l2_reg > 0:
-    raise ValueError(f"l2_reg must be > 0 for a unique solution, got "
-                     f"{l2_reg}.")
+    raise ValueError(f"l2_reg must be > 0 for a unique solution, got {l2_reg}.")
   counts = np.bincount(train_y, minlength=num_classes)
   short = np.flatnonzero(counts < max(shots))
   if short.size:
     listed = ", ".join(f"class {c} has {counts[c]}" for c in short[:10])
     raise ValueError(
-        f"{max(shots)}-shot needs {max(shots)} train examples per class, but "
-        f"{listed}{' ...' if short.size > 10 else ''}; lower shots or use a "
-        "larger train split.")
+      f"{max(shots)}-shot needs {max(shots)} train examples per class, but "
+      f"{listed}{' ...' if short.size > 10 else ''}; lower shots or use a "
+      "larger train split."
+    )
 
   test_x_device = jnp.asarray(test_x)
   l2_reg = jnp.asarray(l2_reg, jnp.float32)
   accuracies = {n: [] for n in shots}
   for seed in seeds:
-    per_class = sample_per_class(train_y, np.random.default_rng(seed),
-                                 num_classes)
+    per_class = sample_per_class(train_y, np.random.default_rng(seed), num_classes)
     for n in shots:
       index = np.concatenate([indices[:n] for indices in per_class])
       sample_x = train_x[index]
       # Statistics in float64 (tiny sample): a constant feature then has a
       # mean that is exactly its value, so it centres to exactly 0.
       mean = sample_x.mean(axis=0, dtype=np.float64).astype(np.float32)
-      std = (sample_x.std(axis=0, dtype=np.float64) + STD_EPS).astype(
-          np.float32)
-      predicted = _fit_and_predict(sample_x, train_y[index], mean, std,
-                                   test_x_device, l2_reg,
-                                   num_classes=num_classes)
+      std = (sample_x.std(axis=0, dtype=np.float64) + STD_EPS).astype(np.float32)
+      predicted = _fit_and_predict(
+        sample_x, train_y[index], mean, std, test_x_device, l2_reg, num_classes=num_classes
+      )
       accuracies[n].append(float(np.mean(np.asarray(predicted) == test_y)))
 
   metrics = {}

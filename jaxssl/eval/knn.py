@@ -7,6 +7,7 @@ k most cosine-similar train points, and neighbour i votes for its class with
 weight exp(s_i / T). The predicted class is the one with the largest summed
 vote; top-5 counts a hit when the label is among the five largest.
 """
+
 import functools
 
 import jax
@@ -23,8 +24,9 @@ def l2_normalize(x, eps=1e-12):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "num_ranked"))
-def _knn_ranked_classes(test_chunk, train_unit, train_y, temperature, *, k,
-                        num_classes, num_ranked):
+def _knn_ranked_classes(
+  test_chunk, train_unit, train_y, temperature, *, k, num_classes, num_ranked
+):
   """Classes ranked by weighted kNN vote for one chunk of test points.
 
   Args:
@@ -48,15 +50,16 @@ def _knn_ranked_classes(test_chunk, train_unit, train_y, temperature, *, k,
   max_similarity = jnp.max(top_similarity, axis=1, keepdims=True)
   weight = jnp.exp((top_similarity - max_similarity) / temperature)
   neighbour_class = train_y[top_index]  # [B, k]
-  votes = jnp.einsum("bk,bkc->bc", weight,
-                     jax.nn.one_hot(neighbour_class, num_classes,
-                                    dtype=weight.dtype))
+  votes = jnp.einsum(
+    "bk,bkc->bc", weight, jax.nn.one_hot(neighbour_class, num_classes, dtype=weight.dtype)
+  )
   # top_k breaks ties by the lower index, as np.argmax / a stable sort do.
   return jax.lax.top_k(votes, num_ranked)[1]
 
 
-def knn_predict(train_x, train_y, test_x, *, num_classes, k=20,
-                temperature=0.07, chunk_size=1024, num_ranked=1):
+def knn_predict(
+  train_x, train_y, test_x, *, num_classes, k=20, temperature=0.07, chunk_size=1024, num_ranked=1
+):
   """Classes ranked by weighted kNN vote (cosine, exp(s/T)), best first.
 
   Args:
@@ -74,7 +77,8 @@ def knn_predict(train_x, train_y, test_x, *, num_classes, k=20,
     or equal vote) go to the lower train index / class id.
   """
   train_x, train_y, test_x, _ = validate_eval_inputs(
-      train_x, train_y, test_x, None, num_classes=num_classes)
+    train_x, train_y, test_x, None, num_classes=num_classes
+  )
   num_train, num_test = train_x.shape[0], test_x.shape[0]
   if not 1 <= k <= num_train:
     raise ValueError(f"k={k} must be in [1, num train examples={num_train}].")
@@ -83,8 +87,7 @@ def knn_predict(train_x, train_y, test_x, *, num_classes, k=20,
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
   if not 1 <= num_ranked <= num_classes:
-    raise ValueError(f"num_ranked={num_ranked} must be in [1, num_classes="
-                     f"{num_classes}].")
+    raise ValueError(f"num_ranked={num_ranked} must be in [1, num_classes={num_classes}].")
   chunk_size = min(chunk_size, num_test)
 
   train_unit = l2_normalize(jnp.asarray(train_x))
@@ -92,19 +95,26 @@ def knn_predict(train_x, train_y, test_x, *, num_classes, k=20,
   temperature = jnp.asarray(temperature, jnp.float32)
   ranked = []
   for start in range(0, num_test, chunk_size):
-    chunk = test_x[start:start + chunk_size]
+    chunk = test_x[start : start + chunk_size]
     num_valid = chunk.shape[0]
     if num_valid < chunk_size:
       chunk = np.pad(chunk, ((0, chunk_size - num_valid), (0, 0)))
     ranked_chunk = _knn_ranked_classes(
-        jnp.asarray(chunk), train_unit, train_labels, temperature, k=k,
-        num_classes=num_classes, num_ranked=num_ranked)
+      jnp.asarray(chunk),
+      train_unit,
+      train_labels,
+      temperature,
+      k=k,
+      num_classes=num_classes,
+      num_ranked=num_ranked,
+    )
     ranked.append((ranked_chunk, num_valid))  # Dispatch stays asynchronous.
   return np.concatenate([np.asarray(r)[:n] for r, n in ranked])
 
 
-def knn_classify(train_x, train_y, test_x, test_y, *, num_classes, k=20,
-                 temperature=0.07, chunk_size=1024) -> dict:
+def knn_classify(
+  train_x, train_y, test_x, test_y, *, num_classes, k=20, temperature=0.07, chunk_size=1024
+) -> dict:
   """Weighted kNN accuracy (cosine similarity, exp(s/T) votes), as in DINO.
 
   Args: as knn_predict, plus test_y: [M] integer labels.
@@ -114,11 +124,17 @@ def knn_classify(train_x, train_y, test_x, test_y, *, num_classes, k=20,
     DINO, top-5 ranks all classes by vote, so with k < 5 the tail is filled by
     zero-vote classes in class-id order.
   """
-  _, _, _, test_y = validate_eval_inputs(
-      train_x, train_y, test_x, test_y, num_classes=num_classes)
-  ranked = knn_predict(train_x, train_y, test_x, num_classes=num_classes, k=k,
-                       temperature=temperature, chunk_size=chunk_size,
-                       num_ranked=min(5, num_classes))
+  _, _, _, test_y = validate_eval_inputs(train_x, train_y, test_x, test_y, num_classes=num_classes)
+  ranked = knn_predict(
+    train_x,
+    train_y,
+    test_x,
+    num_classes=num_classes,
+    k=k,
+    temperature=temperature,
+    chunk_size=chunk_size,
+    num_ranked=min(5, num_classes),
+  )
   hits = ranked == test_y[:, None]
   metrics = {"top1": float(np.mean(hits[:, 0]))}
   if num_classes >= 5:

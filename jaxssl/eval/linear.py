@@ -10,6 +10,7 @@ value is refit on all of train.
 The module also holds `validate_eval_inputs`, the input checks shared by the
 three protocols (kNN and few-shot import it).
 """
+
 import functools
 from typing import Sequence
 
@@ -43,54 +44,61 @@ def validate_eval_inputs(train_x, train_y, test_x, test_y, *, num_classes):
     ValueError: naming the problem (rank, shape mismatch, dtype, label range,
       non-finite feature values) and how to fix it.
   """
-  if isinstance(num_classes, bool) or not isinstance(
-      num_classes, (int, np.integer)) or num_classes < 2:
+  if (
+    isinstance(num_classes, bool)
+    or not isinstance(num_classes, (int, np.integer))
+    or num_classes < 2
+  ):
     raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
   arrays = {}
   for name, x in (("train_x", train_x), ("test_x", test_x)):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-      raise ValueError(f"{name} must be a non-empty 2-D array [examples, dim], "
-                       f"got shape {x.shape}; flatten features before eval.")
-    if not (np.issubdtype(x.dtype, np.floating) or
-            np.issubdtype(x.dtype, np.integer)):
+      raise ValueError(
+        f"{name} must be a non-empty 2-D array [examples, dim], "
+        f"got shape {x.shape}; flatten features before eval."
+      )
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
       raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}.")
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
       rows = np.unique(np.nonzero(bad)[0])
       raise ValueError(
-          f"{name} has {int(bad.sum())} NaN/inf values in {rows.size} rows "
-          f"(first row {int(rows[0])}); the encoder diverged or the features "
-          "were not extracted correctly.")
+        f"{name} has {int(bad.sum())} NaN/inf values in {rows.size} rows "
+        f"(first row {int(rows[0])}); the encoder diverged or the features "
+        "were not extracted correctly."
+      )
     arrays[name] = x
   if arrays["train_x"].shape[1] != arrays["test_x"].shape[1]:
     raise ValueError(
-        f"train_x and test_x have different feature dims "
-        f"({arrays['train_x'].shape[1]} vs {arrays['test_x'].shape[1]}); "
-        "extract both splits with the same encoder and layer.")
+      f"train_x and test_x have different feature dims "
+      f"({arrays['train_x'].shape[1]} vs {arrays['test_x'].shape[1]}); "
+      "extract both splits with the same encoder and layer."
+    )
   arrays["test_y"] = None
-  for name, y, x_name in (("train_y", train_y, "train_x"),
-                          ("test_y", test_y, "test_x")):
+  for name, y, x_name in (("train_y", train_y, "train_x"), ("test_y", test_y, "test_x")):
     if y is None and name == "test_y":
       continue
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != arrays[x_name].shape[0]:
       raise ValueError(
-          f"{name} must be 1-D with one label per row of {x_name} "
-          f"({arrays[x_name].shape[0]}), got shape {y.shape}.")
+        f"{name} must be 1-D with one label per row of {x_name} "
+        f"({arrays[x_name].shape[0]}), got shape {y.shape}."
+      )
     if not np.issubdtype(y.dtype, np.integer):
-      raise ValueError(f"{name} must hold integer class ids, got dtype "
-                       f"{y.dtype}; cast with .astype(np.int32).")
+      raise ValueError(
+        f"{name} must hold integer class ids, got dtype {y.dtype}; cast with .astype(np.int32)."
+      )
     out_of_range = (y < 0) | (y >= num_classes)
     if out_of_range.any():
       raise ValueError(
-          f"{name} has {int(out_of_range.sum())} labels outside "
-          f"[0, num_classes={num_classes}) (e.g. {int(y[out_of_range][0])}); "
-          "pass the dataset's num_classes or remap the labels.")
+        f"{name} has {int(out_of_range.sum())} labels outside "
+        f"[0, num_classes={num_classes}) (e.g. {int(y[out_of_range][0])}); "
+        "pass the dataset's num_classes or remap the labels."
+      )
     arrays[name] = y.astype(np.int32, copy=False)
-  return (arrays["train_x"], arrays["train_y"], arrays["test_x"],
-          arrays["test_y"])
+  return (arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"])
 
 
 def standardize(fit_x, *others):
@@ -114,8 +122,7 @@ def standardize(fit_x, *others):
   return tuple((x - mean) * inv_std for x in (fit_x,) + others)
 
 
-def _softmax_regression_objective(params, x, labels_onehot, example_weight,
-                                  weight_decay):
+def _softmax_regression_objective(params, x, labels_onehot, example_weight, weight_decay):
   """Weighted mean cross-entropy + (weight_decay / 2) * ||W||_F^2, bias free.
 
   params: {'w': [C, D], 'b': [C]}; x: [N, D]; labels_onehot: [N, C];
@@ -143,8 +150,9 @@ def feature_eigenbasis(x):
 
 
 @jax.jit
-def _fit_lbfgs(init_params, x, labels_onehot, example_weight, weight_decay,
-               eigvecs, eigvals, max_iters, grad_tol):
+def _fit_lbfgs(
+  init_params, x, labels_onehot, example_weight, weight_decay, eigvecs, eigvals, max_iters, grad_tol
+):
   """Minimises the objective with preconditioned full-batch L-BFGS.
 
   Preconditioning is a change of variables W = V P with the symmetric
@@ -172,8 +180,7 @@ def _fit_lbfgs(init_params, x, labels_onehot, example_weight, weight_decay,
 
   def objective(v_params):
     w_params = {"w": v_params["w"] @ precond, "b": v_params["b"]}
-    return _softmax_regression_objective(w_params, x, labels_onehot,
-                                         example_weight, weight_decay)
+    return _softmax_regression_objective(w_params, x, labels_onehot, example_weight, weight_decay)
 
   solver = optax.lbfgs()
   # The zoom line search stores the value/gradient at the accepted point; reuse
@@ -185,19 +192,20 @@ def _fit_lbfgs(init_params, x, labels_onehot, example_weight, weight_decay,
     _, state, iteration = carry
     grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
     # The stored gradient is a placeholder before the first step.
-    return (iteration < max_iters) & (
-        (iteration == 0) | (grad_norm >= grad_tol))
+    return (iteration < max_iters) & ((iteration == 0) | (grad_norm >= grad_tol))
 
   def step(carry):
     v_params, state, iteration = carry
     value, grad = value_and_grad(v_params, state=state)
-    updates, state = solver.update(grad, state, v_params, value=value,
-                                   grad=grad, value_fn=objective)
+    updates, state = solver.update(
+      grad, state, v_params, value=value, grad=grad, value_fn=objective
+    )
     return optax.apply_updates(v_params, updates), state, iteration + 1
 
   v_init = {"w": init_params["w"] @ precond_inv, "b": init_params["b"]}
   v_params, _, iterations = jax.lax.while_loop(
-      keep_going, step, (v_init, solver.init(v_init), jnp.asarray(0)))
+    keep_going, step, (v_init, solver.init(v_init), jnp.asarray(0))
+  )
   return {"w": v_params["w"] @ precond, "b": v_params["b"]}, iterations
 
 
@@ -223,15 +231,27 @@ def _holdout_cross_entropy(params, x, labels):
 def _warn_if_capped(iterations, max_iters, grad_tol, weight_decay):
   if iterations >= max_iters:
     logging.warning(
-        "linear_probe: L-BFGS (weight_decay=%g) stopped at max_iters=%d before "
-        "||grad_V|| < %g; raise max_iters for a converged probe.",
-        weight_decay, max_iters, grad_tol)
+      "linear_probe: L-BFGS (weight_decay=%g) stopped at max_iters=%d before "
+      "||grad_V|| < %g; raise max_iters for a converged probe.",
+      weight_decay,
+      max_iters,
+      grad_tol,
+    )
 
 
-def linear_probe(train_x, train_y, test_x, test_y, *, num_classes,
-                 weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
-                 max_iters: int = 1000, grad_tol: float = 1e-3,
-                 holdout_fraction: float = 0.1, seed: int = 0) -> dict:
+def linear_probe(
+  train_x,
+  train_y,
+  test_x,
+  test_y,
+  *,
+  num_classes,
+  weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+  max_iters: int = 1000,
+  grad_tol: float = 1e-3,
+  holdout_fraction: float = 0.1,
+  seed: int = 0,
+) -> dict:
   """Linear-probe accuracy of frozen features (softmax regression).
 
   Protocol:
@@ -277,30 +297,34 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes,
     'iterations': L-BFGS iterations of the refit} as Python floats.
   """
   train_x, train_y, test_x, test_y = validate_eval_inputs(
-      train_x, train_y, test_x, test_y, num_classes=num_classes)
+    train_x, train_y, test_x, test_y, num_classes=num_classes
+  )
   weight_decays = sorted((float(wd) for wd in weight_decays), reverse=True)
   if not weight_decays or weight_decays[-1] <= 0:
-    raise ValueError(f"weight_decays must be a non-empty list of positive "
-                     f"values (the problem is not strictly convex without "
-                     f"L2), got {weight_decays}.")
+    raise ValueError(
+      f"weight_decays must be a non-empty list of positive "
+      f"values (the problem is not strictly convex without "
+      f"L2), got {weight_decays}."
+    )
   num_train = train_x.shape[0]
   num_holdout = int(round(holdout_fraction * num_train))
   if max_iters < 1 or not grad_tol > 0:
-    raise ValueError(f"Need max_iters >= 1 and grad_tol > 0, got "
-                     f"{max_iters} and {grad_tol}.")
+    raise ValueError(f"Need max_iters >= 1 and grad_tol > 0, got {max_iters} and {grad_tol}.")
   if not 0 < holdout_fraction < 1 or not 0 < num_holdout < num_train:
     raise ValueError(
-        f"holdout_fraction={holdout_fraction} of {num_train} train examples "
-        f"leaves {num_holdout} held out; pick a value in (0, 1) that holds "
-        "out at least one example and keeps at least one for fitting.")
+      f"holdout_fraction={holdout_fraction} of {num_train} train examples "
+      f"leaves {num_holdout} held out; pick a value in (0, 1) that holds "
+      "out at least one example and keeps at least one for fitting."
+    )
 
   permutation = np.random.default_rng(seed).permutation(num_train)
   holdout_idx = np.sort(permutation[:num_holdout])
   is_fit = np.ones(num_train, np.float32)
   is_fit[holdout_idx] = 0.0
   labels_onehot = jax.nn.one_hot(train_y, num_classes, dtype=jnp.float32)
-  stop = dict(max_iters=jnp.asarray(max_iters, jnp.int32),
-              grad_tol=jnp.asarray(grad_tol, jnp.float32))
+  stop = dict(
+    max_iters=jnp.asarray(max_iters, jnp.int32), grad_tol=jnp.asarray(grad_tol, jnp.float32)
+  )
 
   # Sweep: every example stays in the array and the held-out ones get weight
   # 0, so sweep and refit share one compiled shape.
@@ -308,18 +332,28 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes,
   x_fit = jnp.asarray(train_x_by_fit_stats)
   x_holdout = jnp.asarray(train_x_by_fit_stats[holdout_idx])
   fit_basis = feature_eigenbasis(train_x_by_fit_stats[is_fit > 0])
-  params = {"w": jnp.zeros((num_classes, train_x.shape[1]), jnp.float32),
-            "b": jnp.zeros((num_classes,), jnp.float32)}
+  params = {
+    "w": jnp.zeros((num_classes, train_x.shape[1]), jnp.float32),
+    "b": jnp.zeros((num_classes,), jnp.float32),
+  }
   holdout_y = train_y[holdout_idx]
   best = None
   for weight_decay in weight_decays:
     params, iterations = _fit_lbfgs(
-        params, x_fit, labels_onehot, jnp.asarray(is_fit),
-        jnp.asarray(weight_decay, jnp.float32), *fit_basis, **stop)
+      params,
+      x_fit,
+      labels_onehot,
+      jnp.asarray(is_fit),
+      jnp.asarray(weight_decay, jnp.float32),
+      *fit_basis,
+      **stop,
+    )
     _warn_if_capped(int(iterations), max_iters, grad_tol, weight_decay)
     # Sort key: higher top-1 first, then lower cross-entropy.
-    score = (_top_k_accuracy(params, x_holdout, holdout_y, 1),
-             -float(_holdout_cross_entropy(params, x_holdout, holdout_y)))
+    score = (
+      _top_k_accuracy(params, x_holdout, holdout_y, 1),
+      -float(_holdout_cross_entropy(params, x_holdout, holdout_y)),
+    )
     if best is None or score > best[0]:
       best = (score, weight_decay, params)
   (val_top1, _), weight_decay, params = best
@@ -329,14 +363,23 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes,
   train_basis = feature_eigenbasis(x_train)
   x_train, x_test = jnp.asarray(x_train), jnp.asarray(x_test)
   params, iterations = _fit_lbfgs(
-      params, x_train, labels_onehot, jnp.ones(num_train, jnp.float32),
-      jnp.asarray(weight_decay, jnp.float32), *train_basis, **stop)
+    params,
+    x_train,
+    labels_onehot,
+    jnp.ones(num_train, jnp.float32),
+    jnp.asarray(weight_decay, jnp.float32),
+    *train_basis,
+    **stop,
+  )
   iterations = int(iterations)
   _warn_if_capped(iterations, max_iters, grad_tol, weight_decay)
 
-  metrics = {"top1": _top_k_accuracy(params, x_test, test_y, 1),
-             "val_top1": val_top1, "weight_decay": weight_decay,
-             "iterations": float(iterations)}
+  metrics = {
+    "top1": _top_k_accuracy(params, x_test, test_y, 1),
+    "val_top1": val_top1,
+    "weight_decay": weight_decay,
+    "iterations": float(iterations),
+  }
   if num_classes >= 5:
     metrics["top5"] = _top_k_accuracy(params, x_test, test_y, 5)
   return metrics

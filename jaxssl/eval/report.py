@@ -4,6 +4,7 @@ One row per (step, protocol, metric):
   {"step": 600, "protocol": "knn", "metric": "top1", "value": 0.91, "random_init": false}
 Step 0 is the randomly initialised encoder of the same run (same seed), the baseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 # The headline metric of each protocol: the column of the results table.
-HEADLINE = {"linear": "top1", "knn": "top1", "fewshot": "10shot_top1", "zeroshot": "top1",
-            "retrieval": "img_to_txt_top1", "language": "bits_per_byte"}
+HEADLINE = {
+  "linear": "top1",
+  "knn": "top1",
+  "fewshot": "10shot_top1",
+  "zeroshot": "top1",
+  "retrieval": "img_to_txt_top1",
+  "language": "bits_per_byte",
+}
 # Protocols whose plot is not accuracy: (metrics plotted, y-axis label). Their values are
 # shown as they are; accuracies (every other protocol's top1/top5 metrics) in %.
 NON_ACCURACY_PLOTS = {"language": (("bits_per_byte", "bits_per_token"), "bits (lower is better)")}
@@ -43,9 +50,13 @@ def plot_series(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]
       plotted, scale = is_accuracy(metric) and not metric.endswith("_std"), 100.0
     if plotted:
       series[protocol].setdefault(metric, []).append((r["step"], scale * r["value"]))
-  return {protocol: {name: sorted(by_metric[name]) for name in sorted(
-              by_metric, key=lambda name: (len(name.split("shot")[0]), name))}
-          for protocol, by_metric in series.items()}
+  return {
+    protocol: {
+      name: sorted(by_metric[name])
+      for name in sorted(by_metric, key=lambda name: (len(name.split("shot")[0]), name))
+    }
+    for protocol, by_metric in series.items()
+  }
 
 
 class EvalReport:
@@ -58,6 +69,7 @@ class EvalReport:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir=os.path.join(self.dir, "tensorboard"), flush_secs=5)
 
   def rows(self) -> list[dict]:
@@ -73,8 +85,18 @@ class EvalReport:
   def add(self, step: int, protocol: str, metrics: Mapping[str, float]) -> None:
     with open(self.jsonl, "a") as f:
       for name, value in metrics.items():
-        f.write(json.dumps({"step": int(step), "protocol": protocol, "metric": name,
-                            "value": float(value), "random_init": step == 0}) + "\n")
+        f.write(
+          json.dumps(
+            {
+              "step": int(step),
+              "protocol": protocol,
+              "metric": name,
+              "value": float(value),
+              "random_init": step == 0,
+            }
+          )
+          + "\n"
+        )
     if self._tb is not None:
       for name, value in metrics.items():
         self._tb.add_scalar(f"eval/{protocol}/{name}", float(value), int(step))
@@ -92,8 +114,9 @@ class EvalReport:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for step in sorted(cells):
       label = "0 (random init)" if step == 0 else str(step)
-      vals = [format_value(HEADLINE[p], cells[step][p]) if p in cells[step] else "-"
-              for p in protocols]
+      vals = [
+        format_value(HEADLINE[p], cells[step][p]) if p in cells[step] else "-" for p in protocols
+      ]
       lines.append("| " + " | ".join([label] + vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -106,8 +129,10 @@ class EvalReport:
   def write_plots(self) -> list[str]:
     """One PNG per protocol: the lines of plot_series against the checkpoint step."""
     import matplotlib  # pylint: disable=g-import-not-at-top
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
     paths = []
     for protocol, by_metric in plot_series(self.rows()).items():
       fig, ax = plt.subplots(figsize=(5, 3.5))

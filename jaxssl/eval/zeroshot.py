@@ -14,6 +14,7 @@ beat every item ranked above it strictly), so a constant similarity scores 0, no
 The pure functions take NumPy arrays; `evaluate_image_text` runs a trained two-tower method
 (jaxssl/methods/image_text.py) over an eval split for the eval job (jaxssl/evaluate.py).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -33,9 +34,11 @@ from jaxssl.data import pipeline
 # Eval-job protocols this module answers (they need a method with a text tower).
 PROTOCOLS = ("zeroshot", "retrieval")
 # The prompt words of each label of the embedded image-text sets.
-_CLASS_NAMES = {image_text_data.TUXPAINT_INFO["name"]: image_text_data.TUXPAINT_CLASS_NAMES,
-                emoji_data.EMOJI_INFO["name"]: emoji_data.EMOJI_CLASS_NAMES,
-                glyphs_data.DEJAVU_GLYPHS_INFO["name"]: glyphs_data.GLYPH_CLASS_NAMES}
+_CLASS_NAMES = {
+  image_text_data.TUXPAINT_INFO["name"]: image_text_data.TUXPAINT_CLASS_NAMES,
+  emoji_data.EMOJI_INFO["name"]: emoji_data.EMOJI_CLASS_NAMES,
+  glyphs_data.DEJAVU_GLYPHS_INFO["name"]: glyphs_data.GLYPH_CLASS_NAMES,
+}
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -52,8 +55,9 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str,
   """
   similarity = np.asarray(similarity, np.float64)
   if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-    raise ValueError(f"similarity must be square [N, N] (image i matches text i); got "
-                     f"{similarity.shape}.")
+    raise ValueError(
+      f"similarity must be square [N, N] (image i matches text i); got {similarity.shape}."
+    )
   out = {}
   for name, sim in (("img_to_txt", similarity), ("txt_to_img", similarity.T)):
     correct = np.diagonal(sim)[:, None]
@@ -63,20 +67,26 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str,
   return out
 
 
-def class_embeddings(embed_texts: Callable[[Sequence[str]], np.ndarray],
-                     class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+def class_embeddings(
+  embed_texts: Callable[[Sequence[str]], np.ndarray],
+  class_names: Sequence[str],
+  templates: Sequence[str],
+) -> np.ndarray:
   """[C, D] unit-norm class embeddings: mean over templates of the normalised prompt
   embeddings, renormalised (CLIP's prompt ensembling). `templates` contain '{}'."""
   if not templates or any("{}" not in t for t in templates):
-    raise ValueError(f"templates must be a non-empty list of strings containing '{{}}' (the "
-                     f"class name); got {list(templates)}.")
+    raise ValueError(
+      f"templates must be a non-empty list of strings containing '{{}}' (the "
+      f"class name); got {list(templates)}."
+    )
   prompts = [t.format(name) for name in class_names for t in templates]
   emb = l2_normalize(embed_texts(prompts)).reshape(len(class_names), len(templates), -1)
   return l2_normalize(emb.mean(axis=1))
 
 
-def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray
-                      ) -> dict[str, float]:
+def zeroshot_accuracy(
+  image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
   """Top-1 accuracy of argmax_c cos(image, class c), its class-balanced form (mean over the
   classes present of each class's accuracy, CLIP's "mean per class"), and the chance levels to
   compare with: uniform guessing (1 / C, also the balanced chance of any constant guess) and
@@ -87,10 +97,12 @@ def zeroshot_accuracy(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
   counts = np.bincount(labels, minlength=class_emb.shape[0])
   present = np.unique(labels)
   per_class = [np.mean(pred[labels == c] == c) for c in present]
-  return {"top1": float(np.mean(pred == labels)),
-          "balanced_top1": float(np.mean(per_class)),
-          "chance_uniform": 1.0 / class_emb.shape[0],
-          "chance_majority": float(counts.max() / len(labels))}
+  return {
+    "top1": float(np.mean(pred == labels)),
+    "balanced_top1": float(np.mean(per_class)),
+    "chance_uniform": 1.0 / class_emb.shape[0],
+    "chance_majority": float(counts.max() / len(labels)),
+  }
 
 
 def class_names(dataset: str, data_dir: str) -> tuple[str, ...]:
@@ -99,6 +111,7 @@ def class_names(dataset: str, data_dir: str) -> tuple[str, ...]:
   if dataset in _CLASS_NAMES:
     return _CLASS_NAMES[dataset]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   label = tfds.builder(dataset, data_dir=data_dir).info.features["label"]
   return tuple(n.replace("_", " ") for n in label.names)
 
@@ -119,9 +132,14 @@ class _Embedder:
       def run(variables, x):
         with nn.logical_axis_rules(rules):
           return fn(variables["params"], variables["aux"], x)
-      return jax.jit(run, in_shardings=(encoder.shardings, self.sharding),
-                     out_shardings=parallel.replicated(mesh),
-                     compiler_options=xla_cpu.for_mesh(mesh))
+
+      return jax.jit(
+        run,
+        in_shardings=(encoder.shardings, self.sharding),
+        out_shardings=parallel.replicated(mesh),
+        compiler_options=xla_cpu.for_mesh(mesh),
+      )
+
     self._images = wrap(method.embed_images)
     self._texts = wrap(method.embed_texts)
 
@@ -145,9 +163,18 @@ class _Embedder:
     return self._run(self._images, examples, "image"), labels
 
 
-def evaluate_image_text(encoder, variables, source, info, *, class_names: Sequence[str],
-                        protocols: Sequence[str], templates: Sequence[str],
-                        ks: Sequence[int], batch_size: int) -> dict[str, dict[str, float]]:
+def evaluate_image_text(
+  encoder,
+  variables,
+  source,
+  info,
+  *,
+  class_names: Sequence[str],
+  protocols: Sequence[str],
+  templates: Sequence[str],
+  ks: Sequence[int],
+  batch_size: int,
+) -> dict[str, dict[str, float]]:
   """Runs the requested image-text `protocols` on `source` (an eval split of an image-caption
   dataset) with `encoder` (a jaxssl.eval.features.Encoder of a two-tower run).
 
@@ -155,12 +182,15 @@ def evaluate_image_text(encoder, variables, source, info, *, class_names: Sequen
   composed exactly as in training (`method.caption_text`).
   """
   if jax.process_count() > 1:
-    raise ValueError("Image-text eval protocols run on a single process; launch the eval job "
-                     "on one host.")
+    raise ValueError(
+      "Image-text eval protocols run on a single process; launch the eval job on one host."
+    )
   method = encoder.method
   if not hasattr(method, "embed_texts"):
-    raise ValueError(f"Protocols {list(protocols)} need an image-text method with a text "
-                     f"tower (clip, siglip); this run's method is {encoder.config.method!r}.")
+    raise ValueError(
+      f"Protocols {list(protocols)} need an image-text method with a text "
+      f"tower (clip, siglip); this run's method is {encoder.config.method!r}."
+    )
   embedder = _Embedder(encoder, variables, batch_size)
   image_emb, labels = embedder.images(source, info, encoder.config.data.image_size)
   results = {}

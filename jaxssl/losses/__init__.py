@@ -6,6 +6,7 @@ dict of scalar metrics (without the 'train/' prefix; the trainer adds it).
 `dino` and `ibot_patch_loss` also return the [K] vector 'batch_center', which
 the method consumes with `dino_center_update` and should not log as a scalar.
 """
+
 from jaxssl.losses.contrastive import clip
 from jaxssl.losses.contrastive import info_nce
 from jaxssl.losses.contrastive import nt_xent

@@ -5,6 +5,7 @@ inserts the all-gathers the similarity matrices need), computes in at least
 float32 whatever the input dtype, and returns `(loss, metrics)` with `loss` a
 scalar and `metrics` a dict of scalars.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -26,7 +27,6 @@ def _l2_normalize(x, eps=1e-12):
   """x / max(||x||, eps) on the last axis, as torch.nn.functional.normalize."""
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
   return x / jnp.maximum(norm, eps)
-
 
 
 def _cross_entropy_with_diagonal_labels(logits):
@@ -76,24 +76,21 @@ def nt_xent(z1, z2, *, temperature=0.1):
   # Row i in [0, N) has its positive at i + N, row i in [N, 2N) at i - N.
   positive_index = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  log_prob_pos = jnp.take_along_axis(
-      log_probs, positive_index[:, None], axis=-1)[:, 0]
+  log_prob_pos = jnp.take_along_axis(log_probs, positive_index[:, None], axis=-1)[:, 0]
   loss = -jnp.mean(log_prob_pos)
 
   logits_pos = jnp.take_along_axis(logits, positive_index[:, None], axis=-1)
-  negative_mask = ~self_mask & (jnp.arange(2 * n)[None, :]
-                                != positive_index[:, None])
+  negative_mask = ~self_mask & (jnp.arange(2 * n)[None, :] != positive_index[:, None])
   probs = jnp.exp(log_probs)
   metrics = {
-      "contrastive_acc": jnp.mean(
-          (jnp.argmax(logits, axis=-1) == positive_index).astype(jnp.float32)),
-      "logits_pos": jnp.mean(logits_pos),
-      "logits_neg": jnp.sum(jnp.where(negative_mask, logits, 0.0))
-                    / (2 * n * (2 * n - 2)),
-      # Masked entries have probability exactly 0; where() keeps 0 * (-1e9)
-      # out of the sum.
-      "entropy": -jnp.mean(jnp.sum(
-          jnp.where(self_mask, 0.0, probs * log_probs), axis=-1)),
+    "contrastive_acc": jnp.mean(
+      (jnp.argmax(logits, axis=-1) == positive_index).astype(jnp.float32)
+    ),
+    "logits_pos": jnp.mean(logits_pos),
+    "logits_neg": jnp.sum(jnp.where(negative_mask, logits, 0.0)) / (2 * n * (2 * n - 2)),
+    # Masked entries have probability exactly 0; where() keeps 0 * (-1e9)
+    # out of the sum.
+    "entropy": -jnp.mean(jnp.sum(jnp.where(self_mask, 0.0, probs * log_probs), axis=-1)),
   }
   return loss, metrics
 
@@ -125,11 +122,10 @@ def info_nce(q, k, *, temperature=0.2):
   q, k = _upcast(q), _upcast(k)
   checks.check_paired("q", q, "k", k, needs="contrastive negatives")
   logits = _l2_normalize(q) @ _l2_normalize(k).T / temperature
-  loss = jnp.mean(_cross_entropy_with_diagonal_labels(logits)) * (
-      2.0 * temperature)
+  loss = jnp.mean(_cross_entropy_with_diagonal_labels(logits)) * (2.0 * temperature)
   metrics = {
-      "contrastive_acc": _top1_diagonal(logits),
-      "logits_pos": jnp.mean(jnp.diagonal(logits)),
+    "contrastive_acc": _top1_diagonal(logits),
+    "logits_pos": jnp.mean(jnp.diagonal(logits)),
   }
   return loss, metrics
 
@@ -156,16 +152,19 @@ def clip(img, txt, logit_scale):
   logit_scale = _upcast(logit_scale)
   if logit_scale.ndim != 0:
     raise ValueError(
-        f"logit_scale must be a scalar; got shape {logit_scale.shape}. Pass "
-        "exp(log_scale) of the single learned temperature.")
+      f"logit_scale must be a scalar; got shape {logit_scale.shape}. Pass "
+      "exp(log_scale) of the single learned temperature."
+    )
   logits = logit_scale * (_l2_normalize(img) @ _l2_normalize(txt).T)
-  loss = 0.5 * (jnp.mean(_cross_entropy_with_diagonal_labels(logits))
-                + jnp.mean(_cross_entropy_with_diagonal_labels(logits.T)))
+  loss = 0.5 * (
+    jnp.mean(_cross_entropy_with_diagonal_labels(logits))
+    + jnp.mean(_cross_entropy_with_diagonal_labels(logits.T))
+  )
   metrics = {
-      "img_to_txt_acc": _top1_diagonal(logits),
-      "txt_to_img_acc": _top1_diagonal(logits.T),
-      "logits_pos": jnp.mean(jnp.diagonal(logits)),
-      "logit_scale": logit_scale,
+    "img_to_txt_acc": _top1_diagonal(logits),
+    "txt_to_img_acc": _top1_diagonal(logits.T),
+    "logits_pos": jnp.mean(jnp.diagonal(logits)),
+    "logit_scale": logit_scale,
   }
   return loss, metrics
 
@@ -197,19 +196,20 @@ def siglip(img, txt, t, b):
   t, b = _upcast(t), _upcast(b)
   if t.ndim != 0 or b.ndim != 0:
     raise ValueError(
-        f"t and b must be scalars; got shapes {t.shape} and {b.shape}. Pass "
-        "the single learned temperature exp(t') and bias b.")
+      f"t and b must be scalars; got shapes {t.shape} and {b.shape}. Pass "
+      "the single learned temperature exp(t') and bias b."
+    )
   n = img.shape[0]
   logits = t * (_l2_normalize(img) @ _l2_normalize(txt).T) + b
   eye = jnp.eye(n, dtype=bool)
   labels = jnp.where(eye, 1.0, -1.0)
   loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
   metrics = {
-      "img_to_txt_acc": _top1_diagonal(logits),
-      "txt_to_img_acc": _top1_diagonal(logits.T),
-      "logits_pos": jnp.mean(jnp.diagonal(logits)),
-      "logits_neg": jnp.sum(jnp.where(eye, 0.0, logits)) / (n * (n - 1)),
-      "t": t,
-      "b": b,
+    "img_to_txt_acc": _top1_diagonal(logits),
+    "txt_to_img_acc": _top1_diagonal(logits.T),
+    "logits_pos": jnp.mean(jnp.diagonal(logits)),
+    "logits_neg": jnp.sum(jnp.where(eye, 0.0, logits)) / (n * (n - 1)),
+    "t": t,
+    "b": b,
   }
   return loss, metrics

@@ -7,6 +7,7 @@ when a method computes teacher outputs from trainable parameters.
 
 All functions see the global batch and compute in at least float32.
 """
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -44,9 +45,10 @@ def byol(p1, p2, t1, t2):
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1 or arrays[0].ndim != 2:
     raise ValueError(
-        "p1, p2, t1, t2 must all be [batch, dim] with the same shape; got "
-        f"{[a.shape for a in arrays]}. Project and predict both views with "
-        "the same heads.")
+      "p1, p2, t1, t2 must all be [batch, dim] with the same shape; got "
+      f"{[a.shape for a in arrays]}. Project and predict both views with "
+      "the same heads."
+    )
   p1, p2, t1, t2 = arrays
 
   def cosine(p, t):
@@ -82,18 +84,21 @@ def simsiam(p1, p2, z1, z2):
 def _check_views(student, teacher):
   if student.ndim != 3 or teacher.ndim != 3:
     raise ValueError(
-        "logits must be [views, batch, K]; got student "
-        f"{student.shape} and teacher {teacher.shape}. Stack the crops of each "
-        "network along a leading views axis.")
+      "logits must be [views, batch, K]; got student "
+      f"{student.shape} and teacher {teacher.shape}. Stack the crops of each "
+      "network along a leading views axis."
+    )
   if student.shape[1:] != teacher.shape[1:]:
     raise ValueError(
-        f"student {student.shape} and teacher {teacher.shape} logits must "
-        "share batch and K. Use the same head output size for both networks.")
+      f"student {student.shape} and teacher {teacher.shape} logits must "
+      "share batch and K. Use the same head output size for both networks."
+    )
   if teacher.shape[0] > student.shape[0] or student.shape[0] < 2:
     raise ValueError(
-        f"need teacher views ({teacher.shape[0]}) <= student views "
-        f"({student.shape[0]}) and at least 2 student views: the teacher's "
-        "views must be the first (global) student views.")
+      f"need teacher views ({teacher.shape[0]}) <= student views "
+      f"({student.shape[0]}) and at least 2 student views: the teacher's "
+      "views must be the first (global) student views."
+    )
 
 
 def dino_cross_entropy(student_logits, teacher_probs, *, student_temp=0.1):
@@ -124,21 +129,17 @@ def dino_cross_entropy(student_logits, teacher_probs, *, student_temp=0.1):
   student_log_probs = jax.nn.log_softmax(student_logits / student_temp, -1)
   # ce[it, is] = mean_b H(P_t[it, b], P_s[is, b]), all pairs in one einsum.
   ce = -jnp.einsum("tbk,sbk->ts", teacher_probs, student_log_probs) / batch
-  different_view = (jnp.arange(n_teacher)[:, None]
-                    != jnp.arange(n_student)[None, :])
+  different_view = jnp.arange(n_teacher)[:, None] != jnp.arange(n_student)[None, :]
   n_pairs = n_teacher * (n_student - 1)
   loss = jnp.sum(jnp.where(different_view, ce, 0.0)) / n_pairs
   # 0 * log 0 is 0 for a one-hot teacher: xlogy handles that without NaN.
-  teacher_entropy = -jnp.mean(
-      jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs), -1))
+  teacher_entropy = -jnp.mean(jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs), -1))
   # Every teacher view meets Vs - 1 student views, so the pair-averaged
   # teacher entropy equals its plain mean and KL = CE - H(P_t).
-  return loss, {"kl_teacher_student": loss - teacher_entropy,
-                "teacher_entropy": teacher_entropy}
+  return loss, {"kl_teacher_student": loss - teacher_entropy, "teacher_entropy": teacher_entropy}
 
 
-def dino(student_logits, teacher_logits, center, *, student_temp=0.1,
-         teacher_temp=0.04):
+def dino(student_logits, teacher_logits, center, *, student_temp=0.1, teacher_temp=0.04):
   """DINO self-distillation loss (Caron et al. 2021, eq. 2-3 and alg. 1).
 
   Teacher targets are centered and sharpened, with stop-gradient:
@@ -172,15 +173,13 @@ def dino(student_logits, teacher_logits, center, *, student_temp=0.1,
   k = teacher_logits.shape[-1]
   if center.shape not in ((k,), (1, k)):
     raise ValueError(
-        f"center must have shape [{k}] (one entry per prototype); got "
-        f"{center.shape}. Initialise it with zeros of the head output size.")
-  teacher_probs = jax.nn.softmax(
-      (teacher_logits - center.reshape(k)) / teacher_temp, axis=-1)
-  loss, metrics = dino_cross_entropy(student_logits, teacher_probs,
-                                     student_temp=student_temp)
+      f"center must have shape [{k}] (one entry per prototype); got "
+      f"{center.shape}. Initialise it with zeros of the head output size."
+    )
+  teacher_probs = jax.nn.softmax((teacher_logits - center.reshape(k)) / teacher_temp, axis=-1)
+  loss, metrics = dino_cross_entropy(student_logits, teacher_probs, student_temp=student_temp)
   marginal = jnp.mean(teacher_probs, axis=(0, 1))
-  metrics["teacher_marginal_entropy"] = -jnp.sum(
-      jax.scipy.special.xlogy(marginal, marginal))
+  metrics["teacher_marginal_entropy"] = -jnp.sum(jax.scipy.special.xlogy(marginal, marginal))
   metrics["batch_center"] = jnp.mean(teacher_logits, axis=(0, 1))
   return loss, metrics
 
@@ -202,10 +201,12 @@ def dino_center_update(center, batch_center, *, momentum=0.9):
   batch_center = jnp.asarray(batch_center)
   if center.shape != batch_center.shape:
     raise ValueError(
-        f"center {center.shape} and batch_center {batch_center.shape} must "
-        "have the same shape; pass metrics['batch_center'] of the same head.")
+      f"center {center.shape} and batch_center {batch_center.shape} must "
+      "have the same shape; pass metrics['batch_center'] of the same head."
+    )
   new = momentum * center + (1.0 - momentum) * jax.lax.stop_gradient(
-      batch_center.astype(center.dtype))
+    batch_center.astype(center.dtype)
+  )
   return new.astype(center.dtype)
 
 
@@ -239,8 +240,7 @@ def sinkhorn_knopp(teacher_logits, *, teacher_temp, n_iters=3):
     # Each prototype (a column here, a row of DINOv2's [K, B] Q) gets 1/K.
     log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - jnp.log(k)
     # Each sample gets 1/B.
-    log_q = (log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True)
-             - jnp.log(n_samples))
+    log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - jnp.log(n_samples)
   return jnp.exp(log_q + jnp.log(n_samples)).reshape(shape)
 
 
@@ -268,8 +268,8 @@ def koleo(x, *, eps=1e-8):
   x = _upcast(x)
   if x.ndim != 2 or x.shape[0] < 2:
     raise ValueError(
-        f"x must be [batch, dim] with batch >= 2 (a nearest neighbour is "
-        f"needed); got {x.shape}.")
+      f"x must be [batch, dim] with batch >= 2 (a nearest neighbour is needed); got {x.shape}."
+    )
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
   x = x / jnp.maximum(norm, eps)
   dots = x @ x.T
@@ -286,16 +286,17 @@ def koleo(x, *, eps=1e-8):
 def _check_patches(student, teacher, mask):
   if student.ndim < 3 or student.shape != teacher.shape:
     raise ValueError(
-        "patch logits must be [..., N, K] with the same shape for student "
-        f"and teacher; got {student.shape} and {teacher.shape}.")
+      "patch logits must be [..., N, K] with the same shape for student "
+      f"and teacher; got {student.shape} and {teacher.shape}."
+    )
   if mask.shape != student.shape[:-1]:
     raise ValueError(
-        f"mask must be [..., N] = {student.shape[:-1]} (1 where the student's "
-        f"patch was masked); got {mask.shape}.")
+      f"mask must be [..., N] = {student.shape[:-1]} (1 where the student's "
+      f"patch was masked); got {mask.shape}."
+    )
 
 
-def ibot_patch_cross_entropy(student_patch_logits, teacher_patch_probs, mask,
-                             *, student_temp=0.1):
+def ibot_patch_cross_entropy(student_patch_logits, teacher_patch_probs, mask, *, student_temp=0.1):
   """iBOT masked-patch cross-entropy given teacher target distributions.
 
     L = mean_images [ sum_n m_n H(P_t[n], softmax(s[n] / T_s))
@@ -319,15 +320,14 @@ def ibot_patch_cross_entropy(student_patch_logits, teacher_patch_probs, mask,
   mask = jnp.asarray(mask)
   _check_patches(student, teacher_probs, mask)
   mask = mask.astype(student.dtype)
-  ce = -jnp.sum(teacher_probs * jax.nn.log_softmax(student / student_temp, -1),
-                axis=-1)
-  per_image = jnp.sum(ce * mask, axis=-1) / jnp.maximum(
-      jnp.sum(mask, axis=-1), 1.0)
+  ce = -jnp.sum(teacher_probs * jax.nn.log_softmax(student / student_temp, -1), axis=-1)
+  per_image = jnp.sum(ce * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
   return jnp.mean(per_image), {"mask_ratio": jnp.mean(mask)}
 
 
-def ibot_patch_loss(student_patch_logits, teacher_patch_logits, mask, center,
-                    *, student_temp=0.1, teacher_temp=0.04):
+def ibot_patch_loss(
+  student_patch_logits, teacher_patch_logits, mask, center, *, student_temp=0.1, teacher_temp=0.04
+):
   """iBOT masked image modelling loss on patch tokens (Zhou et al. 2022, eq. 2).
 
   Teacher patch targets are centered and sharpened like DINO's class token,
@@ -354,15 +354,15 @@ def ibot_patch_loss(student_patch_logits, teacher_patch_logits, mask, center,
   k = teacher.shape[-1]
   if center.shape not in ((k,), (1, k)):
     raise ValueError(
-        f"center must have shape [{k}]; got {center.shape}. Initialise the "
-        "patch center with zeros of the patch head output size.")
-  teacher_probs = jax.nn.softmax((teacher - center.reshape(k)) / teacher_temp,
-                                 axis=-1)
+      f"center must have shape [{k}]; got {center.shape}. Initialise the "
+      "patch center with zeros of the patch head output size."
+    )
+  teacher_probs = jax.nn.softmax((teacher - center.reshape(k)) / teacher_temp, axis=-1)
   loss, metrics = ibot_patch_cross_entropy(
-      student_patch_logits, teacher_probs, mask, student_temp=student_temp)
+    student_patch_logits, teacher_probs, mask, student_temp=student_temp
+  )
   weights = jnp.asarray(mask).astype(teacher.dtype)
   entropy = -jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs), -1)
-  metrics["teacher_entropy"] = (jnp.sum(entropy * weights)
-                                / jnp.maximum(jnp.sum(weights), 1.0))
+  metrics["teacher_entropy"] = jnp.sum(entropy * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   metrics["batch_center"] = jnp.mean(teacher.reshape(-1, k), axis=0)
   return loss, metrics

@@ -5,6 +5,7 @@ a low-dimensional subspace (dimensional collapse) while their loss still looks
 reasonable; these two numbers expose both. Each takes the global batch, returns
 a float32 scalar, and passes no gradient (they are for logging).
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -14,8 +15,9 @@ def _prepare(z):
   z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
   if z.ndim != 2 or z.shape[0] < 2:
     raise ValueError(
-        f"z must be [batch, dim] with batch >= 2; got {z.shape}. Flatten "
-        "token axes into the batch axis or pool them first.")
+      f"z must be [batch, dim] with batch >= 2; got {z.shape}. Flatten "
+      "token axes into the batch axis or pool them first."
+    )
   return z
 
 
@@ -58,8 +60,11 @@ def _singular_values(z):
   zeroed value changed the entropy by at most -p log p with p < sqrt(k * eps).
   """
   n, d = z.shape
-  gram = (jnp.matmul(z.T, z, precision=jax.lax.Precision.HIGHEST) if n >= d else
-          jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST))
+  gram = (
+    jnp.matmul(z.T, z, precision=jax.lax.Precision.HIGHEST)
+    if n >= d
+    else jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST)
+  )
   eigenvalues = jnp.linalg.svd(gram, compute_uv=False)
   resolvable = eigenvalues.max() * min(n, d) * jnp.finfo(jnp.float32).eps
   return jnp.sqrt(jnp.where(eigenvalues > resolvable, eigenvalues, 0.0))

@@ -5,6 +5,7 @@ representations; `masked_lm` (BERT) and `causal_lm` (GPT) are the token-level
 cross-entropies used by the language methods. All compute in at least float32
 and see the global batch.
 """
+
 import math
 
 import jax
@@ -67,8 +68,9 @@ def ijepa(pred, target, *, loss="l2"):
   target = jax.lax.stop_gradient(_upcast(target))
   if pred.shape != target.shape or pred.ndim < 2:
     raise ValueError(
-        f"pred and target must have the same shape [..., D]; got {pred.shape} "
-        f"and {target.shape}. Select the same target-block patches for both.")
+      f"pred and target must have the same shape [..., D]; got {pred.shape} "
+      f"and {target.shape}. Select the same target-block patches for both."
+    )
   diff = pred - target
   if loss == "l2":
     value = jnp.mean(jnp.sum(jnp.square(diff), axis=-1))
@@ -77,8 +79,7 @@ def ijepa(pred, target, *, loss="l2"):
   else:
     raise ValueError(f"loss must be 'l2' or 'smooth_l1'; got {loss!r}.")
   ones = jnp.ones(pred.shape[:-1], pred.dtype)
-  return value, {"pred_std": _mean_std(pred, ones),
-                 "target_std": _mean_std(target, ones)}
+  return value, {"pred_std": _mean_std(pred, ones), "target_std": _mean_std(target, ones)}
 
 
 def _instance_norm(x, eps):
@@ -91,8 +92,7 @@ def _instance_norm(x, eps):
   return (x - mean) / jnp.sqrt(var + eps)
 
 
-def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0,
-             loss_scale=None, eps=1e-5):
+def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0, loss_scale=None, eps=1e-5):
   """data2vec masked latent regression (Baevski et al. 2022, eq. 1-2).
 
   Target: the average of the teacher's top K layer outputs, each instance-
@@ -125,15 +125,16 @@ def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0,
   mask = jnp.asarray(mask)
   if target_layers.ndim != 4 or target_layers.shape[1:] != pred.shape:
     raise ValueError(
-        f"target_layers must be [layers, *pred.shape] = [L, {pred.shape}]; got "
-        f"{target_layers.shape}. Stack the teacher's block outputs on axis 0.")
+      f"target_layers must be [layers, *pred.shape] = [L, {pred.shape}]; got "
+      f"{target_layers.shape}. Stack the teacher's block outputs on axis 0."
+    )
   if not 1 <= top_k <= target_layers.shape[0]:
     raise ValueError(
-        f"top_k={top_k} must be in [1, {target_layers.shape[0]}] (the number "
-        "of teacher layers passed).")
+      f"top_k={top_k} must be in [1, {target_layers.shape[0]}] (the number "
+      "of teacher layers passed)."
+    )
   if mask.shape != pred.shape[:2]:
-    raise ValueError(
-        f"mask must be [batch, time] = {pred.shape[:2]}; got {mask.shape}.")
+    raise ValueError(f"mask must be [batch, time] = {pred.shape[:2]}; got {mask.shape}.")
   top = target_layers[-top_k:]
   target = jnp.mean(jax.vmap(lambda a: _instance_norm(a, eps))(top), axis=0)
   diff = pred - target
@@ -143,11 +144,12 @@ def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0,
     per_position = jnp.sum(_smooth_l1(diff, loss_beta), axis=-1)
   scale = 1.0 / math.sqrt(pred.shape[-1]) if loss_scale is None else loss_scale
   weights = mask.astype(pred.dtype)
-  loss = scale * jnp.sum(per_position * weights) / jnp.maximum(
-      jnp.sum(weights), 1.0)
-  return loss, {"pred_std": _mean_std(pred, weights),
-                "target_std": _mean_std(target, weights),
-                "mask_ratio": jnp.mean(weights)}
+  loss = scale * jnp.sum(per_position * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return loss, {
+    "pred_std": _mean_std(pred, weights),
+    "target_std": _mean_std(target, weights),
+    "mask_ratio": jnp.mean(weights),
+  }
 
 
 def _token_cross_entropy(logits, labels, weights):
@@ -162,8 +164,9 @@ def _token_cross_entropy(logits, labels, weights):
 def _check_tokens(logits, labels, name):
   if logits.ndim != 3 or labels.shape != logits.shape[:2]:
     raise ValueError(
-        f"logits must be [batch, length, vocab] and {name} [batch, length]; "
-        f"got {logits.shape} and {labels.shape}.")
+      f"logits must be [batch, length, vocab] and {name} [batch, length]; "
+      f"got {logits.shape} and {labels.shape}."
+    )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"{name} must be integer token ids; got {labels.dtype}.")
 
@@ -189,12 +192,10 @@ def masked_lm(logits, labels, mask):
   mask = jnp.asarray(mask)
   _check_tokens(logits, labels, "labels")
   if mask.shape != labels.shape:
-    raise ValueError(f"mask must be [batch, length] = {labels.shape}; got "
-                     f"{mask.shape}.")
+    raise ValueError(f"mask must be [batch, length] = {labels.shape}; got {mask.shape}.")
   weights = mask.astype(logits.dtype)
   loss, accuracy = _token_cross_entropy(logits, labels, weights)
-  return loss, {"accuracy": accuracy, "perplexity": jnp.exp(loss),
-                "mask_ratio": jnp.mean(weights)}
+  return loss, {"accuracy": accuracy, "perplexity": jnp.exp(loss), "mask_ratio": jnp.mean(weights)}
 
 
 def causal_lm(logits, tokens, *, mask=None):
@@ -218,16 +219,19 @@ def causal_lm(logits, tokens, *, mask=None):
   tokens = jnp.asarray(tokens)
   _check_tokens(logits, tokens, "tokens")
   if tokens.shape[1] < 2:
-    raise ValueError(f"need sequences of length >= 2 to predict a next token; "
-                     f"got length {tokens.shape[1]}.")
+    raise ValueError(
+      f"need sequences of length >= 2 to predict a next token; got length {tokens.shape[1]}."
+    )
   if mask is None:
     weights = jnp.ones(tokens[:, 1:].shape, logits.dtype)
   else:
     mask = jnp.asarray(mask)
     if mask.shape != tokens.shape:
-      raise ValueError(f"mask must be [batch, length] = {tokens.shape}; got "
-                       f"{mask.shape}.")
+      raise ValueError(f"mask must be [batch, length] = {tokens.shape}; got {mask.shape}.")
     weights = mask[:, 1:].astype(logits.dtype)
   loss, accuracy = _token_cross_entropy(logits[:, :-1], tokens[:, 1:], weights)
-  return loss, {"accuracy": accuracy, "perplexity": jnp.exp(loss),
-                "bits_per_token": loss / math.log(2.0)}
+  return loss, {
+    "accuracy": accuracy,
+    "perplexity": jnp.exp(loss),
+    "bits_per_token": loss / math.log(2.0),
+  }

@@ -4,6 +4,7 @@ Patch layout follows MAE (He et al. 2022, `models_mae.py`) for NHWC images:
 patches in row-major order over the (H/p, W/p) grid, each flattened as
 (row within patch, column within patch, channel), so P = p * p * C.
 """
+
 import jax.numpy as jnp
 
 
@@ -25,13 +26,15 @@ def patchify(images, patch):
   """
   if images.ndim != 4:
     raise ValueError(
-        f"images must be [batch, height, width, channels]; got {images.shape}. "
-        "Add a channel axis for grayscale images.")
+      f"images must be [batch, height, width, channels]; got {images.shape}. "
+      "Add a channel axis for grayscale images."
+    )
   b, h, w, c = images.shape
   if h % patch or w % patch:
     raise ValueError(
-        f"image size {h}x{w} is not divisible by patch size {patch}; resize or "
-        "crop the images, or choose a patch size that divides both sides.")
+      f"image size {h}x{w} is not divisible by patch size {patch}; resize or "
+      "crop the images, or choose a patch size that divides both sides."
+    )
   gh, gw = h // patch, w // patch
   x = images.reshape(b, gh, patch, gw, patch, c)
   x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, gh, gw, p, p, C]
@@ -50,21 +53,20 @@ def unpatchify(patches, patch, *, grid=None):
     [B, H, W, C] images.
   """
   if patches.ndim != 3:
-    raise ValueError(f"patches must be [batch, n_patches, patch_dim]; got "
-                     f"{patches.shape}.")
+    raise ValueError(f"patches must be [batch, n_patches, patch_dim]; got {patches.shape}.")
   b, n, dim = patches.shape
   if grid is None:
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
-      raise ValueError(
-          f"{n} patches do not form a square grid; pass grid=(rows, cols).")
+      raise ValueError(f"{n} patches do not form a square grid; pass grid=(rows, cols).")
     grid = (side, side)
   gh, gw = grid
   c = dim // (patch * patch)
   if gh * gw != n or c * patch * patch != dim:
     raise ValueError(
-        f"patches {patches.shape} do not match grid {grid} and patch size "
-        f"{patch}: need N = rows * cols and patch_dim = patch**2 * channels.")
+      f"patches {patches.shape} do not match grid {grid} and patch size "
+      f"{patch}: need N = rows * cols and patch_dim = patch**2 * channels."
+    )
   x = patches.reshape(b, gh, gw, patch, patch, c)
   x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, gh, p, gw, p, C]
   return x.reshape(b, gh * patch, gw * patch, c)
@@ -98,17 +100,17 @@ def mae(pred, target, mask, *, norm_pix=True, eps=1e-6):
   mask = jnp.asarray(mask)
   if pred.ndim != 3 or pred.shape != target.shape:
     raise ValueError(
-        f"pred and target must both be [batch, n_patches, patch_dim]; got "
-        f"{pred.shape} and {target.shape}. Patchify the images with the "
-        "decoder's patch size.")
+      f"pred and target must both be [batch, n_patches, patch_dim]; got "
+      f"{pred.shape} and {target.shape}. Patchify the images with the "
+      "decoder's patch size."
+    )
   if mask.shape != pred.shape[:2]:
-    raise ValueError(
-        f"mask must be [batch, n_patches] = {pred.shape[:2]}; got "
-        f"{mask.shape}.")
+    raise ValueError(f"mask must be [batch, n_patches] = {pred.shape[:2]}; got {mask.shape}.")
   if norm_pix:
     if target.shape[-1] < 2:
-      raise ValueError("norm_pix needs at least 2 pixels per patch; set "
-                       "norm_pix=False for 1-pixel patches.")
+      raise ValueError(
+        "norm_pix needs at least 2 pixels per patch; set norm_pix=False for 1-pixel patches."
+      )
     mean = jnp.mean(target, axis=-1, keepdims=True)
     var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
     target = (target - mean) / jnp.sqrt(var + eps)
@@ -117,8 +119,7 @@ def mae(pred, target, mask, *, norm_pix=True, eps=1e-6):
   visible = 1.0 - removed
   loss = jnp.sum(per_patch * removed) / jnp.maximum(jnp.sum(removed), 1.0)
   metrics = {
-      "mse_visible": jnp.sum(per_patch * visible)
-                     / jnp.maximum(jnp.sum(visible), 1.0),
-      "mask_ratio": jnp.mean(removed),
+    "mse_visible": jnp.sum(per_patch * visible) / jnp.maximum(jnp.sum(visible), 1.0),
+    "mask_ratio": jnp.mean(removed),
   }
   return loss, metrics

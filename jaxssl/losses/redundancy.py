@@ -5,6 +5,7 @@ cross-correlation), so they are computed on the global batch: under `jax.jit`
 with batch-sharded inputs XLA reduces across devices, which is what the papers'
 all-gathers / SyncBatchNorm do by hand.
 """
+
 import jax.numpy as jnp
 
 from jaxssl.losses import checks
@@ -14,7 +15,6 @@ def _upcast(x):
   """Casts to float32, or keeps float64 (used by the float64 gradient tests)."""
   x = jnp.asarray(x)
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
 
 
 def _sum_off_diagonal_squares(matrix):
@@ -38,8 +38,7 @@ def _covariance_term(z):
   return _sum_off_diagonal_squares(cov) / d
 
 
-def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
-           eps=1e-4, gamma=1.0):
+def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, gamma=1.0):
   """VICReg: variance-invariance-covariance regularization (Bardes et al. 2022).
 
   Eq. 6:  L = lambda * s(Z, Z') + mu * [v(Z) + v(Z')] + nu * [c(Z) + c(Z')]
@@ -78,10 +77,10 @@ def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
   covariance = _covariance_term(z1) + _covariance_term(z2)
   loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
   metrics = {
-      "invariance": invariance,
-      "variance": variance,
-      "covariance": covariance,
-      "embedding_std": 0.5 * (std1 + std2),
+    "invariance": invariance,
+    "variance": variance,
+    "covariance": covariance,
+    "embedding_std": 0.5 * (std1 + std2),
   }
   return loss, metrics
 
@@ -124,8 +123,8 @@ def barlow_twins(z1, z2, *, lambda_=5e-3, eps=1e-5):
   off_diagonal = _sum_off_diagonal_squares(corr)
   loss = on_diagonal + lambda_ * off_diagonal
   metrics = {
-      "on_diagonal": on_diagonal,
-      "off_diagonal": off_diagonal,
-      "mean_diagonal": jnp.mean(diagonal),
+    "on_diagonal": on_diagonal,
+    "off_diagonal": off_diagonal,
+    "mean_diagonal": jnp.mean(diagonal),
   }
   return loss, metrics

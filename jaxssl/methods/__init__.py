@@ -3,6 +3,7 @@
 `get(name)` imports `jaxssl.methods.<name>` and returns its `Method` class; `build(config)`
 instantiates `config.method` with the config.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,16 +13,21 @@ import pkgutil
 def available() -> list[str]:
   """Names of the method modules in this package: every module defining `Method` (shared
   pieces such as `common` and `ema` define none)."""
-  return sorted(info.name for info in pkgutil.iter_modules(__path__)
-                if not info.name.startswith("_")
-                and hasattr(importlib.import_module(f"{__name__}.{info.name}"), "Method"))
+  return sorted(
+    info.name
+    for info in pkgutil.iter_modules(__path__)
+    if not info.name.startswith("_")
+    and hasattr(importlib.import_module(f"{__name__}.{info.name}"), "Method")
+  )
 
 
 def get(name: str):
   """Returns the `Method` class of method `name` (e.g. 'simclr')."""
   if name not in available():
-    raise ValueError(f"Unknown method {name!r}; available methods: {', '.join(available())}. "
-                     "A new method is a module jaxssl/methods/<name>.py defining `Method`.")
+    raise ValueError(
+      f"Unknown method {name!r}; available methods: {', '.join(available())}. "
+      "A new method is a module jaxssl/methods/<name>.py defining `Method`."
+    )
   return importlib.import_module(f"{__name__}.{name}").Method
 
 

@@ -11,6 +11,7 @@ dimension over the batch with the biased variance and eps 1e-5, as `nn.BatchNorm
 in training mode), so the projector ends with a plain linear layer; its bias cancels in that
 standardisation. Evaluation uses the encoder's representation, before the projector.
 """
+
 from __future__ import annotations
 
 import ml_collections

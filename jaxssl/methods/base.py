@@ -6,6 +6,7 @@ needed; `methods.common.EncoderHeadMethod` is a convenient one). Shapes use B fo
 batch; every array is the global view (under `jax.jit` with shardings, XLA splits it).
 `tests/methods/test_interface.py` checks every registered method against this protocol.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -34,8 +35,9 @@ class MethodProtocol(Protocol):
     (BatchNorm statistics, EMA teachers, DINO's center). Both are pytrees whose leaves carry
     logical axis names (`nn.with_logical_partitioning`) for the sharding rules."""
 
-  def loss_fn(self, params: Any, aux: Any, batch: dict[str, jax.Array], rng: jax.Array,
-              step: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+  def loss_fn(
+    self, params: Any, aux: Any, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
     """(loss, (metrics, new_aux)): a float32 scalar loss differentiated w.r.t. `params`, a dict
     of scalar metrics (logged as `train/<name>`), and aux after this step's forward. Pure: the
     randomness comes from `rng` (already folded with the step), `step` is the 0-based count

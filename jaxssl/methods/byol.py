@@ -14,6 +14,7 @@ Config: `config.head` is the projector, `config.byol` holds base_momentum and th
 `OnlineNetwork`, the teacher machinery in `Method` and `two_view_transform` are reused by
 MoCo v3 (same architecture, contrastive loss); VICReg and Barlow Twins reuse the views.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,20 +47,29 @@ def two_view_transform(config: ml_collections.ConfigDict, info) -> augment.TwoVi
     value = shared.pop(key, 0.0)
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2:
-      raise ValueError(f"config.augment.{key}={value!r} must be one probability or a "
-                       "(view 1, view 2) pair, e.g. (1.0, 0.1).")
+      raise ValueError(
+        f"config.augment.{key}={value!r} must be one probability or a "
+        "(view 1, view 2) pair, e.g. (1.0, 0.1)."
+      )
     per_view[key] = pair
-  views = [augment.SimCLRAugment(mean=info.mean, std=info.std,
-                                 output_size=config.data.image_size,
-                                 blur_prob=per_view["blur_prob"][i],
-                                 solarize_prob=per_view["solarize_prob"][i], **shared)
-           for i in range(2)]
+  views = [
+    augment.SimCLRAugment(
+      mean=info.mean,
+      std=info.std,
+      output_size=config.data.image_size,
+      blur_prob=per_view["blur_prob"][i],
+      solarize_prob=per_view["solarize_prob"][i],
+      **shared,
+    )
+    for i in range(2)
+  ]
   return augment.TwoViews(*views)
 
 
 class OnlineNetwork(nn.Module):
   """Encoder -> projector -> predictor. The target network is this module applied to the
   target's variables with predict=False (it has no predictor)."""
+
   encoder: nn.Module
   projector: nn.Module
   predictor: nn.Module
@@ -75,18 +85,24 @@ class OnlineNetwork(nn.Module):
     return self.encoder(images, train=False)[0]
 
 
-def build_online_network(config: ml_collections.ConfigDict,
-                         predictor: ml_collections.ConfigDict) -> OnlineNetwork:
+def build_online_network(
+  config: ml_collections.ConfigDict, predictor: ml_collections.ConfigDict
+) -> OnlineNetwork:
   """Projector from `config.head` (fields of models.ProjectionHead), predictor from
   `predictor` (hidden_dim, num_layers) mapping back to the projector's output size."""
   return OnlineNetwork(
-      encoder=models.build_encoder(config.model),
-      projector=models.ProjectionHead(**config.head.to_dict(),
-                                      dtype=models.compute_dtype(config.model)),
-      predictor=models.PredictionHead(hidden_dim=predictor.hidden_dim,
-                                      out_dim=config.head.out_dim,
-                                      num_layers=predictor.num_layers, use_bn=True,
-                                      dtype=models.compute_dtype(config.model)))
+    encoder=models.build_encoder(config.model),
+    projector=models.ProjectionHead(
+      **config.head.to_dict(), dtype=models.compute_dtype(config.model)
+    ),
+    predictor=models.PredictionHead(
+      hidden_dim=predictor.hidden_dim,
+      out_dim=config.head.out_dim,
+      num_layers=predictor.num_layers,
+      use_bn=True,
+      dtype=models.compute_dtype(config.model),
+    ),
+  )
 
 
 def target_part(tree: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +116,7 @@ class Method:
   aux = {'model_state': online BN statistics, 'teacher': target params (encoder, projector),
          'teacher_state': the target's own BN statistics}.
   """
+
   batch_keys = ("view1", "view2")
   name = "byol"  # the config section; MoCo v3 overrides it
 
@@ -127,8 +144,11 @@ class Method:
     # The target starts as a copy of the online encoder + projector (paper, sec. 3.2), with
     # BatchNorm statistics of its own.
     teacher_state = {col: target_part(v) for col, v in model_state.items()}
-    return params, {"model_state": model_state, "teacher": target_part(params),
-                    "teacher_state": teacher_state}
+    return params, {
+      "model_state": model_state,
+      "teacher": target_part(params),
+      "teacher_state": teacher_state,
+    }
 
   def pair_loss(self, p1, p2, t1, t2):
     """The loss between online predictions p and target projections t of the two views."""
@@ -138,21 +158,35 @@ class Method:
     rngs = [{"dropout": r} for r in jax.random.split(rng, 4)]
     # One forward per view, as the paper's code: BatchNorm statistics are per view.
     state = aux["model_state"]
-    (z1, p1), state = common.apply_model(self.model, params, state, batch["view1"],
-                                         train=True, rngs=rngs[0])
-    (z2, p2), state = common.apply_model(self.model, params, state, batch["view2"],
-                                         train=True, rngs=rngs[1])
+    (z1, p1), state = common.apply_model(
+      self.model, params, state, batch["view1"], train=True, rngs=rngs[0]
+    )
+    (z2, p2), state = common.apply_model(
+      self.model, params, state, batch["view2"], train=True, rngs=rngs[1]
+    )
     # The target runs in train mode too (BN on batch statistics, as in the paper's code).
     # Its params come from aux, so they get no gradient by construction; stop_gradient makes
     # the targets constants even when a caller passes a teacher computed from `params`
     # (without it, a teacher equal to the student would be pulled towards the prediction).
     teacher_state = aux["teacher_state"]
-    (t1, _), teacher_state = common.apply_model(self.model, aux["teacher"], teacher_state,
-                                                batch["view1"], train=True, predict=False,
-                                                rngs=rngs[2])
-    (t2, _), teacher_state = common.apply_model(self.model, aux["teacher"], teacher_state,
-                                                batch["view2"], train=True, predict=False,
-                                                rngs=rngs[3])
+    (t1, _), teacher_state = common.apply_model(
+      self.model,
+      aux["teacher"],
+      teacher_state,
+      batch["view1"],
+      train=True,
+      predict=False,
+      rngs=rngs[2],
+    )
+    (t2, _), teacher_state = common.apply_model(
+      self.model,
+      aux["teacher"],
+      teacher_state,
+      batch["view2"],
+      train=True,
+      predict=False,
+      rngs=rngs[3],
+    )
     t1, t2 = jax.lax.stop_gradient((t1, t2))
     loss, metrics = self.pair_loss(p1, p2, t1, t2)
     metrics["teacher_momentum"] = self.momentum(step)
@@ -169,6 +203,7 @@ class Method:
 
   def encode(self, params, aux, images):
     """Frozen online-encoder features [B, D] for the eval job."""
-    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
-                                method=OnlineNetwork.encode)
+    out, _ = common.apply_model(
+      self.model, params, aux["model_state"], images, train=False, method=OnlineNetwork.encode
+    )
     return out

@@ -7,6 +7,7 @@ pseudocode. Config section `config.clip`: init_temperature (0.07), max_scale (10
 Evaluation: zero-shot classification and retrieval through the text tower
 (jaxssl/eval/zeroshot.py), and linear / kNN / few-shot on the image tower's features.
 """
+
 from __future__ import annotations
 
 import math

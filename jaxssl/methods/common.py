@@ -1,5 +1,6 @@
 """Pieces several methods share: applying a Flax model with its BatchNorm state, and the
 encoder + projection-head module."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,6 +14,7 @@ from jaxssl import models
 
 class EncoderWithHead(nn.Module):
   """Backbone followed by a projection MLP. Returns (projection, backbone features)."""
+
   encoder: nn.Module
   head: nn.Module
 
@@ -27,10 +29,15 @@ class EncoderWithHead(nn.Module):
 def build_encoder_with_head(config) -> EncoderWithHead:
   head = config.head
   return EncoderWithHead(
-      encoder=models.build_encoder(config.model),
-      head=models.ProjectionHead(hidden_dim=head.hidden_dim, out_dim=head.out_dim,
-                                 num_layers=head.num_layers, use_bn=head.use_bn,
-                                 dtype=models.compute_dtype(config.model)))
+    encoder=models.build_encoder(config.model),
+    head=models.ProjectionHead(
+      hidden_dim=head.hidden_dim,
+      out_dim=head.out_dim,
+      num_layers=head.num_layers,
+      use_bn=head.use_bn,
+      dtype=models.compute_dtype(config.model),
+    ),
+  )
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):
@@ -42,8 +49,9 @@ def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):
   return params, model_state
 
 
-def apply_model(module: nn.Module, params: Any, model_state: dict, *args, train: bool,
-                method=None, **kwargs):
+def apply_model(
+  module: nn.Module, params: Any, model_state: dict, *args, train: bool, method=None, **kwargs
+):
   """Applies `module`; in training returns the updated BatchNorm statistics too.
 
   Returns (output, new_model_state). BatchNorm statistics are computed over the global batch:
@@ -51,8 +59,9 @@ def apply_model(module: nn.Module, params: Any, model_state: dict, *args, train:
   """
   variables = {"params": params, **model_state}
   if train and model_state:
-    out, updates = module.apply(variables, *args, train=train, mutable=list(model_state),
-                                method=method, **kwargs)
+    out, updates = module.apply(
+      variables, *args, train=train, mutable=list(model_state), method=method, **kwargs
+    )
     return out, {**model_state, **updates}
   kw = dict(kwargs)
   if method is None:
@@ -63,6 +72,7 @@ def apply_model(module: nn.Module, params: Any, model_state: dict, *args, train:
 def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:
   """Collapse monitors logged by every method: std of normalised embeddings and RankMe."""
   from jaxssl.losses import monitoring  # pylint: disable=g-import-not-at-top
+
   z = jax.lax.stop_gradient(z.astype(jnp.float32))
   return {"embedding_std": monitoring.embedding_std(z), "rankme": monitoring.rankme(z)}
 
@@ -72,6 +82,7 @@ class EncoderHeadMethod:
   teacher (SimCLR, VICReg, Barlow Twins): init, the per-view forward, no post-update, and
   encoder features (before the head) for the eval job. Subclasses add `train_transform` and
   `loss_fn`."""
+
   batch_keys = ("view1", "view2")
 
   def __init__(self, config):
@@ -86,10 +97,12 @@ class EncoderHeadMethod:
     """(z1, z2, new_aux): each view in its own forward, so BatchNorm statistics are per view
     (as the official VICReg and Barlow Twins code)."""
     rng1, rng2 = jax.random.split(rng)
-    (z1, _), state = apply_model(self.model, params, aux["model_state"], batch["view1"],
-                                 train=True, rngs={"dropout": rng1})
-    (z2, _), state = apply_model(self.model, params, state, batch["view2"], train=True,
-                                 rngs={"dropout": rng2})
+    (z1, _), state = apply_model(
+      self.model, params, aux["model_state"], batch["view1"], train=True, rngs={"dropout": rng1}
+    )
+    (z2, _), state = apply_model(
+      self.model, params, state, batch["view2"], train=True, rngs={"dropout": rng2}
+    )
     return z1, z2, {**aux, "model_state": state}
 
   def post_update(self, state):
@@ -97,6 +110,7 @@ class EncoderHeadMethod:
 
   def encode(self, params, aux, images):
     """Frozen encoder features [B, D] for the eval job (before the head)."""
-    out, _ = apply_model(self.model, params, aux["model_state"], images, train=False,
-                         method=EncoderWithHead.encode)
+    out, _ = apply_model(
+      self.model, params, aux["model_state"], images, train=False, method=EncoderWithHead.encode
+    )
     return out

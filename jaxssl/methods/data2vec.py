@@ -21,6 +21,7 @@ backbone pools ('gap': the mean of the final-normed tokens).
 Config section `config.data2vec`: mask_ratio, top_k, loss_beta (0 = L2, > 0 smooth L1),
 base_momentum, end_momentum, anneal_steps (None = the whole run).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,6 +43,7 @@ from jaxssl.models.matmul import Dense
 class MaskedRegressor(nn.Module):
   """Student: ViT with [mask] tokens + linear regression head. The teacher paths
   (`block_outputs`, `encode`) run the same encoder on the teacher's parameters."""
+
   encoder: models.ViT
 
   @nn.compact
@@ -49,10 +51,14 @@ class MaskedRegressor(nn.Module):
     """(predictions [B, N, D], encoder aux)."""
     _, aux = self.encoder(images, train=train, token_mask=token_mask)
     width = aux["tokens"].shape[-1]
-    head = Dense(width, dtype=self.encoder.dtype, param_dtype=jnp.float32, name="head",
-                 kernel_init=nn.with_logical_partitioning(
-                     nn.initializers.xavier_uniform(), ("embed", None)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+    head = Dense(
+      width,
+      dtype=self.encoder.dtype,
+      param_dtype=jnp.float32,
+      name="head",
+      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", None)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+    )
     return head(aux["tokens"]).astype(jnp.float32), aux
 
   def block_outputs(self, images):
@@ -71,6 +77,7 @@ class Method:
   params = {'encoder': student ViT (with mask_token), 'head': regression head};
   aux = {'model_state': {}, 'teacher': {'encoder': EMA teacher}}.
   """
+
   batch_keys = ("image", "mask")
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -79,8 +86,10 @@ class Method:
     encoder = ijepa.vit_encoder(config, "data2vec").clone(mask_token=True)
     depth = encoder.arch()["depth"]
     if not 1 <= self.section.top_k <= depth:
-      raise ValueError(f"data2vec.top_k={self.section.top_k} must be in [1, {depth}] (the "
-                       "ViT's depth: the targets average its top-K blocks).")
+      raise ValueError(
+        f"data2vec.top_k={self.section.top_k} must be in [1, {depth}] (the "
+        "ViT's depth: the targets average its top-K blocks)."
+      )
     self.model = MaskedRegressor(encoder=encoder)
     self.patch_size = encoder.arch()["patch_size"][0]
 
@@ -92,31 +101,47 @@ class Method:
 
   def momentum(self, step):
     """Teacher momentum after optimizer step `step` (0-based): base -> end, then constant."""
-    return ema.annealed_momentum(step, self.anneal_steps, self.section.base_momentum,
-                                 self.section.end_momentum)
+    return ema.annealed_momentum(
+      step, self.anneal_steps, self.section.base_momentum, self.section.end_momentum
+    )
 
   def train_transform(self, info):
     """One view (random resized crop + flip, as BEiT / data2vec) and its random mask."""
-    return masking.MaskedView(ijepa.crop_flip_augment(self.config, info),
-                              patch_size=self.patch_size, mask_ratio=self.section.mask_ratio,
-                              image_size=self.config.data.image_size)
+    return masking.MaskedView(
+      ijepa.crop_flip_augment(self.config, info),
+      patch_size=self.patch_size,
+      mask_ratio=self.section.mask_ratio,
+      image_size=self.config.data.image_size,
+    )
 
   def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, batch["image"],
-                                                batch["mask"], train=False)
+    params, model_state = common.init_variables(
+      self.model, rng, batch["image"], batch["mask"], train=False
+    )
     return params, {"model_state": model_state, "teacher": {"encoder": params["encoder"]}}
 
   def loss_fn(self, params, aux, batch, rng, step):
     (pred, enc_aux), model_state = common.apply_model(
-        self.model, params, aux["model_state"], batch["image"], batch["mask"], train=True,
-        rngs={"dropout": rng})
+      self.model,
+      params,
+      aux["model_state"],
+      batch["image"],
+      batch["mask"],
+      train=True,
+      rngs={"dropout": rng},
+    )
     # The teacher's parameters come from aux (no gradient by construction); the loss also
     # stops the gradient of its targets.
-    layers = self.model.apply({"params": aux["teacher"]}, batch["image"],
-                              method=MaskedRegressor.block_outputs)
-    loss, metrics = losses.data2vec(pred, jax.lax.stop_gradient(layers), batch["mask"],
-                                    top_k=self.section.top_k,
-                                    loss_beta=self.section.loss_beta)
+    layers = self.model.apply(
+      {"params": aux["teacher"]}, batch["image"], method=MaskedRegressor.block_outputs
+    )
+    loss, metrics = losses.data2vec(
+      pred,
+      jax.lax.stop_gradient(layers),
+      batch["mask"],
+      top_k=self.section.top_k,
+      loss_beta=self.section.loss_beta,
+    )
     metrics["teacher_momentum"] = self.momentum(step)
     metrics.update(common.collapse_metrics(jnp.mean(enc_aux["tokens"], axis=1)))
     return loss, (metrics, {**aux, "model_state": model_state})

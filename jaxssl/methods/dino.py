@@ -25,6 +25,7 @@ global-crop backbone features. `encode` uses the teacher backbone, as the paper 
 
 The iBOT / DINOv2 method (jaxssl/methods/ibot.py) subclasses `Method`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,6 +51,7 @@ class DINONetwork(nn.Module):
   with patches=True, 'patch_logits' [B, N, K'] (the patch head on every patch token; the [cls]
   head when `patch_head` is None, iBOT's shared head).
   """
+
   encoder: nn.Module
   head: nn.Module
   patch_head: nn.Module | None = None
@@ -68,9 +70,14 @@ class DINONetwork(nn.Module):
 
 
 def build_head(head: ml_collections.ConfigDict, dtype) -> models.DINOHead:
-  return models.DINOHead(out_dim=head.out_dim, hidden_dim=head.hidden_dim,
-                         bottleneck_dim=head.bottleneck_dim, num_layers=head.num_layers,
-                         norm_last_layer=head.norm_last_layer, dtype=dtype)
+  return models.DINOHead(
+    out_dim=head.out_dim,
+    hidden_dim=head.hidden_dim,
+    bottleneck_dim=head.bottleneck_dim,
+    num_layers=head.num_layers,
+    norm_last_layer=head.norm_last_layer,
+    dtype=dtype,
+  )
 
 
 def epochs_to_steps(config: ml_collections.ConfigDict, epochs: float) -> int:
@@ -96,10 +103,12 @@ def unstack_views(x, num_views):
 def freeze_last_layer(params, frozen):
   """Params whose prototype weights (every `last_layer_v`) get no gradient while `frozen`;
   the values are unchanged."""
+
   def freeze(path, leaf):
     if getattr(path[-1], "key", None) == LAST_LAYER:
       return jnp.where(frozen, jax.lax.stop_gradient(leaf), leaf)
     return leaf
+
   return jax.tree_util.tree_map_with_path(freeze, params)
 
 
@@ -117,6 +126,7 @@ class Method:
   aux = {'model_state': student BN statistics (empty for a ViT), 'teacher': EMA params of the
   whole student, 'teacher_state': the teacher's BN statistics, 'center': [K]}.
   """
+
   batch_keys = ("global_crops", "local_crops")
   name = "dino"  # the config section
 
@@ -127,8 +137,9 @@ class Method:
 
   def build_model(self) -> DINONetwork:
     dtype = models.compute_dtype(self.config.model)
-    return DINONetwork(encoder=models.build_encoder(self.config.model),
-                       head=build_head(self.config.head, dtype))
+    return DINONetwork(
+      encoder=models.build_encoder(self.config.model), head=build_head(self.config.head, dtype)
+    )
 
   @functools.cached_property
   def schedule_steps(self) -> int:
@@ -167,43 +178,70 @@ class Method:
     patch = encoder.arch()["patch_size"][0] if isinstance(encoder, models.ViT) else 1
     grid = (crops.global_size // patch, crops.global_size // patch)
     return multicrop.dino_multicrop(
-        mean=info.mean, std=info.std, global_size=crops.global_size,
-        local_size=crops.local_size, num_local=crops.num_local,
-        global_scale=crops.global_scale, local_scale=crops.local_scale,
-        flip_prob=crops.flip_prob, jitter_strength=crops.jitter_strength,
-        masking=self.mask_policy(grid))
+      mean=info.mean,
+      std=info.std,
+      global_size=crops.global_size,
+      local_size=crops.local_size,
+      num_local=crops.num_local,
+      global_scale=crops.global_scale,
+      local_scale=crops.local_scale,
+      flip_prob=crops.flip_prob,
+      jitter_strength=crops.jitter_strength,
+      masking=self.mask_policy(grid),
+    )
 
   init_patches = False  # iBOT: also create the patch head at init
 
   def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, batch["global_crops"][:, 0],
-                                                train=False, patches=self.init_patches)
+    params, model_state = common.init_variables(
+      self.model, rng, batch["global_crops"][:, 0], train=False, patches=self.init_patches
+    )
     # The teacher starts as a copy of the student (DINO: teacher.load_state_dict(student)).
-    return params, {"model_state": model_state, "teacher": params,
-                    "teacher_state": model_state,
-                    "center": jnp.zeros((self.config.head.out_dim,), jnp.float32)}
+    return params, {
+      "model_state": model_state,
+      "teacher": params,
+      "teacher_state": model_state,
+      "center": jnp.zeros((self.config.head.out_dim,), jnp.float32),
+    }
 
   def student_forward(self, params, state, batch, rng, token_mask=None, patches=False):
     """Student logits of all crops [G + L, B, K], its global-crop outputs and new BN state."""
     num_global, num_local = batch["global_crops"].shape[1], batch["local_crops"].shape[1]
     rng_global, rng_local = jax.random.split(rng)
-    out, state = common.apply_model(self.model, params, state,
-                                    views_first(batch["global_crops"]), train=True,
-                                    token_mask=token_mask, patches=patches,
-                                    rngs={"dropout": rng_global})
+    out, state = common.apply_model(
+      self.model,
+      params,
+      state,
+      views_first(batch["global_crops"]),
+      train=True,
+      token_mask=token_mask,
+      patches=patches,
+      rngs={"dropout": rng_global},
+    )
     logits = [unstack_views(out["logits"], num_global)]
     if num_local:
-      local, state = common.apply_model(self.model, params, state,
-                                        views_first(batch["local_crops"]), train=True,
-                                        rngs={"dropout": rng_local})
+      local, state = common.apply_model(
+        self.model,
+        params,
+        state,
+        views_first(batch["local_crops"]),
+        train=True,
+        rngs={"dropout": rng_local},
+      )
       logits.append(unstack_views(local["logits"], num_local))
     return jnp.concatenate(logits, 0), out, state
 
   def teacher_forward(self, aux, batch, rng, patches=False):
     """Teacher outputs on the global crops (stop-gradient) and its new BN state."""
-    out, state = common.apply_model(self.model, aux["teacher"], aux["teacher_state"],
-                                    views_first(batch["global_crops"]), train=True,
-                                    patches=patches, rngs={"dropout": rng})
+    out, state = common.apply_model(
+      self.model,
+      aux["teacher"],
+      aux["teacher_state"],
+      views_first(batch["global_crops"]),
+      train=True,
+      patches=patches,
+      rngs={"dropout": rng},
+    )
     return jax.lax.stop_gradient(out), state
 
   def cls_targets(self, teacher_logits, center, temp):
@@ -218,27 +256,37 @@ class Method:
     masks = batch.get("masks")
     token_mask = None if masks is None else views_first(masks)
     student_logits, student_out, model_state = self.student_forward(
-        params, aux["model_state"], batch, rng_student, token_mask=token_mask,
-        patches=masks is not None)
-    teacher_out, teacher_state = self.teacher_forward(aux, batch, rng_teacher,
-                                                      patches=masks is not None)
+      params,
+      aux["model_state"],
+      batch,
+      rng_student,
+      token_mask=token_mask,
+      patches=masks is not None,
+    )
+    teacher_out, teacher_state = self.teacher_forward(
+      aux, batch, rng_teacher, patches=masks is not None
+    )
     num_global = batch["global_crops"].shape[1]
     teacher_logits = unstack_views(teacher_out["logits"], num_global)
     temp = self.teacher_temp(step)
     targets = self.cls_targets(teacher_logits, aux["center"], temp)
-    loss, metrics = losses.dino_cross_entropy(student_logits, targets,
-                                              student_temp=self.section.student_temp)
+    loss, metrics = losses.dino_cross_entropy(
+      student_logits, targets, student_temp=self.section.student_temp
+    )
     marginal = jnp.mean(targets, axis=(0, 1))
     metrics["teacher_marginal_entropy"] = -jnp.sum(jax.scipy.special.xlogy(marginal, marginal))
     metrics["kl_teacher_center"] = center_kl(teacher_logits, aux["center"], temp)
     # Eq. 4: c <- m c + (1 - m) mean of the teacher logits over crops and batch.
-    center = losses.dino_center_update(aux["center"], jnp.mean(teacher_logits, axis=(0, 1)),
-                                       momentum=self.section.center_momentum)
-    metrics.update(teacher_temp=temp, teacher_momentum=self.momentum(step),
-                   last_layer_frozen=frozen.astype(jnp.float32))
+    center = losses.dino_center_update(
+      aux["center"], jnp.mean(teacher_logits, axis=(0, 1)), momentum=self.section.center_momentum
+    )
+    metrics.update(
+      teacher_temp=temp,
+      teacher_momentum=self.momentum(step),
+      last_layer_frozen=frozen.astype(jnp.float32),
+    )
     metrics.update(common.collapse_metrics(student_out["features"]))
-    new_aux = {**aux, "model_state": model_state, "teacher_state": teacher_state,
-               "center": center}
+    new_aux = {**aux, "model_state": model_state, "teacher_state": teacher_state, "center": center}
     pieces = dict(params=params, student_out=student_out, teacher_out=teacher_out, temp=temp)
     return loss, metrics, new_aux, pieces
 
@@ -256,6 +304,12 @@ class Method:
   def encode(self, params, aux, images):
     """Frozen teacher-backbone features [B, D] for the eval job (DINO evaluates the teacher)."""
     del params
-    out, _ = common.apply_model(self.model, aux["teacher"], aux["teacher_state"], images,
-                                train=False, method=DINONetwork.encode)
+    out, _ = common.apply_model(
+      self.model,
+      aux["teacher"],
+      aux["teacher_state"],
+      images,
+      train=False,
+      method=DINONetwork.encode,
+    )
     return out

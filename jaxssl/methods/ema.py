@@ -9,6 +9,7 @@ with the momentum m following a schedule of the step k in [0, K]. Every function
 and traceable (k may be a traced int), so `post_update` can call them inside the jitted step.
 `schedule_length(config)` resolves K once, the same way the trainer resolves the run length.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,6 +29,7 @@ def ema_update(teacher: Any, student: Any, momentum) -> Any:
   momentum is a float64 constant). The blend itself is computed in at least float32: rounding
   m to a bfloat16 teacher's dtype would turn 0.9995 into 1.0 and freeze the teacher.
   """
+
   def update(t, s):
     dtype = jnp.promote_types(t.dtype, jnp.float32)
     m = jnp.asarray(momentum, dtype)
@@ -39,8 +41,10 @@ def ema_update(teacher: Any, student: Any, momentum) -> Any:
 def _progress(step, total_steps):
   """k / K clipped to [0, 1], in float32 (steps past K keep the final value)."""
   if total_steps < 1:
-    raise ValueError(f"total_steps={total_steps} must be >= 1: the momentum schedule runs over "
-                     "the training run's steps (see schedule_length).")
+    raise ValueError(
+      f"total_steps={total_steps} must be >= 1: the momentum schedule runs over "
+      "the training run's steps (see schedule_length)."
+    )
   k = jnp.asarray(step, jnp.float32)
   return jnp.clip(k / total_steps, 0.0, 1.0)
 
@@ -75,11 +79,14 @@ def _num_train_examples(config: ml_collections.ConfigDict) -> int:
     # A catalog dataset: read the split sizes from the prepared builder's metadata only
     # (get_info would also estimate pixel statistics from thousands of images).
     # pylint: disable-next=protected-access
-    sizes = {s: i.num_examples for s, i in datasets._catalog_builder(name, data_dir)
-             .info.splits.items()}
+    sizes = {
+      s: i.num_examples for s, i in datasets._catalog_builder(name, data_dir).info.splits.items()
+    }
   if split not in sizes:
-    raise ValueError(f"config.data.split={split!r} is not a split of {name!r} "
-                     f"({', '.join(sizes)}); the momentum schedule needs its size.")
+    raise ValueError(
+      f"config.data.split={split!r} is not a split of {name!r} "
+      f"({', '.join(sizes)}); the momentum schedule needs its size."
+    )
   return sizes[split]
 
 

@@ -5,6 +5,7 @@ The logits at position t predict token t + 1 (`losses.causal_lm`); the model is 
 causal Transformer with a final LayerNorm and tied input/output embeddings (GPT-2 sec. 2.3).
 `encode` returns the last position's features (the one that has read the whole window).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,11 +18,11 @@ from jaxssl.methods import language
 
 
 class Method(language.LanguageModelMethod):
-  batch_keys = ('tokens',)
+  batch_keys = ("tokens",)
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.model = language.build_transformer(config, causal=True, pool='last')
+    self.model = language.build_transformer(config, causal=True, pool="last")
 
   def train_transform(self, info):
     language.check_info(self.config, info)
@@ -29,7 +30,7 @@ class Method(language.LanguageModelMethod):
 
   def loss_fn(self, params, aux, batch, rng, step):
     del step
-    _, out = self.apply(params, aux, batch['tokens'], train=True, rng=rng)
-    loss, metrics = losses.causal_lm(out['logits'], batch['tokens'])
-    metrics['bits_per_token'] = loss / math.log(2.0)
+    _, out = self.apply(params, aux, batch["tokens"], train=True, rng=rng)
+    loss, metrics = losses.causal_lm(out["logits"], batch["tokens"])
+    metrics["bits_per_token"] = loss / math.log(2.0)
     return loss, (metrics, aux)

@@ -28,6 +28,7 @@ default); False gives the patches a separate `DINOHead` with `patch_out_dim` pro
 (iBOT's separate-head ablation, DINOv2's ViT-L recipe). Both temperatures follow DINO's teacher
 schedule (iBOT's teacher_patch_temp = teacher_temp = 0.07 with the same warmup from 0.04).
 """
+
 from __future__ import annotations
 
 import jax
@@ -46,6 +47,7 @@ class Method(dino.Method):
 
   aux = DINO's aux plus 'patch_center' [K'].
   """
+
   batch_keys = ("global_crops", "local_crops", "masks")
   name = "ibot"
   init_patches = True
@@ -53,33 +55,42 @@ class Method(dino.Method):
   def __init__(self, config):
     section = config[self.name]
     if section.centering not in CENTERINGS:
-      raise ValueError(f"config.ibot.centering={section.centering!r}; choose one of "
-                       f"{CENTERINGS} ('center': iBOT, 'sinkhorn_knopp': DINOv2).")
+      raise ValueError(
+        f"config.ibot.centering={section.centering!r}; choose one of "
+        f"{CENTERINGS} ('center': iBOT, 'sinkhorn_knopp': DINOv2)."
+      )
     super().__init__(config)
 
   def build_model(self) -> dino.DINONetwork:
     encoder = models.build_encoder(self.config.model)
     if not isinstance(encoder, models.ViT):
-      raise ValueError(f"iBOT masks patch tokens and needs a ViT encoder, got "
-                       f"{type(encoder).__name__} from model.name={self.config.model.name!r}.")
+      raise ValueError(
+        f"iBOT masks patch tokens and needs a ViT encoder, got "
+        f"{type(encoder).__name__} from model.name={self.config.model.name!r}."
+      )
     dtype = models.compute_dtype(self.config.model)
     patch_head = None
     if not self.section.shared_head:
       patch_config = self.config.head.copy_and_resolve_references()
       patch_config.out_dim = self.section.patch_out_dim
       patch_head = dino.build_head(patch_config, dtype)
-    return dino.DINONetwork(encoder=encoder.clone(mask_token=True),
-                            head=dino.build_head(self.config.head, dtype),
-                            patch_head=patch_head)
+    return dino.DINONetwork(
+      encoder=encoder.clone(mask_token=True),
+      head=dino.build_head(self.config.head, dtype),
+      patch_head=patch_head,
+    )
 
   @property
   def patch_out_dim(self) -> int:
     return self.config.head.out_dim if self.section.shared_head else self.section.patch_out_dim
 
   def mask_policy(self, global_grid):
-    return multicrop.BlockMasking(grid=global_grid, ratio=tuple(self.section.mask_ratio),
-                                  prob=self.section.mask_prob,
-                                  min_block=self.section.mask_min_block)
+    return multicrop.BlockMasking(
+      grid=global_grid,
+      ratio=tuple(self.section.mask_ratio),
+      prob=self.section.mask_prob,
+      min_block=self.section.mask_min_block,
+    )
 
   def init(self, rng, batch):
     params, aux = super().init(rng, batch)
@@ -102,13 +113,13 @@ class Method(dino.Method):
     masks = jnp.swapaxes(batch["masks"], 0, 1)  # [G, B, N]
     probs = self.targets(teacher, aux["patch_center"], pieces["temp"])
     patch_loss, patch_metrics = losses.ibot_patch_cross_entropy(
-        student, probs, masks, student_temp=self.section.student_temp)
+      student, probs, masks, student_temp=self.section.student_temp
+    )
     patch_center = losses.dino_center_update(
-        aux["patch_center"], jnp.mean(teacher, axis=(0, 1, 2)),
-        momentum=self.section.center_momentum)
+      aux["patch_center"], jnp.mean(teacher, axis=(0, 1, 2)), momentum=self.section.center_momentum
+    )
     loss = cls_loss + self.section.patch_loss_weight * patch_loss
-    metrics.update(cls_loss=cls_loss, patch_loss=patch_loss,
-                   mask_ratio=patch_metrics["mask_ratio"])
+    metrics.update(cls_loss=cls_loss, patch_loss=patch_loss, mask_ratio=patch_metrics["mask_ratio"])
     if self.section.koleo_weight:
       features = dino.unstack_views(pieces["student_out"]["features"], num_global)
       koleo = sum(losses.koleo(f)[0] for f in features)

@@ -19,6 +19,7 @@ Config section `config.ijepa`: EMA momentum (base_momentum, end_momentum), loss 
 'smooth_l1'), the mask settings (target_patches, context_patches, num_targets, target_scale, target_aspect,
 context_scale) and the predictor (width, depth, num_heads, mlp_dim).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,6 +42,7 @@ from jaxssl.models.jepa_predictor import JEPAPredictor
 class JEPA(nn.Module):
   """Context encoder + predictor; `target_tokens` / `encode` are the target encoder's paths
   (the same encoder module, applied to the teacher's parameters)."""
+
   encoder: models.ViT
   predictor: JEPAPredictor
 
@@ -63,9 +65,11 @@ def vit_encoder(config: ml_collections.ConfigDict, method_name: str) -> models.V
   """The ViT of `config.model`; other backbones fail with the fix in the message."""
   encoder = models.build_encoder(config.model)
   if not isinstance(encoder, models.ViT):
-    raise ValueError(f"{method_name} needs a ViT encoder (it works on patch tokens), got "
-                     f"{type(encoder).__name__} from model.name={config.model.name!r}; pick a "
-                     f"ViT backbone, e.g. configs/{method_name}.py:test,vit_test.")
+    raise ValueError(
+      f"{method_name} needs a ViT encoder (it works on patch tokens), got "
+      f"{type(encoder).__name__} from model.name={config.model.name!r}; pick a "
+      f"ViT backbone, e.g. configs/{method_name}.py:test,vit_test."
+    )
   return encoder
 
 
@@ -88,15 +92,21 @@ def crop_flip_augment(config: ml_collections.ConfigDict, info) -> augment.SimCLR
   """A random resized crop (`config.augment.crop_scale`) + horizontal flip (`.flip_prob`) and
   nothing else: the single-view augmentation of I-JEPA (crop scale (0.3, 1)) and data2vec."""
   return augment.SimCLRAugment(
-      mean=info.mean, std=info.std, output_size=config.data.image_size,
-      crop_scale=tuple(config.augment.crop_scale), flip_prob=config.augment.flip_prob,
-      jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+    mean=info.mean,
+    std=info.std,
+    output_size=config.data.image_size,
+    crop_scale=tuple(config.augment.crop_scale),
+    flip_prob=config.augment.flip_prob,
+    jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+    solarize_prob=0.0,
+  )
 
 
 def ema_encoder_update(state, momentum):
   """Moves aux['teacher'] = {'encoder': ...} towards params['encoder'] by `momentum`."""
-  teacher = ema.ema_update(state.aux["teacher"], {"encoder": state.params["encoder"]},
-                           momentum)
+  teacher = ema.ema_update(state.aux["teacher"], {"encoder": state.params["encoder"]}, momentum)
   return state.replace(aux={**state.aux, "teacher": teacher})
 
 
@@ -106,6 +116,7 @@ class Method:
   params = {'encoder': context encoder, 'predictor': ...}; aux = {'model_state': {} (a ViT has
   no BatchNorm), 'teacher': {'encoder': target encoder}}.
   """
+
   batch_keys = ("image", "context_indices", "target_indices")
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -114,23 +125,34 @@ class Method:
     encoder = vit_encoder(config, "ijepa")
     arch = encoder.arch()
     p = self.section.predictor
-    self.model = JEPA(encoder=encoder, predictor=JEPAPredictor(
-        width=p.width, depth=p.depth, num_heads=p.num_heads, mlp_dim=p.mlp_dim,
-        out_width=arch["width"], dtype=models.compute_dtype(config.model)))
+    self.model = JEPA(
+      encoder=encoder,
+      predictor=JEPAPredictor(
+        width=p.width,
+        depth=p.depth,
+        num_heads=p.num_heads,
+        mlp_dim=p.mlp_dim,
+        out_width=arch["width"],
+        dtype=models.compute_dtype(config.model),
+      ),
+    )
     patch_h, patch_w = arch["patch_size"]
     size = config.data.image_size
     if size % patch_h or size % patch_w:
-      raise ValueError(f"data.image_size={size} is not divisible by the patch size "
-                       f"{(patch_h, patch_w)}; change one of them.")
+      raise ValueError(
+        f"data.image_size={size} is not divisible by the patch size "
+        f"{(patch_h, patch_w)}; change one of them."
+      )
     self.patch_size = patch_h
     self.masker = block_masking.MultiBlockMasker(
-        grid=(size // patch_h, size // patch_w),
-        target_patches=self.section.target_patches,
-        context_patches=self.section.context_patches,
-        num_targets=self.section.num_targets,
-        target_scale=tuple(self.section.target_scale),
-        target_aspect=tuple(self.section.target_aspect),
-        context_scale=tuple(self.section.context_scale))
+      grid=(size // patch_h, size // patch_w),
+      target_patches=self.section.target_patches,
+      context_patches=self.section.context_patches,
+      num_targets=self.section.num_targets,
+      target_scale=tuple(self.section.target_scale),
+      target_aspect=tuple(self.section.target_aspect),
+      context_scale=tuple(self.section.context_scale),
+    )
 
   @functools.cached_property
   def schedule_steps(self) -> int:
@@ -139,35 +161,42 @@ class Method:
 
   def momentum(self, step):
     """Target-encoder momentum after optimizer step `step` (0-based): linear base -> end."""
-    return ema.linear_momentum(step, self.schedule_steps, self.section.base_momentum,
-                               self.section.end_momentum)
+    return ema.linear_momentum(
+      step, self.schedule_steps, self.section.base_momentum, self.section.end_momentum
+    )
 
   def train_transform(self, info):
     """One view (random resized crop, the paper's only augmentation) and its masks."""
-    return block_masking.MultiBlockView(crop_flip_augment(self.config, info), self.masker,
-                                        patch_size=self.patch_size,
-                                        image_size=self.config.data.image_size)
+    return block_masking.MultiBlockView(
+      crop_flip_augment(self.config, info),
+      self.masker,
+      patch_size=self.patch_size,
+      image_size=self.config.data.image_size,
+    )
 
   def _inputs(self, batch):
     return batch["image"], batch["context_indices"], batch["target_indices"]
 
   def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, *self._inputs(batch),
-                                                train=False)
+    params, model_state = common.init_variables(self.model, rng, *self._inputs(batch), train=False)
     # The target encoder starts as a copy of the context encoder.
     return params, {"model_state": model_state, "teacher": {"encoder": params["encoder"]}}
 
   def targets(self, teacher: Any, batch):
     """Layer-normed target-encoder tokens at the target blocks, [B, T, M, D], constant."""
-    tokens = self.model.apply({"params": teacher}, batch["image"],
-                              method=JEPA.target_tokens)
+    tokens = self.model.apply({"params": teacher}, batch["image"], method=JEPA.target_tokens)
     tokens = layer_norm_features(jax.lax.stop_gradient(tokens))
     return gather_patches(tokens, batch["target_indices"])
 
   def loss_fn(self, params, aux, batch, rng, step):
     (pred, context_tokens), model_state = common.apply_model(
-        self.model, params, aux["model_state"], *self._inputs(batch), train=True,
-        rngs={"dropout": rng})
+      self.model,
+      params,
+      aux["model_state"],
+      *self._inputs(batch),
+      train=True,
+      rngs={"dropout": rng},
+    )
     target = self.targets(aux["teacher"], batch)
     loss, metrics = losses.ijepa(pred, target, loss=self.section.loss)
     metrics["teacher_momentum"] = self.momentum(step)

@@ -9,6 +9,7 @@ patch's pixels; the loss is the MSE on removed patches against per-patch normali
 mask_ratio, norm_pix and the decoder's width / depth / heads / mlp_dim. Evaluation uses the
 encoder on the full, unmasked image (MAE's linear probing, sec. 4 / A.2).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +28,7 @@ from jaxssl.models.mae_decoder import MAEDecoder
 
 class MaskedAutoencoder(nn.Module):
   """ViT encoder on the kept patches + MAE decoder. Returns (pred [B, N, P], encoder aux)."""
+
   encoder: models.ViT
   decoder_width: int
   decoder_depth: int
@@ -38,10 +40,16 @@ class MaskedAutoencoder(nn.Module):
   @nn.compact
   def __call__(self, images, keep_indices, ids_restore, *, train: bool = False):
     _, enc_aux = self.encoder(images, train=train, keep_indices=keep_indices)
-    decoder = MAEDecoder(decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
-                         decoder_heads=self.decoder_heads,
-                         decoder_mlp_dim=self.decoder_mlp_dim, patch_size=self.patch_size,
-                         channels=images.shape[-1], dtype=self.dtype, name="decoder")
+    decoder = MAEDecoder(
+      decoder_width=self.decoder_width,
+      decoder_depth=self.decoder_depth,
+      decoder_heads=self.decoder_heads,
+      decoder_mlp_dim=self.decoder_mlp_dim,
+      patch_size=self.patch_size,
+      channels=images.shape[-1],
+      dtype=self.dtype,
+      name="decoder",
+    )
     # The encoder's final-normed tokens are what MAE's decoder_embed reads.
     return decoder(enc_aux["tokens"], ids_restore, enc_aux["patch_grid"]), enc_aux
 
@@ -54,22 +62,32 @@ def build_model(config: ml_collections.ConfigDict) -> MaskedAutoencoder:
   """The MAE model of `config`; the encoder must be a ViT with square patches."""
   encoder = models.build_encoder(config.model)
   if not isinstance(encoder, models.ViT):
-    raise ValueError(f"MAE needs a ViT encoder (it drops patch tokens), got "
-                     f"{type(encoder).__name__} from model.name={config.model.name!r}; pick a "
-                     "ViT backbone, e.g. configs/mae.py:test,vit_test.")
+    raise ValueError(
+      f"MAE needs a ViT encoder (it drops patch tokens), got "
+      f"{type(encoder).__name__} from model.name={config.model.name!r}; pick a "
+      "ViT backbone, e.g. configs/mae.py:test,vit_test."
+    )
   patch_h, patch_w = encoder.arch()["patch_size"]
   if patch_h != patch_w:
-    raise ValueError(f"MAE reconstructs square patches; the ViT has patch size "
-                     f"{(patch_h, patch_w)}. Use one patch side.")
+    raise ValueError(
+      f"MAE reconstructs square patches; the ViT has patch size "
+      f"{(patch_h, patch_w)}. Use one patch side."
+    )
   mae = config.mae
   return MaskedAutoencoder(
-      encoder=encoder, decoder_width=mae.decoder_width, decoder_depth=mae.decoder_depth,
-      decoder_heads=mae.decoder_heads, decoder_mlp_dim=mae.decoder_mlp_dim,
-      patch_size=patch_h, dtype=jnp.dtype(config.model.get("dtype", "float32")))
+    encoder=encoder,
+    decoder_width=mae.decoder_width,
+    decoder_depth=mae.decoder_depth,
+    decoder_heads=mae.decoder_heads,
+    decoder_mlp_dim=mae.decoder_mlp_dim,
+    patch_size=patch_h,
+    dtype=jnp.dtype(config.model.get("dtype", "float32")),
+  )
 
 
 class Method:
   """MAE: init / loss_fn / post_update / encode over plain pytrees."""
+
   batch_keys = ("image", "keep_indices", "mask", "ids_restore")
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -81,28 +99,41 @@ class Method:
   def train_transform(self, info):
     """One view (random resized crop + flip, MAE sec. A.1) and its mask, seeded per element."""
     aug = augment.SimCLRAugment(
-        mean=info.mean, std=info.std, output_size=self.config.data.image_size,
-        crop_scale=tuple(self.config.augment.crop_scale),
-        flip_prob=self.config.augment.flip_prob,
-        jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-    return masking.MaskedView(aug, patch_size=self.model.patch_size,
-                              mask_ratio=self.mask_ratio,
-                              image_size=self.config.data.image_size)
+      mean=info.mean,
+      std=info.std,
+      output_size=self.config.data.image_size,
+      crop_scale=tuple(self.config.augment.crop_scale),
+      flip_prob=self.config.augment.flip_prob,
+      jitter_prob=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+    )
+    return masking.MaskedView(
+      aug,
+      patch_size=self.model.patch_size,
+      mask_ratio=self.mask_ratio,
+      image_size=self.config.data.image_size,
+    )
 
   def _inputs(self, batch):
     return batch["image"], batch["keep_indices"], batch["ids_restore"]
 
   def init(self, rng, batch):
-    params, model_state = common.init_variables(self.model, rng, *self._inputs(batch),
-                                                train=False)
+    params, model_state = common.init_variables(self.model, rng, *self._inputs(batch), train=False)
     return params, {"model_state": model_state}
 
   def loss_fn(self, params, aux, batch, rng, step):
     del step  # No schedule beyond the learning rate.
     # The masks come with the batch; the rng only feeds dropout, if the ViT has any.
     (pred, enc_aux), model_state = common.apply_model(
-        self.model, params, aux["model_state"], *self._inputs(batch), train=True,
-        rngs={"dropout": rng})
+      self.model,
+      params,
+      aux["model_state"],
+      *self._inputs(batch),
+      train=True,
+      rngs={"dropout": rng},
+    )
     target = losses.patchify(batch["image"], self.model.patch_size)
     loss, metrics = losses.mae(pred, target, batch["mask"], norm_pix=self.norm_pix)
     # Collapse monitors on the mean of the kept tokens (what a 'gap' encoder pools).
@@ -114,6 +145,7 @@ class Method:
 
   def encode(self, params, aux, images):
     """Frozen encoder features [B, width] of full images (no masking) for the eval job."""
-    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
-                                method=MaskedAutoencoder.encode)
+    out, _ = common.apply_model(
+      self.model, params, aux["model_state"], images, train=False, method=MaskedAutoencoder.encode
+    )
     return out

@@ -7,6 +7,7 @@ the original token at the chosen positions (`losses.masked_lm`); no next-sentenc
 Liu et al. 2019, found it unnecessary; packed windows cross documents). `encode` returns the
 mean of the final features over positions.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -18,23 +19,27 @@ from jaxssl.methods import language
 
 
 class Method(language.LanguageModelMethod):
-  batch_keys = ('tokens', 'labels', 'mask')
+  batch_keys = ("tokens", "labels", "mask")
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.model = language.build_transformer(config, causal=False, pool='mean')
+    self.model = language.build_transformer(config, causal=False, pool="mean")
 
   def train_transform(self, info):
     language.check_info(self.config, info)
     m = self.config.mlm
     return text_masking.BertMasking(
-        mask_id=info.mask_id, vocab_size=info.vocab_size,
-        special_ids=(info.pad_id, info.eos_id, info.mask_id), mask_prob=m.mask_prob,
-        replace_mask=m.replace_mask, replace_random=m.replace_random)
+      mask_id=info.mask_id,
+      vocab_size=info.vocab_size,
+      special_ids=(info.pad_id, info.eos_id, info.mask_id),
+      mask_prob=m.mask_prob,
+      replace_mask=m.replace_mask,
+      replace_random=m.replace_random,
+    )
 
   def loss_fn(self, params, aux, batch, rng, step):
     del step
-    pooled, out = self.apply(params, aux, batch['tokens'], train=True, rng=rng)
-    loss, metrics = losses.masked_lm(out['logits'], batch['labels'], batch['mask'])
+    pooled, out = self.apply(params, aux, batch["tokens"], train=True, rng=rng)
+    loss, metrics = losses.masked_lm(out["logits"], batch["labels"], batch["mask"])
     metrics.update(common.collapse_metrics(pooled))
     return loss, (metrics, aux)

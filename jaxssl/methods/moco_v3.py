@@ -17,6 +17,7 @@ Config: `config.head` is the projector (final_bn=True), `config.moco_v3` holds b
 temperature and the predictor. Evaluation uses the base (online) encoder f_q: the official
 linear-probing script `main_lincls.py` loads the `base_encoder` weights.
 """
+
 from __future__ import annotations
 
 from jaxssl import losses
@@ -28,6 +29,7 @@ class Method(byol.Method):
 
   aux = {'model_state', 'teacher' (momentum encoder + projector), 'teacher_state'}.
   """
+
   name = "moco_v3"
 
   def __init__(self, config):

@@ -6,6 +6,7 @@ paper initialises t' = log 10 and b = -10 (sec. 3.2), so that training starts ne
 of mostly negative pairs instead of spending its first steps correcting it. Config section
 `config.siglip`: init_t_prime, init_bias. Evaluation as CLIP's.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -4,6 +4,7 @@ Batch: {'view1': [B, H, W, C], 'view2': [B, H, W, C]} float32, made by `train_tr
 Config section `config.simclr`: temperature. Evaluation uses the encoder's pre-projection
 features, as the paper does (section 4.2).
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -23,9 +24,12 @@ class Method(common.EncoderHeadMethod):
 
   def train_transform(self, info):
     """Per-example transform making the two views (seeded by Grain per element)."""
-    aug = augment.SimCLRAugment(mean=info.mean, std=info.std,
-                                output_size=self.config.data.image_size,
-                                **self.config.augment.to_dict())
+    aug = augment.SimCLRAugment(
+      mean=info.mean,
+      std=info.std,
+      output_size=self.config.data.image_size,
+      **self.config.augment.to_dict(),
+    )
     return augment.TwoViews(aug, aug)
 
   def loss_fn(self, params, aux, batch, rng, step):
@@ -34,8 +38,9 @@ class Method(common.EncoderHeadMethod):
     images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
     # One forward over both views: BatchNorm statistics span 2N images, as in the paper's
     # global BN.
-    (z, _), model_state = common.apply_model(self.model, params, aux["model_state"], images,
-                                             train=True)
+    (z, _), model_state = common.apply_model(
+      self.model, params, aux["model_state"], images, train=True
+    )
     loss, metrics = losses.nt_xent(z[:n], z[n:], temperature=self.temperature)
     metrics.update(common.collapse_metrics(z[:n]))
     return loss, (metrics, {**aux, "model_state": model_state})

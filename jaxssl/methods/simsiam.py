@@ -11,6 +11,7 @@ the stop-gradient is the only thing preventing collapse (sec. 4.1), so there is 
 no post-update. Evaluation uses the encoder's features (before the projector), as the paper's
 linear probe.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,6 +27,7 @@ class Method:
 
   aux = {'model_state': BatchNorm statistics of the projector, predictor (and a ResNet)}.
   """
+
   batch_keys = ("view1", "view2")
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -43,10 +45,12 @@ class Method:
     del step  # No schedule beyond the learning rate.
     rng1, rng2 = jax.random.split(rng)
     # One forward per view (as the official code: BatchNorm statistics per view).
-    (z1, p1), state = common.apply_model(self.model, params, aux["model_state"],
-                                         batch["view1"], train=True, rngs={"dropout": rng1})
-    (z2, p2), state = common.apply_model(self.model, params, state, batch["view2"],
-                                         train=True, rngs={"dropout": rng2})
+    (z1, p1), state = common.apply_model(
+      self.model, params, aux["model_state"], batch["view1"], train=True, rngs={"dropout": rng1}
+    )
+    (z2, p2), state = common.apply_model(
+      self.model, params, state, batch["view2"], train=True, rngs={"dropout": rng2}
+    )
     loss, metrics = losses.simsiam(p1, p2, z1, z2)  # stopgrad(z) inside the loss
     metrics.update(common.collapse_metrics(z1))
     return loss, (metrics, {**aux, "model_state": state})
@@ -56,6 +60,7 @@ class Method:
 
   def encode(self, params, aux, images):
     """Frozen encoder features [B, D] for the eval job (before the projector)."""
-    out, _ = common.apply_model(self.model, params, aux["model_state"], images, train=False,
-                                method=byol.OnlineNetwork.encode)
+    out, _ = common.apply_model(
+      self.model, params, aux["model_state"], images, train=False, method=byol.OnlineNetwork.encode
+    )
     return out

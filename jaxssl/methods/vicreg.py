@@ -8,6 +8,7 @@ the same weights (no teacher, no stop-gradient). Loss: `losses.vicreg(z1, z2)` o
 lambda = mu = 25, nu = 1 (`config.vicreg`). Evaluation uses the encoder's representation y, not
 the expander output (sec. 4.1).
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -22,8 +23,11 @@ class Method(common.EncoderHeadMethod):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self.coeffs = dict(sim_coeff=config.vicreg.sim_coeff, std_coeff=config.vicreg.std_coeff,
-                       cov_coeff=config.vicreg.cov_coeff)
+    self.coeffs = dict(
+      sim_coeff=config.vicreg.sim_coeff,
+      std_coeff=config.vicreg.std_coeff,
+      cov_coeff=config.vicreg.cov_coeff,
+    )
 
   def train_transform(self, info):
     return byol.two_view_transform(self.config, info)

@@ -1,4 +1,5 @@
 """Flax Linen backbones and heads; `build_encoder` makes an encoder from a model config."""
+
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -12,10 +13,20 @@ from jaxssl.models.mae_decoder import MAEDecoder
 from jaxssl.models.resnet import ResNet
 from jaxssl.models.vit import ViT, decode_variant
 
-ENCODERS = {'vit': ViT, 'resnet': ResNet}
+ENCODERS = {"vit": ViT, "resnet": ResNet}
 
-__all__ = ['DINOHead', 'ENCODERS', 'MAEDecoder', 'PredictionHead', 'ProjectionHead', 'ResNet', 'ViT', 'build_encoder',
-           'compute_dtype', 'decode_variant']
+__all__ = [
+  "DINOHead",
+  "ENCODERS",
+  "MAEDecoder",
+  "PredictionHead",
+  "ProjectionHead",
+  "ResNet",
+  "ViT",
+  "build_encoder",
+  "compute_dtype",
+  "decode_variant",
+]
 
 
 def compute_dtype(model_config: Mapping[str, Any]):
@@ -24,20 +35,22 @@ def compute_dtype(model_config: Mapping[str, Any]):
   Heads and decoders built next to the encoder take it too, so one config switch makes the
   whole forward mixed precision while every parameter stays float32 (the master weights).
   """
-  name = model_config.get('dtype', 'float32')
+  name = model_config.get("dtype", "float32")
   try:
     dtype = jnp.dtype(name)
   except TypeError:
     dtype = None
   if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-    raise ValueError(f"model.dtype={name!r} is not a compute dtype; use 'float32' or "
-                     "'bfloat16' (parameters stay float32 either way).")
+    raise ValueError(
+      f"model.dtype={name!r} is not a compute dtype; use 'float32' or "
+      "'bfloat16' (parameters stay float32 either way)."
+    )
   return dtype
 
 
 def _module_fields(cls) -> list[str]:
   # 'parent' and 'name' are Linen bookkeeping, not architecture.
-  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")]
 
 
 def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
@@ -48,18 +61,17 @@ def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
   ml_collections ConfigDict; unknown names or fields raise ValueError (a typo in a config must
   not silently fall back to a default).
   """
-  config = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  name = config.pop('name', None)
+  config = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  name = config.pop("name", None)
   if name not in ENCODERS:
-    raise ValueError(f'Unknown encoder name {name!r}; set model.name to one of '
-                     f'{sorted(ENCODERS)}.')
+    raise ValueError(f"Unknown encoder name {name!r}; set model.name to one of {sorted(ENCODERS)}.")
   cls = ENCODERS[name]
   valid = _module_fields(cls)
   unknown = sorted(set(config) - set(valid))
   if unknown:
-    raise ValueError(f'Unknown field(s) {unknown} for encoder {name!r}; valid fields: {valid}.')
+    raise ValueError(f"Unknown field(s) {unknown} for encoder {name!r}; valid fields: {valid}.")
   # Configs round-trip through JSON as lists; module fields that are shapes want tuples.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-  if 'dtype' in kwargs:  # Configs name dtypes as strings ('bfloat16').
-    kwargs['dtype'] = compute_dtype(kwargs)
+  if "dtype" in kwargs:  # Configs name dtypes as strings ('bfloat16').
+    kwargs["dtype"] = compute_dtype(kwargs)
   return cls(**kwargs)

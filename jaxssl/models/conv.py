@@ -37,6 +37,7 @@ forward against 7.7 ms), so 'auto' computes those as 'gemm'. The unfolded input 
 kh * kw times a feature map that is tiny, and the boundary is sharp: at input side = kernel
 side XLA's emitter is as fast as or faster than the GEMM again.
 """
+
 import functools
 from typing import Any, Callable
 
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 
 from jaxssl.models import matmul
 
-CONV_IMPLS = ('auto', 'xla', 'gemm_grad', 'gemm')
+CONV_IMPLS = ("auto", "xla", "gemm_grad", "gemm")
 
 # Bytes of input per chunk of `kernel_grad`: the chunk's P^T is kh * kw times that, built and
 # consumed by one GEMM while it is still in cache. 2 MiB (a core's L2 on the 2-core VM it was
@@ -61,28 +62,30 @@ def resolve_impl(impl: str, strides=(1, 1), kernel_size=(1, 1), input_hw=None) -
   `input_hw`: the unpadded input's (H, W); None counts as large.
   """
   if impl not in CONV_IMPLS:
-    raise ValueError(f'Unknown conv_impl {impl!r}; use one of {CONV_IMPLS}.')
-  if impl != 'auto':
+    raise ValueError(f"Unknown conv_impl {impl!r}; use one of {CONV_IMPLS}.")
+  if impl != "auto":
     return impl
-  if jax.default_backend() != 'cpu':
-    return 'xla'
+  if jax.default_backend() != "cpu":
+    return "xla"
   if input_hw is not None and any(k > size for k, size in zip(kernel_size, input_hw)):
-    return 'gemm'
-  return 'gemm_grad' if max(strides) > 1 else 'xla'
+    return "gemm"
+  return "gemm_grad" if max(strides) > 1 else "xla"
 
 
 def conv_xla(x, kernel, strides, padding):
   """NHWC x HWIO cross-correlation, what flax.linen.Conv computes (no bias, no dilation)."""
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(
+    x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def _output_size(padded_hw, kernel_size, strides):
   """(H', W') of a convolution over a padded input of spatial size `padded_hw`."""
   out = tuple((size - k) // s + 1 for size, k, s in zip(padded_hw, kernel_size, strides))
   if min(out) < 1:
-    raise ValueError(f'conv kernel {tuple(kernel_size)} is larger than the padded input '
-                     f'{tuple(padded_hw)}.')
+    raise ValueError(
+      f"conv kernel {tuple(kernel_size)} is larger than the padded input {tuple(padded_hw)}."
+    )
   return out
 
 
@@ -104,8 +107,9 @@ def unfold(x, kernel_size, strides, padding):
   (kh, kw), (sh, sw) = kernel_size, strides
   x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   h_out, w_out = _output_size(x.shape[1:3], kernel_size, strides)
-  windows = [strided_window(x, (1, i, sh, h_out), (2, j, sw, w_out))
-             for i in range(kh) for j in range(kw)]
+  windows = [
+    strided_window(x, (1, i, sh, h_out), (2, j, sw, w_out)) for i in range(kh) for j in range(kw)
+  ]
   return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
 
 
@@ -118,8 +122,9 @@ def unfold_transposed(x, kernel_size, strides, padding):
   contracting `unfold`'s P over its leading axes).
   """
   (kh, kw), (sh, sw) = kernel_size, strides
-  x = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)),
-              ((0, 0), (0, 0), tuple(padding[0]), tuple(padding[1])))
+  x = jnp.pad(
+    jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), tuple(padding[0]), tuple(padding[1]))
+  )
   h_out, w_out = _output_size(x.shape[2:4], kernel_size, strides)
   # [C, B, Hp, Wp] -> [kw, C, B, Hp, W'] -> [kh, kw, C, B, H', W'].
   cols = jnp.stack([strided_window(x, (3, j, sw, w_out)) for j in range(kw)])
@@ -129,8 +134,9 @@ def unfold_transposed(x, kernel_size, strides, padding):
 
 def batch_chunk(batch: int, image_bytes: int, budget: int = KERNEL_GRAD_CHUNK_BYTES) -> int:
   """The largest divisor of `batch` whose images fit in `budget` bytes (at least 1)."""
-  return max(d for d in range(1, batch + 1)
-             if batch % d == 0 and (d == 1 or d * image_bytes <= budget))
+  return max(
+    d for d in range(1, batch + 1) if batch % d == 0 and (d == 1 or d * image_bytes <= budget)
+  )
 
 
 def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
@@ -145,7 +151,7 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
   if chunk is None:
     chunk = batch_chunk(batch, x[0].size * x.dtype.itemsize)
   if batch % chunk:
-    raise ValueError(f'kernel_grad chunk {chunk} does not divide the batch {batch}.')
+    raise ValueError(f"kernel_grad chunk {chunk} does not divide the batch {batch}.")
   steps = batch // chunk
   accumulator = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 under x64
   # The transposition to channels first happens per chunk, in cache: doing it once for the
@@ -157,8 +163,9 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
     x_chunk = jax.lax.dynamic_index_in_dim(xs, j, axis=1, keepdims=False)
     g_chunk = jax.lax.dynamic_index_in_dim(grads, j, axis=1, keepdims=False)
     patches_t = unfold_transposed(x_chunk, kernel_size, strides, padding)
-    return total + jnp.matmul(patches_t, g_chunk.reshape(-1, c_out),
-                              preferred_element_type=accumulator)
+    return total + jnp.matmul(
+      patches_t, g_chunk.reshape(-1, c_out), preferred_element_type=accumulator
+    )
 
   rows = kernel_size[0] * kernel_size[1] * c_in
   total = jax.lax.fori_loop(0, steps, add_chunk, jnp.zeros((rows, c_out), accumulator))
@@ -174,7 +181,8 @@ def conv_gemm(x, kernel, strides, padding):
   kh, kw, c_in, c_out = kernel.shape
   patches = unfold(x, (kh, kw), strides, padding)
   return matmul.dot_general_for(x.dtype)(
-      patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ())))
+    patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ()))
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -191,10 +199,11 @@ def input_grad(x_shape, kernel, grad_out, strides, padding):
   """dX = col2im(dY W^T) of the convolution of an input of `x_shape`: the transpose of the
   unfolding (autodiff of its slices) adds each window's share back in place."""
   kh, kw, c_in, c_out = kernel.shape
-  _, unfold_vjp = jax.vjp(lambda v: unfold(v, (kh, kw), strides, padding),
-                          jnp.zeros(x_shape, grad_out.dtype))
+  _, unfold_vjp = jax.vjp(
+    lambda v: unfold(v, (kh, kw), strides, padding), jnp.zeros(x_shape, grad_out.dtype)
+  )
   flat_kernel = kernel.reshape(kh * kw * c_in, c_out)
-  grad_x, = unfold_vjp(jax.lax.dot_general(grad_out, flat_kernel, (((3,), (1,)), ((), ()))))
+  (grad_x,) = unfold_vjp(jax.lax.dot_general(grad_out, flat_kernel, (((3,), (1,)), ((), ()))))
   return grad_x
 
 
@@ -221,11 +230,12 @@ class Conv2D(nn.Module):
     dtype: compute dtype (input and kernel are cast to it); param_dtype: the kernel's.
     kernel_init: initializer of the [kh, kw, C_in, C_out] kernel.
   """
+
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   padding: Any = ((0, 0), (0, 0))
-  impl: str = 'auto'
+  impl: str = "auto"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
@@ -233,13 +243,14 @@ class Conv2D(nn.Module):
   @nn.compact
   def __call__(self, x):
     impl = resolve_impl(self.impl, self.strides, self.kernel_size, x.shape[1:3])
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+    kernel = self.param(
+      "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features), self.param_dtype
+    )
     x, kernel = x.astype(self.dtype), jnp.asarray(kernel, self.dtype)
     strides = tuple(self.strides)
     padding = tuple(tuple(p) for p in self.padding)
-    if impl == 'gemm':
+    if impl == "gemm":
       return conv_gemm(x, kernel, strides, padding)
-    if impl == 'gemm_grad':
+    if impl == "gemm_grad":
       return conv_gemm_grad(x, kernel, strides, padding)
     return conv_xla(x, kernel, strides, padding)

@@ -12,6 +12,7 @@ on V does not change the head's function.
 Initialisation as the official code: truncated normal (std 0.02) MLP kernels and zero biases;
 the last layer keeps PyTorch's default Linear init (kaiming-uniform, bound 1 / sqrt(fan_in)).
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +49,7 @@ class DINOHead(nn.Module):
 
   Returns logits [..., out_dim] (float32) for x [..., D].
   """
+
   out_dim: int
   hidden_dim: int = 2048
   bottleneck_dim: int = 256
@@ -57,33 +59,43 @@ class DINOHead(nn.Module):
 
   def _dense(self, features, axes, name):
     return Dense(
-        features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.truncated_normal(stddev=0.02), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+      features,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(stddev=0.02), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+    )
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train  # No BatchNorm or dropout (DINO's use_bn_in_head=False default).
     if self.num_layers < 1:
-      raise ValueError(f'DINOHead needs num_layers >= 1, got {self.num_layers}.')
+      raise ValueError(f"DINOHead needs num_layers >= 1, got {self.num_layers}.")
     x = x.astype(self.dtype)
     # Logical names as ProjectionHead: input 'embed', hidden 'mlp', middle layers
     # ('mlp', None) because a name may appear only once per spec.
     for i in range(self.num_layers - 1):
-      axes = ('embed', 'mlp') if i == 0 else ('mlp', None)
-      x = nn.gelu(self._dense(self.hidden_dim, axes, f'dense_{i}')(x), approximate=False)
+      axes = ("embed", "mlp") if i == 0 else ("mlp", None)
+      x = nn.gelu(self._dense(self.hidden_dim, axes, f"dense_{i}")(x), approximate=False)
     last = self.num_layers - 1
-    x = self._dense(self.bottleneck_dim, ('mlp', 'embed') if last else ('embed', 'mlp'),
-                    f'dense_{last}')(x)
+    x = self._dense(
+      self.bottleneck_dim, ("mlp", "embed") if last else ("embed", "mlp"), f"dense_{last}"
+    )(x)
     x = _l2_normalize(x.astype(jnp.float32), -1)
     direction = self.param(
-        'last_layer_v', nn.with_logical_partitioning(_torch_linear_init, (None, 'vocab')),
-        (self.bottleneck_dim, self.out_dim), jnp.float32)
+      "last_layer_v",
+      nn.with_logical_partitioning(_torch_linear_init, (None, "vocab")),
+      (self.bottleneck_dim, self.out_dim),
+      jnp.float32,
+    )
     kernel = _l2_normalize(direction, 0)  # one unit-norm column per prototype
     if not self.norm_last_layer:
-      scale = self.param('last_layer_g',
-                         nn.with_logical_partitioning(nn.initializers.ones, ('vocab',)),
-                         (self.out_dim,), jnp.float32)
+      scale = self.param(
+        "last_layer_g",
+        nn.with_logical_partitioning(nn.initializers.ones, ("vocab",)),
+        (self.out_dim,),
+        jnp.float32,
+      )
       kernel = kernel * scale
     return x @ kernel

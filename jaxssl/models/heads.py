@@ -6,6 +6,7 @@ Linear-BN-ReLU hidden layers, and BYOL's predictor q is the same MLP shape appli
 projection. Hidden layers are Dense -> BN -> ReLU; the last layer is linear, optionally
 followed by a BN without affine parameters (MoCo v3 / SimCLR's final BN).
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +28,7 @@ class ProjectionHead(nn.Module):
 
   BN statistics are in 'batch_stats' (apply with mutable=['batch_stats'] when train=True).
   """
+
   hidden_dim: int
   out_dim: int
   num_layers: int = 2
@@ -39,36 +41,53 @@ class ProjectionHead(nn.Module):
     # encoder width ('embed'); hidden units are 'mlp'; the output is treated as 'embed'.
     # Middle layers are ('mlp', None): flax rejects a name used twice in one spec.
     return Dense(
-        features, use_bias=use_bias, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), (in_name, out_name)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_name,)))
+      features,
+      use_bias=use_bias,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (in_name, out_name)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_name,)),
+    )
 
   def _batch_norm(self, train, affine, name):
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-        param_dtype=jnp.float32, use_scale=affine, use_bias=affine, name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      use_scale=affine,
+      use_bias=affine,
+      name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+    )
 
   @nn.compact
   def __call__(self, x, *, train=False):
     """Maps x [..., D] to [..., out_dim] (BN statistics over all leading axes)."""
     if self.num_layers < 1:
-      raise ValueError(f'ProjectionHead needs num_layers >= 1, got {self.num_layers}.')
+      raise ValueError(f"ProjectionHead needs num_layers >= 1, got {self.num_layers}.")
     x = x.astype(self.dtype)
     for i in range(self.num_layers - 1):
-      x = self._dense(self.hidden_dim, 'embed' if i == 0 else 'mlp', 'mlp' if i == 0 else None,
-                      use_bias=not self.use_bn, name=f'dense_{i}')(x)
+      x = self._dense(
+        self.hidden_dim,
+        "embed" if i == 0 else "mlp",
+        "mlp" if i == 0 else None,
+        use_bias=not self.use_bn,
+        name=f"dense_{i}",
+      )(x)
       if self.use_bn:
-        x = self._batch_norm(train, affine=True, name=f'bn_{i}')(x)
+        x = self._batch_norm(train, affine=True, name=f"bn_{i}")(x)
       x = nn.relu(x)
     last = self.num_layers - 1
-    in_name, out_name = ('mlp', 'embed') if last else ('embed', 'mlp')
-    x = self._dense(self.out_dim, in_name, out_name, use_bias=not self.final_bn,
-                    name=f'dense_{last}')(x)
+    in_name, out_name = ("mlp", "embed") if last else ("embed", "mlp")
+    x = self._dense(
+      self.out_dim, in_name, out_name, use_bias=not self.final_bn, name=f"dense_{last}"
+    )(x)
     if self.final_bn:
-      x = self._batch_norm(train, affine=False, name=f'bn_{last}')(x)
+      x = self._batch_norm(train, affine=False, name=f"bn_{last}")(x)
     # float32 out, like the encoders: losses on normalized embeddings need the precision.
     return x.astype(jnp.float32)
 

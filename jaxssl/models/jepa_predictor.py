@@ -11,6 +11,7 @@ outputs at the mask tokens, projected back to the encoder width. As the official
     blocks never attend to each other's mask tokens);
   * pre-LN blocks (`vit.EncoderBlock`), a final LayerNorm and a linear map to the encoder width.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -22,10 +23,13 @@ from jaxssl.models.matmul import Dense
 
 def _dense(features, in_name, out_name, dtype, name):
   return Dense(
-      features, dtype=dtype, param_dtype=jnp.float32, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                               (in_name, out_name)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_name,)))
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), (in_name, out_name)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_name,)),
+  )
 
 
 class JEPAPredictor(nn.Module):
@@ -37,6 +41,7 @@ class JEPAPredictor(nn.Module):
     out_width: the encoder width the predictions are mapped back to.
     dtype: compute dtype; parameters and the output are float32.
   """
+
   width: int
   depth: int
   num_heads: int
@@ -59,26 +64,34 @@ class JEPAPredictor(nn.Module):
     """
     batch, num_context, _ = context_tokens.shape
     if target_indices.ndim != 3 or target_indices.shape[0] != batch:
-      raise ValueError(f'target_indices must be int [B={batch}, blocks, patches], got shape '
-                       f'{target_indices.shape}.')
+      raise ValueError(
+        f"target_indices must be int [B={batch}, blocks, patches], got shape "
+        f"{target_indices.shape}."
+      )
     if context_indices.shape != (batch, num_context):
-      raise ValueError(f'context_indices must be [B, K] = {(batch, num_context)} (one index '
-                       f'per context token), got {context_indices.shape}.')
+      raise ValueError(
+        f"context_indices must be [B, K] = {(batch, num_context)} (one index "
+        f"per context token), got {context_indices.shape}."
+      )
     _, num_blocks, block_len = target_indices.shape
     posemb = vit.posemb_sincos_2d(*patch_grid, self.width)  # [N, width], fixed
-    x = _dense(self.width, 'embed', None, self.dtype, 'embed')(context_tokens)
+    x = _dense(self.width, "embed", None, self.dtype, "embed")(context_tokens)
     x = x + jnp.take(posemb, context_indices, axis=0).astype(x.dtype)
     mask_token = self.param(
-        'mask_token', nn.with_logical_partitioning(nn.initializers.normal(0.02), (None,)),
-        (self.width,), jnp.float32)
+      "mask_token",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), (None,)),
+      (self.width,),
+      jnp.float32,
+    )
     queries = mask_token + jnp.take(posemb, target_indices, axis=0)  # [B, T, M, width]
     # One pass per target block: [B * T, K + M, width].
     x = jnp.repeat(x, num_blocks, axis=0)
     queries = queries.reshape(batch * num_blocks, block_len, self.width).astype(x.dtype)
     x = jnp.concatenate([x, queries], axis=1)
     for i in range(self.depth):
-      x = vit.EncoderBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
-                           name=f'block_{i}')(x)
-    x = vit.layer_norm(self.dtype, name='predictor_norm')(x[:, num_context:])
-    x = _dense(self.out_width, None, 'embed', self.dtype, 'proj')(x)
+      x = vit.EncoderBlock(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, name=f"block_{i}"
+      )(x)
+    x = vit.layer_norm(self.dtype, name="predictor_norm")(x[:, num_context:])
+    x = _dense(self.out_width, None, "embed", self.dtype, "proj")(x)
     return x.astype(jnp.float32).reshape(batch, num_blocks, block_len, self.out_width)

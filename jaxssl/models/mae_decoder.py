@@ -12,6 +12,7 @@ One deviation: the official decoder also carries the encoder's [cls] token throu
 patch tokens enter, since the encoder's 'tokens' output excludes [cls] and a 'gap' encoder
 has none.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ class MAEDecoder(nn.Module):
       `jaxssl.losses.patchify`.
     dtype: compute dtype; parameters and the output are float32.
   """
+
   decoder_width: int
   decoder_depth: int
   decoder_heads: int
@@ -47,10 +49,13 @@ class MAEDecoder(nn.Module):
     # MAE initialises every nn.Linear with xavier-uniform and zero bias. A spec may name a
     # logical axis once only, so the other side of these kernels stays unannotated.
     return Dense(
-        features, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                 logical_names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (logical_names[1],)))
+      features,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), logical_names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (logical_names[1],)),
+    )
 
   @nn.compact
   def __call__(self, tokens, ids_restore, grid):
@@ -66,40 +71,50 @@ class MAEDecoder(nn.Module):
       [B, N, patch_size^2 * channels] float32 predictions, in row-major patch order.
     """
     if tokens.ndim != 3 or ids_restore.ndim != 2 or ids_restore.shape[0] != tokens.shape[0]:
-      raise ValueError(f'MAEDecoder expects tokens [B, K, D] and ids_restore [B, N]; got '
-                       f'{tokens.shape} and {ids_restore.shape}.')
+      raise ValueError(
+        f"MAEDecoder expects tokens [B, K, D] and ids_restore [B, N]; got "
+        f"{tokens.shape} and {ids_restore.shape}."
+      )
     batch, kept, _ = tokens.shape
     grid_h, grid_w = grid
     num_patches = ids_restore.shape[1]
     if grid_h * grid_w != num_patches or kept > num_patches:
-      raise ValueError(f'ids_restore has N={num_patches} patches but grid={tuple(grid)} and '
-                       f'{kept} kept tokens; pass the encoder\'s patch_grid and masks made for '
-                       'this image and patch size.')
+      raise ValueError(
+        f"ids_restore has N={num_patches} patches but grid={tuple(grid)} and "
+        f"{kept} kept tokens; pass the encoder's patch_grid and masks made for "
+        "this image and patch size."
+      )
     if self.decoder_width % self.decoder_heads:
-      raise ValueError(f'decoder_width={self.decoder_width} is not divisible by '
-                       f'decoder_heads={self.decoder_heads}; change one of them.')
+      raise ValueError(
+        f"decoder_width={self.decoder_width} is not divisible by "
+        f"decoder_heads={self.decoder_heads}; change one of them."
+      )
 
-    x = self._dense(self.decoder_width, ('embed', None), 'decoder_embed')(
-        tokens.astype(self.dtype))
+    x = self._dense(self.decoder_width, ("embed", None), "decoder_embed")(tokens.astype(self.dtype))
     # MAE initialises the mask token with N(0, 0.02^2).
     mask_token = self.param(
-        'mask_token',
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02),
-                                     (None, None, 'embed')),
-        (1, 1, self.decoder_width), jnp.float32)
-    mask_tokens = jnp.broadcast_to(mask_token.astype(x.dtype),
-                                   (batch, num_patches - kept, self.decoder_width))
+      "mask_token",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
+      (1, 1, self.decoder_width),
+      jnp.float32,
+    )
+    mask_tokens = jnp.broadcast_to(
+      mask_token.astype(x.dtype), (batch, num_patches - kept, self.decoder_width)
+    )
     x = jnp.concatenate([x, mask_tokens], axis=1)  # shuffled order: kept first
     # Unshuffle: position n takes the token of patch n.
     x = jnp.take_along_axis(x, ids_restore[:, :, None].astype(jnp.int32), axis=1)
     x = x + vit.posemb_sincos_2d(grid_h, grid_w, self.decoder_width).astype(x.dtype)[None]
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     for i in range(self.decoder_depth):
-      x = vit.EncoderBlock(mlp_dim=self.decoder_mlp_dim, num_heads=self.decoder_heads,
-                           dtype=self.dtype, name=f'decoder_block_{i}')(x)
+      x = vit.EncoderBlock(
+        mlp_dim=self.decoder_mlp_dim,
+        num_heads=self.decoder_heads,
+        dtype=self.dtype,
+        name=f"decoder_block_{i}",
+      )(x)
     # The encoder's LayerNorm (same epsilon and annotations), in float32 like its final norm.
-    x = vit.layer_norm(jnp.float32, name='decoder_norm')(
-        x.astype(jnp.float32))
-    pred = self._dense(self.patch_size ** 2 * self.channels, ('embed', None), 'decoder_pred')(x)
+    x = vit.layer_norm(jnp.float32, name="decoder_norm")(x.astype(jnp.float32))
+    pred = self._dense(self.patch_size**2 * self.channels, ("embed", None), "decoder_pred")(x)
     return pred.astype(jnp.float32)

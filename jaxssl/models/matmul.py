@@ -26,6 +26,7 @@ unchanged. `dot_general_for(dtype)` picks this function on CPU for bf16 compute 
 `lax.dot_general` otherwise: on GPUs and TPUs a bf16 dot already accumulates in float32 in the
 matrix unit, and an extra transpose would cost memory bandwidth there.
 """
+
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 def dot_general_for(dtype, backend: str | None = None) -> Callable[..., jax.Array]:
   """The `dot_general` Dense layers of compute dtype `dtype` use on `backend` (default: jax's)."""
   backend = backend or jax.default_backend()
-  if backend == 'cpu' and jnp.dtype(dtype) in LOW_PRECISION:
+  if backend == "cpu" and jnp.dtype(dtype) in LOW_PRECISION:
     return dot_general
   return lax.dot_general
 
@@ -71,18 +72,21 @@ def materialized_swapaxes(x: jax.Array, axis: int) -> jax.Array:
   shape = x.shape
   rows = shape[axis]
   if not is_materializable(rows):
-    raise ValueError(f'materialized_swapaxes needs an even row count of at least 4, got '
-                     f'{rows} rows (dimension {axis} of {shape}).')
+    raise ValueError(
+      f"materialized_swapaxes needs an even row count of at least 4, got "
+      f"{rows} rows (dimension {axis} of {shape})."
+    )
   # At least two row groups: a split into one group is a bitcast XLA folds away again.
   split = next(c for c in (16, 8, 4, 2) if rows % c == 0 and rows // c > 1)
-  x = x.reshape(shape[:axis] + (rows // split, split) + shape[axis + 1:])
+  x = x.reshape(shape[:axis] + (rows // split, split) + shape[axis + 1 :])
   perm = list(range(axis)) + [axis + 2, axis, axis + 1] + list(range(axis + 3, x.ndim))
-  return x.transpose(perm).reshape(shape[:axis] + (shape[axis + 1], rows) + shape[axis + 2:])
+  return x.transpose(perm).reshape(shape[:axis] + (shape[axis + 1], rows) + shape[axis + 2 :])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def matmul_f32_accumulate(a: jax.Array, b: jax.Array, b_transposed: bool,
-                          out_dtype=None) -> jax.Array:
+def matmul_f32_accumulate(
+  a: jax.Array, b: jax.Array, b_transposed: bool, out_dtype=None
+) -> jax.Array:
   """a @ b (a [..., M, K]; b [..., K, N], or [..., N, K] when b_transposed) accumulated in float32.
 
   Leading dimensions, the same on both, are a batch (attention's [batch, heads]). Returned in
@@ -102,8 +106,12 @@ def _k_dim(b, b_transposed):
 def _batched_dot(a, b, b_contracting, preferred_element_type=jnp.float32):
   """a's last dim contracted with b's dim `b_contracting`; leading dims (all but 2) batched."""
   batch = tuple(range(a.ndim - 2))
-  return lax.dot_general(a, b, (((a.ndim - 1,), (b_contracting,)), (batch, batch)),
-                         preferred_element_type=preferred_element_type)
+  return lax.dot_general(
+    a,
+    b,
+    (((a.ndim - 1,), (b_contracting,)), (batch, batch)),
+    preferred_element_type=preferred_element_type,
+  )
 
 
 def _accumulates_in_float32(lhs, rhs, preferred_element_type) -> bool:
@@ -112,8 +120,11 @@ def _accumulates_in_float32(lhs, rhs, preferred_element_type) -> bool:
   Both operands of one low-precision dtype, and an output in that dtype or float32.
   """
   dtype = jnp.result_type(lhs)
-  return (dtype in LOW_PRECISION and jnp.result_type(rhs) == dtype
-          and preferred_element_type in (None, dtype, jnp.float32))
+  return (
+    dtype in LOW_PRECISION
+    and jnp.result_type(rhs) == dtype
+    and preferred_element_type in (None, dtype, jnp.float32)
+  )
 
 
 def _matmul_fwd(a, b, b_transposed, out_dtype):
@@ -130,16 +141,20 @@ def _matmul_bwd(b_transposed, out_dtype, residuals, grad):
   # would become the dot's output layout, which YNNPACK rejects (then XLA:CPU's fallback dot
   # fails: "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
   rows = a.ndim - 2  # M, contracted by dB
-  grad_b = (_batched_dot(materialized_transpose(grad), a, rows) if b_transposed
-            else _batched_dot(materialized_transpose(a), grad, rows))
+  grad_b = (
+    _batched_dot(materialized_transpose(grad), a, rows)
+    if b_transposed
+    else _batched_dot(materialized_transpose(a), grad, rows)
+  )
   return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
 matmul_f32_accumulate.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def batched_matmul(a: jax.Array, b: jax.Array, b_transposed: bool = False,
-                   preferred_element_type=None) -> jax.Array:
+def batched_matmul(
+  a: jax.Array, b: jax.Array, b_transposed: bool = False, preferred_element_type=None
+) -> jax.Array:
   """a @ b over leading batch dims (b [..., K, N], or [..., N, K] when b_transposed).
 
   Attention's two products ([batch, heads, q, k] x [batch, heads, s, k]^T and weights x
@@ -147,8 +162,11 @@ def batched_matmul(a: jax.Array, b: jax.Array, b_transposed: bool = False,
   `matmul_f32_accumulate` (forward and gradients as float32-accumulating bf16 dots); anywhere
   else `lax.dot_general`, so float32 and accelerators compute exactly what an einsum would.
   """
-  if (dot_general_for(jnp.result_type(a)) is dot_general and is_materializable(a.shape[-2])
-      and _accumulates_in_float32(a, b, preferred_element_type)):
+  if (
+    dot_general_for(jnp.result_type(a)) is dot_general
+    and is_materializable(a.shape[-2])
+    and _accumulates_in_float32(a, b, preferred_element_type)
+  ):
     return matmul_f32_accumulate(a, b, b_transposed, preferred_element_type)
   return _batched_dot(a, b, _k_dim(b, b_transposed), preferred_element_type)
 
@@ -161,8 +179,7 @@ def _is_leading(dims: Sequence[int]) -> bool:
   return tuple(dims) == tuple(range(len(dims)))
 
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                **kwargs):
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
   """`lax.dot_general`, computed by `matmul_f32_accumulate` where the product allows it.
 
   Eligible: both operands of one low-precision dtype, no batch dimensions, an output in that
@@ -171,12 +188,22 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   """
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
   lhs_contract, rhs_contract = tuple(lhs_contract), tuple(rhs_contract)
-  eligible = (_accumulates_in_float32(lhs, rhs, preferred_element_type)
-              and not lhs_batch and not rhs_batch and not kwargs.get('out_sharding')
-              and [lhs.shape[i] for i in lhs_contract] == [rhs.shape[j] for j in rhs_contract])
+  eligible = (
+    _accumulates_in_float32(lhs, rhs, preferred_element_type)
+    and not lhs_batch
+    and not rhs_batch
+    and not kwargs.get("out_sharding")
+    and [lhs.shape[i] for i in lhs_contract] == [rhs.shape[j] for j in rhs_contract]
+  )
   if not eligible:  # including shape errors, which lax.dot_general reports
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type, **kwargs)
+    return lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      **kwargs,
+    )
   # The GEMM's [M, K] side should be an operand that contracts its trailing dims (no
   # transpose); if both or neither do, the larger one (the activations), so the weight
   # gradient is the one computed through a transpose and the input gradient comes out directly.
@@ -186,17 +213,25 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     swap = rhs_trailing
   else:
     swap = rhs.size > lhs.size
-  a, b, a_contract, b_contract = ((rhs, lhs, rhs_contract, lhs_contract) if swap
-                                  else (lhs, rhs, lhs_contract, rhs_contract))
+  a, b, a_contract, b_contract = (
+    (rhs, lhs, rhs_contract, lhs_contract) if swap else (lhs, rhs, lhs_contract, rhs_contract)
+  )
   if not _transposes_are_materializable(a, a_contract):
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type, **kwargs)
+    return lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      **kwargs,
+    )
   out = _as_gemm(a, b, a_contract, b_contract, preferred_element_type)
   if not swap:
     return out
   n_rhs_free, n_lhs_free = rhs.ndim - len(rhs_contract), lhs.ndim - len(lhs_contract)
-  return jnp.transpose(out, tuple(range(n_rhs_free, n_rhs_free + n_lhs_free))
-                       + tuple(range(n_rhs_free)))
+  return jnp.transpose(
+    out, tuple(range(n_rhs_free, n_rhs_free + n_lhs_free)) + tuple(range(n_rhs_free))
+  )
 
 
 def _transposes_are_materializable(a, a_contract) -> bool:
@@ -231,10 +266,11 @@ def _as_gemm(a, b, a_contract, b_contract, out_dtype):
   b_transposed = _is_trailing(b_contract, b.ndim)
   if not b_transposed and not _is_leading(b_contract):
     b = jnp.transpose(b, list(b_contract) + [j for j in range(b.ndim) if j not in b_contract])
-  b_free_shape = b.shape[:b.ndim - n_contract] if b_transposed else b.shape[n_contract:]
+  b_free_shape = b.shape[: b.ndim - n_contract] if b_transposed else b.shape[n_contract:]
   n = math.prod(b_free_shape)
-  out = matmul_f32_accumulate(a, b.reshape((n, k) if b_transposed else (k, n)),
-                              b_transposed, out_dtype)
+  out = matmul_f32_accumulate(
+    a, b.reshape((n, k) if b_transposed else (k, n)), b_transposed, out_dtype
+  )
   return out.reshape(tuple(a_free_shape) + b_free_shape)
 
 
@@ -250,10 +286,14 @@ class Dense(nn.Dense):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init, (jnp.shape(inputs)[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+      "kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     dims = (((inputs.ndim - 1,), (0,)), ((), ()))
     dtype = inputs.dtype
@@ -262,8 +302,9 @@ class Dense(nn.Dense):
     if chosen is not None or dot_general_for(dtype) is not dot_general:
       out = (chosen or lax.dot_general)(inputs, kernel, dims, precision=self.precision)
       return out if bias is None else out + bias
-    out = dot_general(inputs, kernel, dims, precision=self.precision,
-                      preferred_element_type=jnp.float32)
+    out = dot_general(
+      inputs, kernel, dims, precision=self.precision, preferred_element_type=jnp.float32
+    )
     if bias is not None:
       out = out + bias.astype(jnp.float32)
     return out.astype(dtype)

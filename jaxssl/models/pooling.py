@@ -17,6 +17,7 @@ maxima: select-and-scatter sends the whole cotangent to the first of them, `jnp.
 splits it equally between them (both are valid subgradients and conserve the cotangent's sum;
 after a ReLU the tied values are the zeros, whose ReLU gradient is 0 either way).
 """
+
 import functools
 
 import flax.linen as nn
@@ -25,15 +26,15 @@ import jax.numpy as jnp
 
 from jaxssl.models import conv
 
-POOL_IMPLS = ('auto', 'reduce_window', 'slices')
+POOL_IMPLS = ("auto", "reduce_window", "slices")
 
 
 def resolve_impl(impl: str) -> str:
   """'reduce_window' or 'slices' for `impl` ('auto': 'slices' on CPU)."""
   if impl not in POOL_IMPLS:
-    raise ValueError(f'Unknown pool_impl {impl!r}; use one of {POOL_IMPLS}.')
-  if impl == 'auto':
-    return 'slices' if jax.default_backend() == 'cpu' else 'reduce_window'
+    raise ValueError(f"Unknown pool_impl {impl!r}; use one of {POOL_IMPLS}.")
+  if impl == "auto":
+    return "slices" if jax.default_backend() == "cpu" else "reduce_window"
   return impl
 
 
@@ -41,13 +42,14 @@ def _max_along(x, axis, window, stride):
   """Max over `window` consecutive elements of the (padded) axis, every `stride`."""
   out = (x.shape[axis] - window) // stride + 1
   if out < 1:
-    raise ValueError(f'max_pool window {window} is larger than the padded input '
-                     f'{x.shape[axis]} on axis {axis}.')
+    raise ValueError(
+      f"max_pool window {window} is larger than the padded input {x.shape[axis]} on axis {axis}."
+    )
   taps = [conv.strided_window(x, (axis, offset, stride, out)) for offset in range(window)]
   return functools.reduce(jnp.maximum, taps)
 
 
-def max_pool(x, window_shape, strides, padding, impl: str = 'auto'):
+def max_pool(x, window_shape, strides, padding, impl: str = "auto"):
   """Max over kh x kw windows of x [B, H, W, C] every (sh, sw), the padding being -inf.
 
   Args:
@@ -61,11 +63,11 @@ def max_pool(x, window_shape, strides, padding, impl: str = 'auto'):
   """
   impl = resolve_impl(impl)
   if x.ndim != 4:
-    raise ValueError(f'max_pool expects [B, H, W, C], got shape {x.shape}.')
+    raise ValueError(f"max_pool expects [B, H, W, C], got shape {x.shape}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'max_pool pads with -inf and needs a floating dtype, got {x.dtype}.')
+    raise ValueError(f"max_pool pads with -inf and needs a floating dtype, got {x.dtype}.")
   padding = tuple(tuple(p) for p in padding)
-  if impl == 'reduce_window':
+  if impl == "reduce_window":
     return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
   x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=-jnp.inf)
   x = _max_along(x, 2, window_shape[1], strides[1])

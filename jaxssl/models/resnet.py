@@ -11,6 +11,7 @@ mutable=['batch_stats'] to normalize with (and update) batch statistics. Under j
 batch sharded over devices the batch mean spans the global batch, i.e. this is the
 cross-replica ("global") BN that SimCLR needs, with no axis_name.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -21,13 +22,13 @@ from jaxssl.models import pooling
 
 # depth: (block type, blocks per stage)
 STAGES = {
-    18: ('basic', (2, 2, 2, 2)),
-    34: ('basic', (3, 4, 6, 3)),
-    50: ('bottleneck', (3, 4, 6, 3)),
-    101: ('bottleneck', (3, 4, 23, 3)),
-    152: ('bottleneck', (3, 8, 36, 3)),
+  18: ("basic", (2, 2, 2, 2)),
+  34: ("basic", (3, 4, 6, 3)),
+  50: ("bottleneck", (3, 4, 6, 3)),
+  101: ("bottleneck", (3, 4, 23, 3)),
+  152: ("bottleneck", (3, 8, 36, 3)),
 }
-STEMS = ('imagenet', 'cifar')
+STEMS = ("imagenet", "cifar")
 _BOTTLENECK_EXPANSION = 4
 
 
@@ -35,22 +36,36 @@ def _conv(features, kernel, stride, dtype, name, impl):
   """Bias-free conv (a BN follows) with symmetric padding kernel // 2, as in torchvision."""
   pad = kernel // 2
   return conv.Conv2D(
-      features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-      impl=impl, dtype=dtype, param_dtype=jnp.float32, name=name,
-      # He et al. 2015 init for ReLU nets, fan-out mode as in torchvision.
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-          (None, None, 'conv_in', 'conv_out')))
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    impl=impl,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    # He et al. 2015 init for ReLU nets, fan-out mode as in torchvision.
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+      (None, None, "conv_in", "conv_out"),
+    ),
+  )
 
 
 def _batch_norm(train, dtype, name, zero_scale=False):
   """BN with PyTorch-equivalent settings (momentum 0.1 there == 0.9 here, eps 1e-5)."""
   return nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-      param_dtype=jnp.float32, name=name,
-      scale_init=nn.with_logical_partitioning(
-          nn.initializers.zeros if zero_scale else nn.initializers.ones, ('norm',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    scale_init=nn.with_logical_partitioning(
+      nn.initializers.zeros if zero_scale else nn.initializers.ones, ("norm",)
+    ),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
 class ResidualBlock(nn.Module):
@@ -59,32 +74,36 @@ class ResidualBlock(nn.Module):
   The last BN of the residual branch starts with gamma = 0 (Goyal et al. 2017, sec. 5.1), so
   every block starts as the identity, which makes large-batch training stable.
   """
+
   features: int
   stride: int
   block: str
   train: bool
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    if self.block == 'basic':
+    if self.block == "basic":
       convs = [(self.features, 3, self.stride), (self.features, 3, 1)]
     else:
-      convs = [(self.features, 1, 1), (self.features, 3, self.stride),
-               (self.features * _BOTTLENECK_EXPANSION, 1, 1)]
+      convs = [
+        (self.features, 1, 1),
+        (self.features, 3, self.stride),
+        (self.features * _BOTTLENECK_EXPANSION, 1, 1),
+      ]
     y = x
     for i, (features, kernel, stride) in enumerate(convs):
       last = i == len(convs) - 1
-      y = _conv(features, kernel, stride, self.dtype, f'conv{i}', self.conv_impl)(y)
-      y = _batch_norm(self.train, self.dtype, f'bn{i}', zero_scale=last)(y)
+      y = _conv(features, kernel, stride, self.dtype, f"conv{i}", self.conv_impl)(y)
+      y = _batch_norm(self.train, self.dtype, f"bn{i}", zero_scale=last)(y)
       if not last:
         y = nn.relu(y)
     out_features = convs[-1][0]
     if self.stride != 1 or x.shape[-1] != out_features:
       # Projection shortcut (option B of He et al. 2016) when the shape changes.
-      x = _conv(out_features, 1, self.stride, self.dtype, 'proj_conv', self.conv_impl)(x)
-      x = _batch_norm(self.train, self.dtype, 'proj_bn')(x)
+      x = _conv(out_features, 1, self.stride, self.dtype, "proj_conv", self.conv_impl)(x)
+      x = _batch_norm(self.train, self.dtype, "proj_bn")(x)
     return nn.relu(x + y)
 
 
@@ -104,12 +123,13 @@ class ResNet(nn.Module):
     pool_impl: the stem's max-pool (jaxssl.models.pooling): 'reduce_window', 'slices' or
       'auto' (slices on CPU). Same values; gradients differ only at tied maxima.
   """
+
   depth: int = 50
-  stem: str = 'imagenet'
+  stem: str = "imagenet"
   width: int = 64
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-  pool_impl: str = 'auto'
+  conv_impl: str = "auto"
+  pool_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -120,28 +140,35 @@ class ResNet(nn.Module):
       aux: 'pre_logits' (== out) and 'feature_map' [B, h, w, C_final] (the last stage).
     """
     if self.depth not in STAGES:
-      raise ValueError(f'Unknown ResNet depth {self.depth}; use one of {sorted(STAGES)}.')
+      raise ValueError(f"Unknown ResNet depth {self.depth}; use one of {sorted(STAGES)}.")
     if self.stem not in STEMS:
-      raise ValueError(f'Unknown ResNet stem {self.stem!r}; use one of {STEMS}.')
+      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use one of {STEMS}.")
     if images.ndim != 4:
-      raise ValueError(f'ResNet expects images [B, H, W, C], got shape {images.shape}.')
+      raise ValueError(f"ResNet expects images [B, H, W, C], got shape {images.shape}.")
     block, stage_sizes = STAGES[self.depth]
 
     x = images.astype(self.dtype)
-    if self.stem == 'imagenet':
-      x = _conv(self.width, 7, 2, self.dtype, 'stem_conv', self.conv_impl)(x)
+    if self.stem == "imagenet":
+      x = _conv(self.width, 7, 2, self.dtype, "stem_conv", self.conv_impl)(x)
     else:
-      x = _conv(self.width, 3, 1, self.dtype, 'stem_conv', self.conv_impl)(x)
-    x = nn.relu(_batch_norm(train, self.dtype, 'stem_bn')(x))
-    if self.stem == 'imagenet':
+      x = _conv(self.width, 3, 1, self.dtype, "stem_conv", self.conv_impl)(x)
+    x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
+    if self.stem == "imagenet":
       x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.pool_impl)
 
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):
         # Downsample at the first block of every stage but the first (the stem already did).
         stride = 2 if stage > 0 and i == 0 else 1
-        x = ResidualBlock(self.width * 2**stage, stride, block, train, self.dtype,
-                          self.conv_impl, name=f'stage{stage}_block{i}')(x)
+        x = ResidualBlock(
+          self.width * 2**stage,
+          stride,
+          block,
+          train,
+          self.dtype,
+          self.conv_impl,
+          name=f"stage{stage}_block{i}",
+        )(x)
 
     out = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return out, dict(pre_logits=out, feature_map=x)

@@ -19,6 +19,7 @@ Parameters carry the ViT's logical axis names ('vocab', 'embed', 'heads', 'kv', 
 so jaxssl/parallel.py's rules shard them the same way (FSDP on embed, tensor parallel on heads,
 mlp and vocab).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,8 @@ import numpy as np
 from jaxssl.models.matmul import dot_general_for
 from jaxssl.models.vit import EncoderBlock, decode_variant, layer_norm
 
-POOLS = ('eos', 'last', 'first', 'mean')
-POSEMBS = ('learn', 'sincos1d')
+POOLS = ("eos", "last", "first", "mean")
+POSEMBS = ("learn", "sincos1d")
 
 
 def posemb_sincos_1d(length: int, width: int) -> jax.Array:
@@ -41,8 +42,10 @@ def posemb_sincos_1d(length: int, width: int) -> jax.Array:
   PE[p, 2i] = sin(p / 10000^(2i / width)), PE[p, 2i + 1] = cos(p / 10000^(2i / width)).
   """
   if width % 2:
-    raise ValueError(f"sincos1d position embedding needs an even width, got {width}; change "
-                     "the width or use posemb='learn'.")
+    raise ValueError(
+      f"sincos1d position embedding needs an even width, got {width}; change "
+      "the width or use posemb='learn'."
+    )
   pos = np.arange(length, dtype=np.float64)[:, None]
   inv_freq = 1.0 / (10_000.0 ** (np.arange(0, width, 2, dtype=np.float64) / width))
   table = np.zeros((length, width))
@@ -66,6 +69,7 @@ class Transformer(nn.Module):
     pool: how the pooled [B, D] output is read off, one of POOLS.
     eos_id / pad_id: token ids used by pool='eos' / pool='mean'.
   """
+
   vocab_size: int
   max_len: int
   variant: str | None = None
@@ -74,10 +78,10 @@ class Transformer(nn.Module):
   mlp_dim: int | None = None
   num_heads: int | None = None
   causal: bool = False
-  posemb: str = 'learn'
+  posemb: str = "learn"
   tie_embeddings: bool = True
   lm_head: bool = True
-  pool: str = 'last'
+  pool: str = "last"
   eos_id: int | None = None
   pad_id: int | None = None
   dropout: float = 0.0
@@ -88,90 +92,114 @@ class Transformer(nn.Module):
   @property
   def arch(self) -> dict[str, int]:
     arch = decode_variant(self.variant) if self.variant else {}
-    for key in ('width', 'depth', 'mlp_dim', 'num_heads'):
+    for key in ("width", "depth", "mlp_dim", "num_heads"):
       if getattr(self, key) is not None:
         arch[key] = getattr(self, key)
-    missing = [k for k in ('width', 'depth', 'mlp_dim', 'num_heads') if k not in arch]
+    missing = [k for k in ("width", "depth", "mlp_dim", "num_heads") if k not in arch]
     if missing:
       raise ValueError(f'Transformer needs a variant (e.g. "S") or explicit {missing}.')
-    if arch['width'] % arch['num_heads']:
-      raise ValueError(f"width {arch['width']} is not divisible by num_heads "
-                       f"{arch['num_heads']}.")
+    if arch["width"] % arch["num_heads"]:
+      raise ValueError(f"width {arch['width']} is not divisible by num_heads {arch['num_heads']}.")
     return arch
 
   def _check(self, tokens):
     if tokens.ndim != 2:
-      raise ValueError(f'tokens must be [batch, length] integer ids, got shape {tokens.shape}.')
+      raise ValueError(f"tokens must be [batch, length] integer ids, got shape {tokens.shape}.")
     if tokens.shape[1] > self.max_len:
-      raise ValueError(f'sequence length {tokens.shape[1]} exceeds max_len={self.max_len}; '
-                       'raise model max_len or shorten the sequences.')
+      raise ValueError(
+        f"sequence length {tokens.shape[1]} exceeds max_len={self.max_len}; "
+        "raise model max_len or shorten the sequences."
+      )
     if self.pool not in POOLS:
-      raise ValueError(f'Unknown pool {self.pool!r}; choose one of {POOLS}.')
+      raise ValueError(f"Unknown pool {self.pool!r}; choose one of {POOLS}.")
     if self.posemb not in POSEMBS:
-      raise ValueError(f'Unknown posemb {self.posemb!r}; choose one of {POSEMBS}.')
-    if self.pool == 'eos' and self.eos_id is None:
+      raise ValueError(f"Unknown posemb {self.posemb!r}; choose one of {POSEMBS}.")
+    if self.pool == "eos" and self.eos_id is None:
       raise ValueError("pool='eos' needs eos_id (the tokenizer's end-of-sequence id).")
 
   def _pool(self, x, tokens):
     length = tokens.shape[1]
-    if self.pool == 'first':
+    if self.pool == "first":
       return x[:, 0]
-    if self.pool == 'last':
+    if self.pool == "last":
       return x[:, -1]
-    if self.pool == 'eos':
+    if self.pool == "eos":
       is_eos = tokens == self.eos_id
       index = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), length - 1)
       return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
-    weights = (jnp.ones(tokens.shape, x.dtype) if self.pad_id is None
-               else (tokens != self.pad_id).astype(x.dtype))
-    return (jnp.einsum('btd,bt->bd', x, weights)
-            / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0))
+    weights = (
+      jnp.ones(tokens.shape, x.dtype)
+      if self.pad_id is None
+      else (tokens != self.pad_id).astype(x.dtype)
+    )
+    return jnp.einsum("btd,bt->bd", x, weights) / jnp.maximum(
+      jnp.sum(weights, axis=1, keepdims=True), 1.0
+    )
 
   @nn.compact
   def __call__(self, tokens, *, train=False):
     tokens = jnp.asarray(tokens)
     self._check(tokens)
     arch = self.arch
-    width, length = arch['width'], tokens.shape[1]
+    width, length = arch["width"], tokens.shape[1]
     embedding = self.param(
-        'token_embedding',
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ('vocab', 'embed')),
-        (self.vocab_size, width), jnp.float32)
+      "token_embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+      (self.vocab_size, width),
+      jnp.float32,
+    )
     x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
-    if self.posemb == 'learn':
+    if self.posemb == "learn":
       positions = self.param(
-          'pos_embedding',
-          nn.with_logical_partitioning(nn.initializers.normal(stddev=0.01), (None, 'embed')),
-          (self.max_len, width), jnp.float32)
+        "pos_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.01), (None, "embed")),
+        (self.max_len, width),
+        jnp.float32,
+      )
       x = x + positions[:length].astype(self.dtype)
     else:
       x = x + posemb_sincos_1d(length, width).astype(self.dtype)
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     blocks = []
-    for i in range(arch['depth']):
-      x = block_cls(mlp_dim=arch['mlp_dim'], num_heads=arch['num_heads'],
-                    dropout=self.dropout, deterministic=not train, dtype=self.dtype,
-                    gelu_approximate=self.gelu_approximate, is_causal=self.causal,
-                    name=f'block_{i}')(x)
+    for i in range(arch["depth"]):
+      x = block_cls(
+        mlp_dim=arch["mlp_dim"],
+        num_heads=arch["num_heads"],
+        dropout=self.dropout,
+        deterministic=not train,
+        dtype=self.dtype,
+        gelu_approximate=self.gelu_approximate,
+        is_causal=self.causal,
+        name=f"block_{i}",
+      )(x)
       blocks.append(x)
-    x = layer_norm(jnp.float32, name='encoder_norm')(x.astype(jnp.float32))
+    x = layer_norm(jnp.float32, name="encoder_norm")(x.astype(jnp.float32))
     aux = dict(tokens=x, blocks=tuple(blocks))
     if self.lm_head:
       if self.tie_embeddings:
         head = embedding
       else:
         head = self.param(
-            'head_kernel',
-            nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ('vocab', 'embed')),
-            (self.vocab_size, width), jnp.float32)
+          "head_kernel",
+          nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+          (self.vocab_size, width),
+          jnp.float32,
+        )
       head_bias = self.param(
-          'head_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
-          (self.vocab_size,), jnp.float32)
-      logits = jnp.einsum('btd,vd->btv', x.astype(self.dtype), head.astype(self.dtype),
-                          _dot_general=dot_general_for(self.dtype))
+        "head_bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+        (self.vocab_size,),
+        jnp.float32,
+      )
+      logits = jnp.einsum(
+        "btd,vd->btv",
+        x.astype(self.dtype),
+        head.astype(self.dtype),
+        _dot_general=dot_general_for(self.dtype),
+      )
       logits = logits.astype(jnp.float32) + head_bias
-      aux['logits'] = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+      aux["logits"] = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return self._pool(x, tokens), aux

@@ -9,6 +9,7 @@ Parameters carry logical axis names (resolved by jaxssl/parallel.py's rules) and
 constrained at block boundaries to ('batch', 'length', 'embed'); both are no-ops until a mesh and
 logical axis rules are set, so the same module runs on one CPU or a pod.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -16,24 +17,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxssl.models.matmul import (Dense, batched_matmul, dot_general_for, is_materializable,
-                                  materialized_swapaxes)
+from jaxssl.models.matmul import (
+  Dense,
+  batched_matmul,
+  dot_general_for,
+  is_materializable,
+  materialized_swapaxes,
+)
 
 # Architecture table, big_vision style. Reference: Table 2 of Zhai et al. 2022 ("Scaling
 # Vision Transformers", arXiv:2106.04560); 'mu' is big_vision's tiny test variant.
 # name: (width, depth, mlp_dim, num_heads)
 VARIANTS = {
-    'mu': (144, 6, 576, 3),
-    'Ti': (192, 12, 768, 3),
-    'S': (384, 12, 1536, 6),
-    'M': (512, 12, 2048, 8),
-    'B': (768, 12, 3072, 12),
-    'L': (1024, 24, 4096, 16),
+  "mu": (144, 6, 576, 3),
+  "Ti": (192, 12, 768, 3),
+  "S": (384, 12, 1536, 6),
+  "M": (512, 12, 2048, 8),
+  "B": (768, 12, 3072, 12),
+  "L": (1024, 24, 4096, 16),
 }
-_ARCH_FIELDS = ('width', 'depth', 'mlp_dim', 'num_heads', 'patch_size')
-POOLS = ('cls', 'gap')
-POSEMBS = ('sincos2d', 'learn')
-POSEMB_RESIZES = ('bilinear', 'bicubic')
+_ARCH_FIELDS = ("width", "depth", "mlp_dim", "num_heads", "patch_size")
+POOLS = ("cls", "gap")
+POSEMBS = ("sincos2d", "learn")
+POSEMB_RESIZES = ("bilinear", "bicubic")
 
 _LN_EPSILON = 1e-6  # As in big_vision and MAE (PyTorch default would be 1e-5).
 
@@ -43,17 +49,21 @@ def decode_variant(variant: str) -> dict[str, int]:
 
   The part after '/' is the square patch size; without it ('S') no patch_size key is returned.
   """
-  name, slash, patch = variant.partition('/')
+  name, slash, patch = variant.partition("/")
   if name not in VARIANTS:
-    raise ValueError(f'Unknown ViT variant {variant!r}: the name before "/" must be one of '
-                     f'{sorted(VARIANTS)}, e.g. "S/16".')
+    raise ValueError(
+      f'Unknown ViT variant {variant!r}: the name before "/" must be one of '
+      f'{sorted(VARIANTS)}, e.g. "S/16".'
+    )
   width, depth, mlp_dim, num_heads = VARIANTS[name]
   arch = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
   if slash:
     if not patch.isdigit() or int(patch) < 1:
-      raise ValueError(f'ViT variant {variant!r}: the patch size after "/" must be a positive '
-                       'integer, e.g. "S/16".')
-    arch['patch_size'] = int(patch)
+      raise ValueError(
+        f'ViT variant {variant!r}: the patch size after "/" must be a positive '
+        'integer, e.g. "S/16".'
+      )
+    arch["patch_size"] = int(patch)
   return arch
 
 
@@ -65,25 +75,32 @@ def posemb_sincos_2d(grid_h: int, grid_w: int, width: int) -> jax.Array:
   [sin(x omega), cos(x omega), sin(y omega), cos(y omega)].
   """
   if width % 4 or width < 8:
-    raise ValueError(f'sincos2d position embedding needs width divisible by 4 and >= 8, got '
-                     f"{width}; change the width or use posemb='learn'.")
+    raise ValueError(
+      f"sincos2d position embedding needs width divisible by 4 and >= 8, got "
+      f"{width}; change the width or use posemb='learn'."
+    )
   y, x = jnp.mgrid[:grid_h, :grid_w]
   num_freq = width // 4
   omega = 1.0 / (10_000.0 ** (jnp.arange(num_freq) / (num_freq - 1)))
-  x = jnp.einsum('m,d->md', x.reshape(-1), omega)
-  y = jnp.einsum('m,d->md', y.reshape(-1), omega)
+  x = jnp.einsum("m,d->md", x.reshape(-1), omega)
+  y = jnp.einsum("m,d->md", y.reshape(-1), omega)
   return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
 
 
 def layer_norm(dtype, name=None):
   return nn.LayerNorm(
-      epsilon=_LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('norm',)))
+    epsilon=_LN_EPSILON,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
 class MlpBlock(nn.Module):
   """Transformer feed-forward block: Dense(mlp_dim) -> GELU -> Dense(width)."""
+
   mlp_dim: int
   dropout: float = 0.0
   deterministic: bool = True
@@ -96,24 +113,28 @@ class MlpBlock(nn.Module):
     # big_vision init: xavier-uniform kernels, near-zero (not exactly zero) biases.
     bias_init = nn.initializers.normal(stddev=1e-6)
     x = Dense(
-        self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(), ('embed', 'mlp')),
-        bias_init=nn.with_logical_partitioning(bias_init, ('mlp',)))(x)
+      self.mlp_dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+      bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)),
+    )(x)
     # In float32 even for bf16 compute: XLA:CPU's bf16 elementwise code is slower than its
     # float32 code (a bf16 ViT-S/16 MLP's forward + backward, 64 images: 645 ms with a bf16
     # GELU, 450 ms with this); on accelerators the casts fuse into the neighbouring ops.
     x = nn.gelu(x.astype(jnp.float32), approximate=self.gelu_approximate).astype(self.dtype)
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
+    x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
     x = nn.Dropout(rate=self.dropout)(x, deterministic=self.deterministic)
     return Dense(
-        width, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(), ('mlp', 'embed')),
-        bias_init=nn.with_logical_partitioning(bias_init, ('embed',)))(x)
+      width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+      bias_init=nn.with_logical_partitioning(bias_init, ("embed",)),
+    )(x)
 
 
-ATTENTION_IMPLS = ('auto', 'heads_first', 'dot_product_attention')
+ATTENTION_IMPLS = ("auto", "heads_first", "dot_product_attention")
 
 
 class SelfAttention(nn.Module):
@@ -125,17 +146,18 @@ class SelfAttention(nn.Module):
   it would add the same q.b to every logit of a query, which softmax ignores (its gradient is
   identically zero), so it is a dead parameter.
   """
+
   num_heads: int
   dtype: Any = jnp.float32
   # Causal (autoregressive) mask: query t attends to keys <= t only (GPT; CLIP's text tower).
   is_causal: bool = False
   # 'heads_first', 'dot_product_attention', or 'auto': heads_first on CPU (see below).
-  impl: str = 'auto'
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     if self.impl not in ATTENTION_IMPLS:
-      raise ValueError(f'Unknown attention impl {self.impl!r}; choose one of {ATTENTION_IMPLS}.')
+      raise ValueError(f"Unknown attention impl {self.impl!r}; choose one of {ATTENTION_IMPLS}.")
     width = x.shape[-1]
     head_dim = width // self.num_heads
     # Xavier-uniform on the [embed, heads * kv] matrix the 3-D kernel stands for (big_vision).
@@ -146,11 +168,13 @@ class SelfAttention(nn.Module):
     # batch over leading dimensions with no transpose between them: one ViT-S/16 layer's
     # forward + backward 544 -> 359 ms (benchmarks/attention_layout.py). Elsewhere
     # dot_product_attention may pick a fused (cuDNN) kernel. Decided at trace time.
-    heads_first = (self.impl == 'heads_first'
-                   or (self.impl == 'auto' and jax.default_backend() == 'cpu'))
-    layout = 'bhtk' if heads_first else 'bthk'
-    names = (('batch', 'heads', 'length', 'kv') if heads_first
-             else ('batch', 'length', 'heads', 'kv'))
+    heads_first = self.impl == "heads_first" or (
+      self.impl == "auto" and jax.default_backend() == "cpu"
+    )
+    layout = "bhtk" if heads_first else "bthk"
+    names = (
+      ("batch", "heads", "length", "kv") if heads_first else ("batch", "length", "heads", "kv")
+    )
     dot_general = dot_general_for(self.dtype)
     # With jaxssl.models.matmul's bf16 GEMM (CPU) the biases go onto the float32 product, for
     # the reason given in matmul.Dense; elsewhere the product is in the compute dtype.
@@ -160,33 +184,46 @@ class SelfAttention(nn.Module):
     # XLA would fold the transpose into their layouts, and XLA:CPU upcasts a bf16 dot whose
     # operands are not row-major (the attention dots, then float32 GEMMs). One bf16 ViT-S/16
     # attention layer at 64 images, forward + backward: 324 ms -> 268 ms (2-core Zen 4).
-    copy_heads = (heads_first and accumulate is not None
-                  and is_materializable(x.shape[-2]) and is_materializable(self.num_heads))
+    copy_heads = (
+      heads_first
+      and accumulate is not None
+      and is_materializable(x.shape[-2])
+      and is_materializable(self.num_heads)
+    )
 
     def project(name, use_bias):
       kernel = self.param(
-          f'{name}_kernel',
-          nn.with_logical_partitioning(qkv_init, ('embed', 'heads', 'kv')),
-          (width, self.num_heads, head_dim), jnp.float32)
-      y = jnp.einsum(f'btd,dhk->{"bthk" if copy_heads else layout}', x.astype(self.dtype),
-                     kernel.astype(self.dtype), preferred_element_type=accumulate,
-                     _dot_general=dot_general)
+        f"{name}_kernel",
+        nn.with_logical_partitioning(qkv_init, ("embed", "heads", "kv")),
+        (width, self.num_heads, head_dim),
+        jnp.float32,
+      )
+      y = jnp.einsum(
+        f"btd,dhk->{'bthk' if copy_heads else layout}",
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        preferred_element_type=accumulate,
+        _dot_general=dot_general,
+      )
       if use_bias:
         bias = self.param(
-            f'{name}_bias',
-            nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
-            (self.num_heads, head_dim), jnp.float32)
+          f"{name}_bias",
+          nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+          (self.num_heads, head_dim),
+          jnp.float32,
+        )
         y = y + (bias[:, None, :] if heads_first and not copy_heads else bias).astype(bias_dtype)
       y = y.astype(self.dtype)
       if copy_heads:
         y = materialized_swapaxes(y, 1)
       return nn.with_logical_constraint(y, names)
 
-    query, key, value = project('query', True), project('key', False), project('value', True)
+    query, key, value = project("query", True), project("key", False), project("value", True)
     if heads_first:
       # Logits and softmax in float32 even for bfloat16 inputs, as dot_product_attention does.
-      logits = batched_matmul(query, key, b_transposed=True,
-                              preferred_element_type=jnp.float32) / np.sqrt(head_dim)
+      logits = batched_matmul(
+        query, key, b_transposed=True, preferred_element_type=jnp.float32
+      ) / np.sqrt(head_dim)
       if self.is_causal:
         length = logits.shape[-1]
         causal = jnp.tril(jnp.ones((length, length), bool))
@@ -198,20 +235,32 @@ class SelfAttention(nn.Module):
       # (cuDNN) kernel on GPUs that support it.
       y = jax.nn.dot_product_attention(query, key, value, is_causal=self.is_causal)
     out_kernel = self.param(
-        'out_kernel', nn.with_logical_partitioning(out_init, ('heads', 'kv', 'embed')),
-        (self.num_heads, head_dim, width), jnp.float32)
+      "out_kernel",
+      nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
+      (self.num_heads, head_dim, width),
+      jnp.float32,
+    )
     out_bias = self.param(
-        'out_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-        (width,), jnp.float32)
+      "out_bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      (width,),
+      jnp.float32,
+    )
     if copy_heads:
-      y, layout = materialized_swapaxes(y, 1), 'bthk'
-    out = jnp.einsum(f'{layout},hkd->btd', y, out_kernel.astype(self.dtype),
-                     preferred_element_type=accumulate, _dot_general=dot_general)
+      y, layout = materialized_swapaxes(y, 1), "bthk"
+    out = jnp.einsum(
+      f"{layout},hkd->btd",
+      y,
+      out_kernel.astype(self.dtype),
+      preferred_element_type=accumulate,
+      _dot_general=dot_general,
+    )
     return (out + out_bias.astype(bias_dtype)).astype(self.dtype)
 
 
 class EncoderBlock(nn.Module):
   """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
@@ -222,18 +271,22 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     y = layer_norm(self.dtype)(x)
     y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, is_causal=self.is_causal)(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
     y = layer_norm(self.dtype)(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
-                 deterministic=self.deterministic, dtype=self.dtype,
-                 gelu_approximate=self.gelu_approximate)(y)
+    y = MlpBlock(
+      mlp_dim=self.mlp_dim,
+      dropout=self.dropout,
+      deterministic=self.deterministic,
+      dtype=self.dtype,
+      gelu_approximate=self.gelu_approximate,
+    )(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
-    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class ViT(nn.Module):
@@ -260,16 +313,17 @@ class ViT(nn.Module):
     gelu_approximate: tanh-approximated GELU (big_vision's default); False gives the exact erf
       GELU of PyTorch/timm checkpoints (DINO, DINOv2, MAE), needed to reproduce them exactly.
   """
+
   variant: str | None = None
   width: int | None = None
   depth: int | None = None
   mlp_dim: int | None = None
   num_heads: int | None = None
   patch_size: int | tuple[int, int] | None = None
-  pool: str = 'gap'
-  posemb: str = 'sincos2d'
+  pool: str = "gap"
+  posemb: str = "sincos2d"
   posemb_grid: tuple[int, int] | None = None
-  posemb_resize: str = 'bilinear'
+  posemb_resize: str = "bilinear"
   mask_token: bool = False
   dropout: float = 0.0
   dtype: Any = jnp.float32
@@ -284,38 +338,46 @@ class ViT(nn.Module):
         arch[field] = getattr(self, field)
     missing = [f for f in _ARCH_FIELDS if f not in arch]
     if missing:
-      raise ValueError(f'ViT is missing {missing}: set variant (e.g. "S/16", which also sets '
-                       'the patch size) or give these fields explicitly.')
-    patch = arch['patch_size']
-    arch['patch_size'] = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    if arch['width'] % arch['num_heads']:
-      raise ValueError(f"ViT width {arch['width']} is not divisible by num_heads "
-                       f"{arch['num_heads']}; change one of them.")
+      raise ValueError(
+        f'ViT is missing {missing}: set variant (e.g. "S/16", which also sets '
+        "the patch size) or give these fields explicitly."
+      )
+    patch = arch["patch_size"]
+    arch["patch_size"] = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if arch["width"] % arch["num_heads"]:
+      raise ValueError(
+        f"ViT width {arch['width']} is not divisible by num_heads "
+        f"{arch['num_heads']}; change one of them."
+      )
     if self.pool not in POOLS:
-      raise ValueError(f'Unknown ViT pool {self.pool!r}; use one of {POOLS}.')
+      raise ValueError(f"Unknown ViT pool {self.pool!r}; use one of {POOLS}.")
     if self.posemb not in POSEMBS:
-      raise ValueError(f'Unknown ViT posemb {self.posemb!r}; use one of {POSEMBS}.')
+      raise ValueError(f"Unknown ViT posemb {self.posemb!r}; use one of {POSEMBS}.")
     if self.posemb_resize not in POSEMB_RESIZES:
-      raise ValueError(f'Unknown ViT posemb_resize {self.posemb_resize!r}; use one of '
-                       f'{POSEMB_RESIZES}.')
+      raise ValueError(
+        f"Unknown ViT posemb_resize {self.posemb_resize!r}; use one of {POSEMB_RESIZES}."
+      )
     return arch
 
   def _position_embedding(self, grid_h, grid_w, width):
     """[grid_h * grid_w, width] embedding for the current patch grid."""
-    if self.posemb == 'sincos2d':
+    if self.posemb == "sincos2d":
       return posemb_sincos_2d(grid_h, grid_w, width)
     if self.posemb_grid is not None:
       base_grid = tuple(self.posemb_grid)
-    elif self.has_variable('params', 'pos_embedding'):
+    elif self.has_variable("params", "pos_embedding"):
       # Applying at a new resolution: keep the grid the parameter was created with.
-      base_grid = nn.unbox(self.get_variable('params', 'pos_embedding')).shape[:2]
+      base_grid = nn.unbox(self.get_variable("params", "pos_embedding")).shape[:2]
     else:
       base_grid = (grid_h, grid_w)
     table = self.param(
-        'pos_embedding',
-        nn.with_logical_partitioning(
-            nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, None, 'embed')),
-        (*base_grid, width), jnp.float32)
+      "pos_embedding",
+      nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, None, "embed")
+      ),
+      (*base_grid, width),
+      jnp.float32,
+    )
     if base_grid != (grid_h, grid_w):
       table = jax.image.resize(table, (grid_h, grid_w, width), method=self.posemb_resize)
     return table.reshape(grid_h * grid_w, width)
@@ -342,35 +404,50 @@ class ViT(nn.Module):
         pool == 'cls'), 'num_patches' N = (H/p) * (W/p), 'patch_grid' (H/p, W/p).
     """
     arch = self.arch()
-    width, (patch_h, patch_w) = arch['width'], arch['patch_size']
+    width, (patch_h, patch_w) = arch["width"], arch["patch_size"]
     if images.ndim != 4:
-      raise ValueError(f'ViT expects images [B, H, W, C], got shape {images.shape}.')
+      raise ValueError(f"ViT expects images [B, H, W, C], got shape {images.shape}.")
     batch, height, img_width = images.shape[:3]
     if height % patch_h or img_width % patch_w:
-      raise ValueError(f'Image size {(height, img_width)} is not divisible by the patch size '
-                       f'{(patch_h, patch_w)}; resize/crop the images or change patch_size.')
+      raise ValueError(
+        f"Image size {(height, img_width)} is not divisible by the patch size "
+        f"{(patch_h, patch_w)}; resize/crop the images or change patch_size."
+      )
 
     x = nn.Conv(
-        width, (patch_h, patch_w), strides=(patch_h, patch_w), padding='VALID',
-        dtype=self.dtype, param_dtype=jnp.float32, name='embedding',
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), (None, None, None, 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+      width,
+      (patch_h, patch_w),
+      strides=(patch_h, patch_w),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="embedding",
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), (None, None, None, "embed")
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
     )(images.astype(self.dtype))
     _, grid_h, grid_w, _ = x.shape
     num_patches = grid_h * grid_w
     x = x.reshape(batch, num_patches, width)
     if self.mask_token:
       mask_embedding = self.param(
-          'mask_token', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-          (width,), jnp.float32)
+        "mask_token",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        (width,),
+        jnp.float32,
+      )
     if token_mask is not None:
       if not self.mask_token:
-        raise ValueError('token_mask was given but the ViT has no [mask] token; build it with '
-                         'mask_token=True (e.g. encoder.clone(mask_token=True)).')
+        raise ValueError(
+          "token_mask was given but the ViT has no [mask] token; build it with "
+          "mask_token=True (e.g. encoder.clone(mask_token=True))."
+        )
       if token_mask.shape != (batch, num_patches):
-        raise ValueError(f'token_mask must be [B={batch}, N={num_patches}] (one entry per '
-                         f'patch, row-major), got shape {token_mask.shape}.')
+        raise ValueError(
+          f"token_mask must be [B={batch}, N={num_patches}] (one entry per "
+          f"patch, row-major), got shape {token_mask.shape}."
+        )
       # A select, not a blend: a masked patch keeps nothing of its pixels.
       x = jnp.where(token_mask.astype(bool)[:, :, None], mask_embedding.astype(x.dtype), x)
     # Position embeddings go on before dropping, so kept tokens remember where they came from.
@@ -378,30 +455,45 @@ class ViT(nn.Module):
 
     if keep_indices is not None:
       if keep_indices.ndim != 2 or keep_indices.shape[0] != batch:
-        raise ValueError(f'keep_indices must be int [B={batch}, K], got shape '
-                         f'{keep_indices.shape}.')
+        raise ValueError(
+          f"keep_indices must be int [B={batch}, K], got shape {keep_indices.shape}."
+        )
       x = jnp.take_along_axis(x, keep_indices[:, :, None].astype(jnp.int32), axis=1)
     num_tokens = x.shape[1]
 
-    if self.pool == 'cls':
+    if self.pool == "cls":
       cls = self.param(
-          'cls', nn.with_logical_partitioning(nn.initializers.zeros, (None, None, 'embed')),
-          (1, 1, width), jnp.float32)
+        "cls",
+        nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+        (1, 1, width),
+        jnp.float32,
+      )
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], 1)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
 
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     blocks = []
-    for i in range(arch['depth']):
+    for i in range(arch["depth"]):
       # Explicit names: the parameter tree is the same with and without remat.
-      x = block_cls(mlp_dim=arch['mlp_dim'], num_heads=arch['num_heads'],
-                    dropout=self.dropout, deterministic=not train, dtype=self.dtype,
-                    gelu_approximate=self.gelu_approximate, name=f'block_{i}')(x)
+      x = block_cls(
+        mlp_dim=arch["mlp_dim"],
+        num_heads=arch["num_heads"],
+        dropout=self.dropout,
+        deterministic=not train,
+        dtype=self.dtype,
+        gelu_approximate=self.gelu_approximate,
+        name=f"block_{i}",
+      )(x)
       blocks.append(x)
 
-    x = layer_norm(jnp.float32, name='encoder_norm')(x.astype(jnp.float32))
+    x = layer_norm(jnp.float32, name="encoder_norm")(x.astype(jnp.float32))
     tokens = x[:, -num_tokens:]
-    out = x[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)
-    aux = dict(pre_logits=out, tokens=tokens, blocks=tuple(blocks),
-               num_patches=num_patches, patch_grid=(grid_h, grid_w))
+    out = x[:, 0] if self.pool == "cls" else jnp.mean(tokens, axis=1)
+    aux = dict(
+      pre_logits=out,
+      tokens=tokens,
+      blocks=tuple(blocks),
+      num_patches=num_patches,
+      patch_grid=(grid_h, grid_w),
+    )
     return out, aux

@@ -1,5 +1,6 @@
 """benchmarks/fma_peak.py: its kernels do the arithmetic they are credited with, and its goal
 arithmetic (what 1.5x the peer needs of the measured ceiling) is right. No timing is asserted."""
+
 import importlib.util
 import json
 import os
@@ -12,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _load():
   spec = importlib.util.spec_from_file_location(
-      "fma_peak", os.path.join(ROOT, "benchmarks", "fma_peak.py"))
+    "fma_peak", os.path.join(ROOT, "benchmarks", "fma_peak.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -57,8 +59,11 @@ def test_checksums_are_the_closed_forms():
 
 
 def _vs_pytorch_json(path, dtype="float32", flops=1e12, **ours):
-  run = dict(args=dict(dtype=dtype, backbone="vit_s16"),
-             ours=dict(step_s=8.0, loop_s=10.0, **ours), peer=dict(step_s=10.0, loop_s=12.5))
+  run = dict(
+    args=dict(dtype=dtype, backbone="vit_s16"),
+    ours=dict(step_s=8.0, loop_s=10.0, **ours),
+    peer=dict(step_s=10.0, loop_s=12.5),
+  )
   if flops is not None:
     run["ours"]["flops_per_step"] = flops
   path.write_text(json.dumps(run))
@@ -66,9 +71,11 @@ def _vs_pytorch_json(path, dtype="float32", flops=1e12, **ours):
 
 
 def test_goal_rows_against_the_ceiling(tmp_path):
-  results = {"fma512": dict(dtype="float32", all_cores=200.0),
-             "fma256": dict(dtype="float32", all_cores=150.0),
-             "dpbf16": dict(dtype="bfloat16 acc. float32", all_cores=400.0)}
+  results = {
+    "fma512": dict(dtype="float32", all_cores=200.0),
+    "fma256": dict(dtype="float32", all_cores=150.0),
+    "dpbf16": dict(dtype="bfloat16 acc. float32", all_cores=400.0),
+  }
   step, loop = fma_peak.goal_rows(results, [_vs_pytorch_json(tmp_path / "a.json")])
   # 1 TFLOP per step: peer 10 s -> 100 GFLOP/s; 1.5x needs 150 = 75% of the best float32 kernel.
   assert step["peer_gflops"] == pytest.approx(100.0)

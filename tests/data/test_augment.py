@@ -1,4 +1,5 @@
 """Tests for jaxssl.data.augment: bounds, exact identities, float64 references, determinism."""
+
 import pickle
 
 import numpy as np
@@ -12,8 +13,17 @@ MEAN, STD = (0.25,), (0.5,)
 
 def _identity_augment(**overrides):
   """An augmentation whose every random step is switched off (a full-image crop)."""
-  config = dict(mean=MEAN, std=STD, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
-                jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+  config = dict(
+    mean=MEAN,
+    std=STD,
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    flip_prob=0.0,
+    jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+    solarize_prob=0.0,
+  )
   return augment.SimCLRAugment(**{**config, **overrides})
 
 
@@ -35,8 +45,9 @@ def test_crop_box_respects_bounds():
 def test_crop_box_area_is_uniform_in_scale():
   # With scale (0.1, 0.5) every sample fits a square image, so the area fraction is U[0.1, 0.5].
   rng = np.random.default_rng(1)
-  fractions = np.array([np.prod(augment.sample_crop_box(rng, 500, 500, (0.1, 0.5))[2:]) / 500**2
-                        for _ in range(4000)])
+  fractions = np.array(
+    [np.prod(augment.sample_crop_box(rng, 500, 500, (0.1, 0.5))[2:]) / 500**2 for _ in range(4000)]
+  )
   assert abs(fractions.mean() - 0.3) < 0.01
   assert abs(fractions.var() - 0.4**2 / 12) < 0.002
   # Positions are uniform: small crops reach both borders.
@@ -63,8 +74,9 @@ def test_resized_crop_without_resizing_is_a_slice():
 def test_gaussian_blur_matches_scipy():
   x = np.random.default_rng(4).random((9, 11, 2)).astype(np.float32)
   for sigma, radius in ((0.7, 1), (1.5, 3)):
-    expected = ndimage.gaussian_filter(x.astype(np.float64), sigma, mode='reflect',
-                                       radius=radius, axes=(0, 1))
+    expected = ndimage.gaussian_filter(
+      x.astype(np.float64), sigma, mode="reflect", radius=radius, axes=(0, 1)
+    )
     np.testing.assert_allclose(augment.gaussian_blur(x, sigma, radius), expected, atol=1e-6)
   np.testing.assert_array_equal(augment.gaussian_blur(x, 1.0, 0), x)
 
@@ -80,8 +92,9 @@ def test_color_adjustments():
   np.testing.assert_allclose(gray, np.repeat(luma[..., None], 3, -1), atol=1e-6)
   np.testing.assert_allclose(augment.adjust_hue(x, 1.0), x, atol=1e-5)  # A full turn.
   shifted = augment.adjust_hue(x, 0.1).astype(np.float64)
-  np.testing.assert_allclose(shifted @ [0.299, 0.587, 0.114], x @ [0.299, 0.587, 0.114],
-                             atol=1e-5)  # Hue rotation keeps the YIQ luma.
+  np.testing.assert_allclose(
+    shifted @ [0.299, 0.587, 0.114], x @ [0.299, 0.587, 0.114], atol=1e-5
+  )  # Hue rotation keeps the YIQ luma.
   assert np.abs(shifted - x).max() > 0.01
   # One channel: saturation and hue are identities; jitter stays in [0, 1].
   g = x[..., :1]
@@ -93,8 +106,9 @@ def test_color_adjustments():
 
 def test_solarize_and_normalize():
   x = np.array([0.0, 0.2, 0.49, 0.5, 0.8, 1.0], np.float32).reshape(1, 6, 1)
-  np.testing.assert_allclose(augment.solarize(x).ravel(), [0.0, 0.2, 0.49, 0.5, 0.2, 0.0],
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    augment.solarize(x).ravel(), [0.0, 0.2, 0.49, 0.5, 0.2, 0.0], atol=1e-7
+  )
   y = np.random.default_rng(6).random((3, 3, 2))
   out = augment.normalize(y, (0.1, 0.2), (0.3, 0.4))
   assert out.dtype == np.float32
@@ -128,57 +142,62 @@ def test_simclr_augment_is_seeded_and_shaped():
 
 
 def test_two_views_are_independent_views_of_one_example():
-  element = {'image': _image(np.random.default_rng(10), (28, 28, 1)), 'label': 7}
+  element = {"image": _image(np.random.default_rng(10), (28, 28, 1)), "label": 7}
   views = augment.TwoViews(augment.SimCLRAugment(MEAN, STD))
   out = views.random_map(element, np.random.default_rng(0))
-  assert set(out) == {'view1', 'view2', 'label'}
-  assert out['label'].dtype == np.int32 and out['label'] == 7
-  assert out['view1'].shape == out['view2'].shape == (28, 28, 1)
-  assert not np.allclose(out['view1'], out['view2'])
+  assert set(out) == {"view1", "view2", "label"}
+  assert out["label"].dtype == np.int32 and out["label"] == 7
+  assert out["view1"].shape == out["view2"].shape == (28, 28, 1)
+  assert not np.allclose(out["view1"], out["view2"])
   again = views.random_map(element, np.random.default_rng(0))
-  np.testing.assert_array_equal(out['view1'], again['view1'])
-  np.testing.assert_array_equal(out['view2'], again['view2'])
+  np.testing.assert_array_equal(out["view1"], again["view1"])
+  np.testing.assert_array_equal(out["view2"], again["view2"])
   # Asymmetric views (BYOL): the second augmentation is used for view2.
   asym = augment.TwoViews(_identity_augment(), _identity_augment(solarize_prob=1.0))
   out = asym.random_map(element, np.random.default_rng(0))
-  x = element['image'] / 255.0
-  np.testing.assert_allclose(out['view1'], (x - 0.25) / 0.5, atol=1e-6)
-  np.testing.assert_allclose(out['view2'], (np.where(x < 0.5, x, 1 - x) - 0.25) / 0.5, atol=1e-6)
+  x = element["image"] / 255.0
+  np.testing.assert_allclose(out["view1"], (x - 0.25) / 0.5, atol=1e-6)
+  np.testing.assert_allclose(out["view2"], (np.where(x < 0.5, x, 1 - x) - 0.25) / 0.5, atol=1e-6)
   # Worker processes receive transforms by pickle.
   restored = pickle.loads(pickle.dumps(views))
-  np.testing.assert_array_equal(restored.random_map(element, np.random.default_rng(0))['view1'],
-                                views.random_map(element, np.random.default_rng(0))['view1'])
+  np.testing.assert_array_equal(
+    restored.random_map(element, np.random.default_rng(0))["view1"],
+    views.random_map(element, np.random.default_rng(0))["view1"],
+  )
 
 
 def test_deterministic_transform():
-  element = {'image': _image(np.random.default_rng(11), (16, 16, 1)), 'label': np.int64(3)}
+  element = {"image": _image(np.random.default_rng(11), (16, 16, 1)), "label": np.int64(3)}
   out = augment.Deterministic(MEAN, STD).map(element)
-  np.testing.assert_allclose(out['image'], (element['image'] / 255.0 - 0.25) / 0.5, atol=1e-6)
-  assert out['label'].dtype == np.int32 and out['image'].dtype == np.float32
+  np.testing.assert_allclose(out["image"], (element["image"] / 255.0 - 0.25) / 0.5, atol=1e-6)
+  assert out["label"].dtype == np.int32 and out["image"].dtype == np.float32
   cropped = augment.Deterministic(MEAN, STD, output_size=8, crop_fraction=0.5).map(element)
-  expected = (element['image'][4:12, 4:12] / 255.0 - 0.25) / 0.5
-  np.testing.assert_allclose(cropped['image'], expected, atol=1e-6)
-  assert augment.Deterministic(MEAN, STD, output_size=32).map(element)['image'].shape == (32, 32, 1)
+  expected = (element["image"][4:12, 4:12] / 255.0 - 0.25) / 0.5
+  np.testing.assert_allclose(cropped["image"], expected, atol=1e-6)
+  assert augment.Deterministic(MEAN, STD, output_size=32).map(element)["image"].shape == (32, 32, 1)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(crop_scale=(0.0, 1.0)), 'crop_scale'),
-    (dict(crop_scale=(0.8, 0.5)), 'crop_scale'),
-    (dict(crop_ratio=(2.0, 1.0)), 'crop_ratio'),
-    (dict(blur_prob=1.5), 'blur_prob'),
-    (dict(output_size=0), 'output_size'),
-    (dict(std=(0.0,)), 'std'),
-])
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(crop_scale=(0.0, 1.0)), "crop_scale"),
+    (dict(crop_scale=(0.8, 0.5)), "crop_scale"),
+    (dict(crop_ratio=(2.0, 1.0)), "crop_ratio"),
+    (dict(blur_prob=1.5), "blur_prob"),
+    (dict(output_size=0), "output_size"),
+    (dict(std=(0.0,)), "std"),
+  ],
+)
 def test_bad_config_raises(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    augment.SimCLRAugment(**{'mean': MEAN, 'std': STD, **kwargs})
+    augment.SimCLRAugment(**{"mean": MEAN, "std": STD, **kwargs})
 
 
 def test_bad_input_raises():
   aug = augment.SimCLRAugment(MEAN, STD)
-  with pytest.raises(ValueError, match='channels'):
+  with pytest.raises(ValueError, match="channels"):
     aug(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0))
-  with pytest.raises(ValueError, match='uint8'):
+  with pytest.raises(ValueError, match="uint8"):
     aug(np.zeros((8, 8, 1), np.float32), np.random.default_rng(0))
-  with pytest.raises(ValueError, match='crop_fraction'):
+  with pytest.raises(ValueError, match="crop_fraction"):
     augment.Deterministic(MEAN, STD, crop_fraction=0.0)

@@ -1,5 +1,6 @@
 """I-JEPA multi-block masks: disjoint context and targets, block sizes and aspects in the
 paper's ranges, fixed counts, determinism given the seed, bad settings fail clearly."""
+
 import numpy as np
 import pytest
 
@@ -60,11 +61,11 @@ def test_target_blocks_are_rectangles_in_the_papers_ranges(monkeypatch):
   for _ in range(200):
     placed.clear()
     context, targets = masker(rng)
-    *tries, = [placed[i:i + 5] for i in range(0, len(placed), 5)]
+    (*tries,) = [placed[i : i + 5] for i in range(0, len(placed), 5)]
     blocks = tries[-1]  # the accepted draw
     sizes = {size for size, _ in blocks[:4]}
     assert len(sizes) == 1
-    (h, w), = sizes
+    ((h, w),) = sizes
     n = 49
     # Area: round(sqrt(k a)) * round(sqrt(k / a)) with k = int(n s) lies within rounding of k.
     assert int(n * 0.15) - 3 <= h * w <= int(n * 0.2) + 3
@@ -101,8 +102,9 @@ def test_deterministic_given_the_seed_and_different_across_seeds():
 def test_view_transform_on_a_real_image(data_dir):
   info = datasets.get_info("digits", data_dir)
   example = datasets.get_source("digits", "train", data_dir)[0]
-  aug = augment.SimCLRAugment(mean=info.mean, std=info.std, output_size=8, jitter_prob=0.0,
-                              grayscale_prob=0.0, blur_prob=0.0)
+  aug = augment.SimCLRAugment(
+    mean=info.mean, std=info.std, output_size=8, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0
+  )
   view = bm.MultiBlockView(aug, bm.MultiBlockMasker((4, 4), 1, 3), patch_size=2, image_size=8)
   out = view.random_map(example, np.random.default_rng(0))
   again = view.random_map(example, np.random.default_rng(0))

@@ -1,4 +1,5 @@
 """MAE masks: exact keep count, mask/keep/restore consistency, per-element seeding in Grain."""
+
 import grain
 import numpy as np
 import pytest
@@ -8,12 +9,12 @@ from jaxssl.data import masking
 from jaxssl.data import pipeline
 
 
-@pytest.mark.parametrize("num_patches,mask_ratio,expected_keep",
-                         [(16, 0.75, 4), (196, 0.75, 49), (49, 0.75, 12), (10, 0.0, 10),
-                          (7, 0.5, 3)])
+@pytest.mark.parametrize(
+  "num_patches,mask_ratio,expected_keep",
+  [(16, 0.75, 4), (196, 0.75, 49), (49, 0.75, 12), (10, 0.0, 10), (7, 0.5, 3)],
+)
 def test_random_mask_keeps_int_n_times_one_minus_ratio(num_patches, mask_ratio, expected_keep):
-  keep, mask, ids_restore = masking.random_mask(np.random.default_rng(0), num_patches,
-                                                mask_ratio)
+  keep, mask, ids_restore = masking.random_mask(np.random.default_rng(0), num_patches, mask_ratio)
   assert keep.shape == (expected_keep,) and keep.dtype == np.int32
   assert mask.shape == ids_restore.shape == (num_patches,)
   assert mask.dtype == np.float32 and ids_restore.dtype == np.int32
@@ -60,15 +61,23 @@ def test_random_mask_rejects_bad_ratios(mask_ratio):
 
 
 def _augment(output_size=8):
-  return augment.SimCLRAugment(mean=(0.5,), std=(0.25,), output_size=output_size,
-                               crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_prob=0.0,
-                               grayscale_prob=0.0, blur_prob=0.0)
+  return augment.SimCLRAugment(
+    mean=(0.5,),
+    std=(0.25,),
+    output_size=output_size,
+    crop_scale=(0.2, 1.0),
+    flip_prob=0.5,
+    jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+  )
 
 
 def _source(n=12):
   rng = np.random.default_rng(0)
-  return [{"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": i % 3}
-          for i in range(n)]
+  return [
+    {"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": i % 3} for i in range(n)
+  ]
 
 
 def test_masked_view_outputs_and_per_element_seeding():
@@ -88,8 +97,9 @@ def test_masked_view_outputs_and_per_element_seeding():
 
 def test_masked_view_batches_replay_exactly_after_restore():
   view = masking.MaskedView(_augment(), patch_size=2, mask_ratio=0.75, image_size=8)
-  dataset = pipeline.make_train_dataset(_source(), view, global_batch_size=4, seed=1,
-                                        process_index=0, process_count=1)
+  dataset = pipeline.make_train_dataset(
+    _source(), view, global_batch_size=4, seed=1, process_index=0, process_count=1
+  )
   it = pipeline.make_train_iterator(dataset)
   next(it)
   state = it.get_state()

@@ -1,5 +1,6 @@
 """Multi-crop views and iBOT block masks: shapes, DINO's per-crop augmentations, determinism
 given the seed, mask ratios, block structure and errors."""
+
 import numpy as np
 import pytest
 
@@ -13,8 +14,9 @@ def _image(seed=0, size=28):
 
 
 def _transform(masking=None, num_local=4):
-  return multicrop.dino_multicrop(mean=MEAN, std=STD, global_size=28, local_size=14,
-                                  num_local=num_local, masking=masking)
+  return multicrop.dino_multicrop(
+    mean=MEAN, std=STD, global_size=28, local_size=14, num_local=num_local, masking=masking
+  )
 
 
 def test_dino_augmentations_per_crop():
@@ -29,21 +31,21 @@ def test_dino_augmentations_per_crop():
 
 def test_shapes_and_determinism_given_the_seed():
   t = _transform(multicrop.BlockMasking(grid=(4, 4), prob=1.0, min_block=1))
-  element = {'image': _image(), 'label': 3}
+  element = {"image": _image(), "label": 3}
   out = t.random_map(element, np.random.default_rng(7))
-  assert out['global_crops'].shape == (2, 28, 28, 1) and out['global_crops'].dtype == np.float32
-  assert out['local_crops'].shape == (4, 14, 14, 1) and out['local_crops'].dtype == np.float32
-  assert out['masks'].shape == (2, 16) and out['masks'].dtype == np.float32
-  assert out['label'] == 3
+  assert out["global_crops"].shape == (2, 28, 28, 1) and out["global_crops"].dtype == np.float32
+  assert out["local_crops"].shape == (4, 14, 14, 1) and out["local_crops"].dtype == np.float32
+  assert out["masks"].shape == (2, 16) and out["masks"].dtype == np.float32
+  assert out["label"] == 3
   again = t.random_map(element, np.random.default_rng(7))
   for key in out:
     np.testing.assert_array_equal(out[key], again[key])
   other = t.random_map(element, np.random.default_rng(8))
-  assert not np.array_equal(out['global_crops'], other['global_crops'])
+  assert not np.array_equal(out["global_crops"], other["global_crops"])
   # The crops are different samples of the image, not copies.
-  assert not np.array_equal(out['global_crops'][0], out['global_crops'][1])
-  assert not np.array_equal(out['local_crops'][0], out['local_crops'][1])
-  assert 'masks' not in _transform().random_map(element, np.random.default_rng(7))
+  assert not np.array_equal(out["global_crops"][0], out["global_crops"][1])
+  assert not np.array_equal(out["local_crops"][0], out["local_crops"][1])
+  assert "masks" not in _transform().random_map(element, np.random.default_rng(7))
 
 
 def _fraction_with_masked_neighbour(mask2d):
@@ -80,15 +82,19 @@ def test_mask_policy_probability_and_ratio_range():
   assert np.quantile(ratios[masked], 0.1) >= 0.09  # the low end is int(0.1 * 196) = 19
   assert 0.25 <= ratios[masked].mean() <= 0.33  # E[U(0.1, 0.5)] = 0.3, minus BEiT underfill
   np.testing.assert_array_equal(
-      multicrop.BlockMasking(grid=(4, 4), prob=0.0)(np.random.default_rng(0)), False)
+    multicrop.BlockMasking(grid=(4, 4), prob=0.0)(np.random.default_rng(0)), False
+  )
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(grid=(4, 4), ratio=(0.5, 0.1)), 'ratio range'),
-    (dict(grid=(4, 4), ratio=(0.1, 1.0)), 'ratio range'),
-    (dict(grid=(4, 4), prob=1.5), 'probability'),
-    (dict(grid=(1, 4)), 'too small'),
-])
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(grid=(4, 4), ratio=(0.5, 0.1)), "ratio range"),
+    (dict(grid=(4, 4), ratio=(0.1, 1.0)), "ratio range"),
+    (dict(grid=(4, 4), prob=1.5), "probability"),
+    (dict(grid=(1, 4)), "too small"),
+  ],
+)
 def test_bad_mask_policy_raises(kwargs, match):
   with pytest.raises(ValueError, match=match):
     multicrop.BlockMasking(**kwargs)
@@ -96,10 +102,11 @@ def test_bad_mask_policy_raises(kwargs, match):
 
 def test_bad_multicrop_raises():
   t = _transform()
-  with pytest.raises(ValueError, match='local_augment'):
+  with pytest.raises(ValueError, match="local_augment"):
     multicrop.MultiCrop(t.global_augments, None, num_local=2)
-  with pytest.raises(ValueError, match='at least one global'):
+  with pytest.raises(ValueError, match="at least one global"):
     multicrop.MultiCrop((), t.local_augment, num_local=2)
   no_locals = multicrop.MultiCrop(t.global_augments).random_map(
-      {'image': _image(), 'label': 0}, np.random.default_rng(0))
-  assert no_locals['local_crops'].shape == (0, 14, 14, 1)
+    {"image": _image(), "label": 0}, np.random.default_rng(0)
+  )
+  assert no_locals["local_crops"].shape == (0, 14, 14, 1)

@@ -1,9 +1,9 @@
 """Fixed synthetic feature sets for the protocol tests (imported by tests/eval/test_*.py)."""
+
 import numpy as np
 
 
-def gaussian_blobs(num_train, num_test, dim, num_classes, seed, spread=1.0,
-                   balanced_train=False):
+def gaussian_blobs(num_train, num_test, dim, num_classes, seed, spread=1.0, balanced_train=False):
   """Class-centred Gaussian features: (train_x, train_y, test_x, test_y), float32 features.
 
   `balanced_train` gives every class num_train // num_classes training examples (few-shot

@@ -1,4 +1,5 @@
 """Tests for jaxssl.eval.fewshot against an independent float64 NumPy ridge."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,10 +8,8 @@ from jaxssl.eval import fewshot
 from synthetic import gaussian_blobs
 
 
-
 def _blobs(num_train, num_test, dim, num_classes, seed, spread=2.0):
-  return gaussian_blobs(num_train, num_test, dim, num_classes, seed, spread,
-                        balanced_train=True)
+  return gaussian_blobs(num_train, num_test, dim, num_classes, seed, spread, balanced_train=True)
 
 
 def _numpy_ridge(sample_x, sample_y, test_x, num_classes, l2_reg):
@@ -40,8 +39,7 @@ def _numpy_ridge(sample_x, sample_y, test_x, num_classes, l2_reg):
 def _big_vision_sample(train_y, num_classes, shots, seed):
   """Sampling written as in big_vision: per-class permutation, first n."""
   rng = np.random.default_rng(seed)
-  per_class = [rng.permutation(np.where(train_y == c)[0])
-               for c in range(num_classes)]
+  per_class = [rng.permutation(np.where(train_y == c)[0]) for c in range(num_classes)]
   return np.concatenate([indices[:shots] for indices in per_class])
 
 
@@ -52,14 +50,11 @@ def test_ridge_weights_match_lstsq_primal_and_dual(num_samples, dim):
   design = rng.normal(size=(num_samples, dim)).astype(np.float32)
   targets = rng.choice([-1.0, 1.0], size=(num_samples, 3)).astype(np.float32)
   for l2_reg in (0.5, 2.0**10):
-    weights = fewshot.ridge_weights(jnp.asarray(design), jnp.asarray(targets),
-                                    l2_reg)
+    weights = fewshot.ridge_weights(jnp.asarray(design), jnp.asarray(targets), l2_reg)
     stacked_x = np.concatenate([design, np.sqrt(l2_reg) * np.eye(dim)])
     stacked_y = np.concatenate([targets, np.zeros((dim, 3))])
-    expected = np.linalg.lstsq(stacked_x.astype(np.float64), stacked_y,
-                               rcond=None)[0]
-    np.testing.assert_allclose(weights, expected, rtol=2e-4,
-                               atol=2e-4 * np.abs(expected).max())
+    expected = np.linalg.lstsq(stacked_x.astype(np.float64), stacked_y, rcond=None)[0]
+    np.testing.assert_allclose(weights, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("shots", [1, 3, 40])
@@ -70,11 +65,11 @@ def test_predictions_match_numpy(shots):
   index = _big_vision_sample(train_y, 5, shots, seed=0)
   sample_x = train_x[index]
   mean = sample_x.mean(0, dtype=np.float64).astype(np.float32)
-  std = (sample_x.std(0, dtype=np.float64) + fewshot.STD_EPS).astype(
-      np.float32)
+  std = (sample_x.std(0, dtype=np.float64) + fewshot.STD_EPS).astype(np.float32)
   for l2_reg in (1.0, 2.0**10):
-    predicted = fewshot._fit_and_predict(sample_x, train_y[index], mean, std,
-                                         test_x, l2_reg, num_classes=5)
+    predicted = fewshot._fit_and_predict(
+      sample_x, train_y[index], mean, std, test_x, l2_reg, num_classes=5
+    )
     _, expected = _numpy_ridge(sample_x, train_y[index], test_x, 5, l2_reg)
     np.testing.assert_array_equal(predicted, expected)
 
@@ -82,21 +77,18 @@ def test_predictions_match_numpy(shots):
 def test_fewshot_ridge_end_to_end_matches_numpy():
   train_x, train_y, test_x, test_y = _blobs(300, 200, 24, 5, seed=2)
   shots, seeds = (1, 4, 10), (0, 1, 2)
-  metrics = fewshot.fewshot_ridge(train_x, train_y, test_x, test_y,
-                                  num_classes=5, shots=shots, seeds=seeds)
-  assert set(metrics) == {f"{n}shot_top1{s}" for n in shots
-                          for s in ("", "_std")}
+  metrics = fewshot.fewshot_ridge(
+    train_x, train_y, test_x, test_y, num_classes=5, shots=shots, seeds=seeds
+  )
+  assert set(metrics) == {f"{n}shot_top1{s}" for n in shots for s in ("", "_std")}
   for n in shots:
     accuracies = []
     for seed in seeds:
       index = _big_vision_sample(train_y, 5, n, seed)
-      _, predicted = _numpy_ridge(train_x[index], train_y[index], test_x, 5,
-                                  2.0**10)
+      _, predicted = _numpy_ridge(train_x[index], train_y[index], test_x, 5, 2.0**10)
       accuracies.append(np.mean(predicted == test_y))
-    assert metrics[f"{n}shot_top1"] == pytest.approx(np.mean(accuracies),
-                                                     abs=1e-12)
-    assert metrics[f"{n}shot_top1_std"] == pytest.approx(np.std(accuracies),
-                                                         abs=1e-12)
+    assert metrics[f"{n}shot_top1"] == pytest.approx(np.mean(accuracies), abs=1e-12)
+    assert metrics[f"{n}shot_top1_std"] == pytest.approx(np.std(accuracies), abs=1e-12)
   # More shots help on this problem, and 10-shot is far above chance.
   assert metrics["10shot_top1"] > metrics["1shot_top1"]
   assert metrics["10shot_top1"] > 0.5
@@ -107,15 +99,15 @@ def test_samples_are_nested_and_match_big_vision_order():
   per_class = fewshot.sample_per_class(train_y, np.random.default_rng(7), 5)
   for n in (1, 5, 25):
     index = np.concatenate([indices[:n] for indices in per_class])
-    np.testing.assert_array_equal(index,
-                                  _big_vision_sample(train_y, 5, n, seed=7))
+    np.testing.assert_array_equal(index, _big_vision_sample(train_y, 5, n, seed=7))
     np.testing.assert_array_equal(np.bincount(train_y[index]), [n] * 5)
 
 
 def test_deterministic_and_seed_dependent():
   train_x, train_y, test_x, test_y = _blobs(300, 200, 24, 5, seed=4)
   run = lambda seeds: fewshot.fewshot_ridge(  # noqa: E731
-      train_x, train_y, test_x, test_y, num_classes=5, shots=(2,), seeds=seeds)
+    train_x, train_y, test_x, test_y, num_classes=5, shots=(2,), seeds=seeds
+  )
   assert run((0, 1)) == run((0, 1))
   assert run((0,))["2shot_top1"] != run((5,))["2shot_top1"]
   assert run((0,))["2shot_top1_std"] == 0.0
@@ -126,15 +118,13 @@ def test_constant_feature_does_not_blow_up():
   # (x - mean) / (0 + eps) it is huge on test, yet its ridge weight is exactly
   # 0 so predictions equal those without the feature.
   train_x, train_y, test_x, test_y = _blobs(300, 200, 24, 5, seed=5)
-  with_constant = np.concatenate([train_x, np.full((300, 1), 3.0, np.float32)],
-                                 axis=1)
+  with_constant = np.concatenate([train_x, np.full((300, 1), 3.0, np.float32)], axis=1)
   test_with_varying = np.concatenate(
-      [test_x, np.random.default_rng(0).normal(size=(200, 1)).astype(
-          np.float32)], axis=1)
+    [test_x, np.random.default_rng(0).normal(size=(200, 1)).astype(np.float32)], axis=1
+  )
   kwargs = dict(num_classes=5, shots=(1, 5), seeds=(0,))
   expected = fewshot.fewshot_ridge(train_x, train_y, test_x, test_y, **kwargs)
-  got = fewshot.fewshot_ridge(with_constant, train_y, test_with_varying,
-                              test_y, **kwargs)
+  got = fewshot.fewshot_ridge(with_constant, train_y, test_with_varying, test_y, **kwargs)
   assert got == expected
 
 
@@ -142,19 +132,24 @@ def test_too_few_examples_names_class_and_count():
   train_x, train_y, test_x, test_y = _blobs(300, 20, 4, 5, seed=6)
   keep = (train_y != 3) | (np.cumsum(train_y == 3) <= 7)  # 7 of class 3.
   with pytest.raises(ValueError, match="class 3 has 7"):
-    fewshot.fewshot_ridge(train_x[keep], train_y[keep], test_x, test_y,
-                          num_classes=5, shots=(1, 10))
+    fewshot.fewshot_ridge(
+      train_x[keep], train_y[keep], test_x, test_y, num_classes=5, shots=(1, 10)
+    )
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [(dict(shots=()), "shots"), (dict(shots=(0,)), "shots"),
-     (dict(seeds=()), "seeds"), (dict(l2_reg=0.0), "l2_reg")])
+  "kwargs, message",
+  [
+    (dict(shots=()), "shots"),
+    (dict(shots=(0,)), "shots"),
+    (dict(seeds=()), "seeds"),
+    (dict(l2_reg=0.0), "l2_reg"),
+  ],
+)
 def test_bad_arguments(kwargs, message):
   train_x, train_y, test_x, test_y = _blobs(50, 10, 4, 5, seed=0)
   with pytest.raises(ValueError, match=message):
-    fewshot.fewshot_ridge(train_x, train_y, test_x, test_y, num_classes=5,
-                          **kwargs)
+    fewshot.fewshot_ridge(train_x, train_y, test_x, test_y, num_classes=5, **kwargs)
 
 
 def test_bad_inputs_are_rejected():
@@ -162,8 +157,6 @@ def test_bad_inputs_are_rejected():
   nan_train = train_x.copy()
   nan_train[3] = np.inf
   with pytest.raises(ValueError, match="train_x has 4 NaN/inf"):
-    fewshot.fewshot_ridge(nan_train, train_y, test_x, test_y, num_classes=5,
-                          shots=(1,))
+    fewshot.fewshot_ridge(nan_train, train_y, test_x, test_y, num_classes=5, shots=(1,))
   with pytest.raises(ValueError, match="one label per row"):
-    fewshot.fewshot_ridge(train_x, train_y[:-1], test_x, test_y,
-                          num_classes=5, shots=(1,))
+    fewshot.fewshot_ridge(train_x, train_y[:-1], test_x, test_y, num_classes=5, shots=(1,))

@@ -1,4 +1,5 @@
 """Tests for jaxssl.eval.knn against a brute-force float64 NumPy kNN."""
+
 import numpy as np
 import pytest
 
@@ -6,10 +7,7 @@ from jaxssl.eval import knn
 from synthetic import gaussian_blobs
 
 
-
-
-def _brute_force_ranked(train_x, train_y, test_x, num_classes, k, temperature,
-                        num_ranked):
+def _brute_force_ranked(train_x, train_y, test_x, num_classes, k, temperature, num_ranked):
   """One test point at a time: sort all similarities, vote with exp(s/T)."""
   train = train_x.astype(np.float64)
   train /= np.linalg.norm(train, axis=1, keepdims=True)
@@ -30,15 +28,28 @@ def test_matches_brute_force(chunk_size):
   # one chunk larger than the test set.
   train_x, train_y, test_x, test_y = gaussian_blobs(300, 77, 16, 6, seed=0, spread=2.0)
   k, temperature = 20, 0.07
-  expected = _brute_force_ranked(train_x, train_y, test_x, 6, k, temperature,
-                                 num_ranked=5)
-  ranked = knn.knn_predict(train_x, train_y, test_x, num_classes=6, k=k,
-                           temperature=temperature, chunk_size=chunk_size,
-                           num_ranked=5)
+  expected = _brute_force_ranked(train_x, train_y, test_x, 6, k, temperature, num_ranked=5)
+  ranked = knn.knn_predict(
+    train_x,
+    train_y,
+    test_x,
+    num_classes=6,
+    k=k,
+    temperature=temperature,
+    chunk_size=chunk_size,
+    num_ranked=5,
+  )
   np.testing.assert_array_equal(ranked, expected)
-  metrics = knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=6,
-                             k=k, temperature=temperature,
-                             chunk_size=chunk_size)
+  metrics = knn.knn_classify(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes=6,
+    k=k,
+    temperature=temperature,
+    chunk_size=chunk_size,
+  )
   assert metrics["top1"] == np.mean(expected[:, 0] == test_y)
   assert metrics["top5"] == np.mean(np.any(expected == test_y[:, None], 1))
   # Not a degenerate problem: better than chance, not trivially perfect.
@@ -49,13 +60,12 @@ def test_small_temperature_and_k_one():
   # exp(1 / 0.005) overflows float32; the max-subtracted votes must not.
   train_x, train_y, test_x, test_y = gaussian_blobs(200, 50, 8, 4, seed=1, spread=1.5)
   for k, temperature in ((1, 0.07), (7, 0.005)):
-    expected = _brute_force_ranked(train_x, train_y, test_x, 4, k,
-                                   temperature, num_ranked=1)[:, 0]
-    ranked = knn.knn_predict(train_x, train_y, test_x, num_classes=4, k=k,
-                             temperature=temperature, chunk_size=16)
+    expected = _brute_force_ranked(train_x, train_y, test_x, 4, k, temperature, num_ranked=1)[:, 0]
+    ranked = knn.knn_predict(
+      train_x, train_y, test_x, num_classes=4, k=k, temperature=temperature, chunk_size=16
+    )
     np.testing.assert_array_equal(ranked[:, 0], expected)
-  metrics = knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=4,
-                             k=1)
+  metrics = knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=4, k=1)
   assert set(metrics) == {"top1"}  # No top-5 with fewer than 5 classes.
 
 
@@ -66,8 +76,7 @@ def test_invariant_to_feature_scale():
   scaled_train = train_x * rng.uniform(0.1, 10.0, (150, 1)).astype(np.float32)
   scaled_test = test_x * rng.uniform(0.1, 10.0, (40, 1)).astype(np.float32)
   expected = knn.knn_predict(train_x, train_y, test_x, num_classes=5, k=10)
-  scaled = knn.knn_predict(scaled_train, train_y, scaled_test, num_classes=5,
-                           k=10)
+  scaled = knn.knn_predict(scaled_train, train_y, scaled_test, num_classes=5, k=10)
   np.testing.assert_array_equal(scaled, expected)
 
 
@@ -76,20 +85,23 @@ def test_duplicate_neighbours_tie_to_lower_index():
   # k lowest indices vote (like a stable sort), so class 0 wins 2 votes to 1.
   train_x = np.ones((6, 3), np.float32)
   train_y = np.array([0, 1, 0, 1, 1, 1])
-  ranked = knn.knn_predict(train_x, train_y, np.ones((2, 3), np.float32),
-                           num_classes=2, k=3)
+  ranked = knn.knn_predict(train_x, train_y, np.ones((2, 3), np.float32), num_classes=2, k=3)
   np.testing.assert_array_equal(ranked[:, 0], [0, 0])
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [(dict(k=0), "k=0"), (dict(k=1000), "k=1000"),
-     (dict(temperature=0.0), "temperature"), (dict(chunk_size=0), "chunk")])
+  "kwargs, message",
+  [
+    (dict(k=0), "k=0"),
+    (dict(k=1000), "k=1000"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(chunk_size=0), "chunk"),
+  ],
+)
 def test_bad_arguments(kwargs, message):
   train_x, train_y, test_x, test_y = gaussian_blobs(20, 5, 4, 3, seed=0)
   with pytest.raises(ValueError, match=message):
-    knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=3,
-                     **kwargs)
+    knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=3, **kwargs)
 
 
 def test_bad_inputs_are_rejected():

@@ -1,4 +1,5 @@
 """Tests for jaxssl.losses.monitoring (collapse monitors)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,19 +38,18 @@ def test_rankme_counts_equal_directions(rng):
   for r in (1, 3, 8):
     # r orthonormal columns (r singular values 1, the rest 0): rank r.
     z = q[:, :r] @ np.eye(r, 8)
-    np.testing.assert_allclose(losses.rankme(z.astype(np.float32)), r,
-                               rtol=1e-4)
+    np.testing.assert_allclose(losses.rankme(z.astype(np.float32)), r, rtol=1e-4)
   # Invariant to scale and to rotations of the embedding space.
   z = rng.normal(size=(32, 8)).astype(np.float32)
   rot, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-  np.testing.assert_allclose(losses.rankme(5.0 * z @ rot.astype(np.float32)),
-                             losses.rankme(z), rtol=1e-4)
+  np.testing.assert_allclose(
+    losses.rankme(5.0 * z @ rot.astype(np.float32)), losses.rankme(z), rtol=1e-4
+  )
 
 
 def test_monitors_pass_no_gradient_and_check_shapes():
   z = jnp.arange(12.0).reshape(4, 3)
-  grad = jax.jit(jax.grad(
-      lambda x: losses.rankme(x) + losses.embedding_std(x)))(z)
+  grad = jax.jit(jax.grad(lambda x: losses.rankme(x) + losses.embedding_std(x)))(z)
   assert np.all(grad == 0)
   with pytest.raises(ValueError, match="batch >= 2"):
     losses.rankme(jnp.ones((1, 3)))

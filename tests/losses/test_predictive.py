@@ -1,4 +1,5 @@
 """Tests for jaxssl.losses.predictive against float64 NumPy derivations."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +32,8 @@ def test_ijepa_matches_reference_and_stops_target_gradient(rng):
   smooth, _ = losses.ijepa(pred, target, loss="smooth_l1")
   np.testing.assert_allclose(smooth, np.mean(_smooth_l1(d, 1.0)), rtol=1e-5)
   flat = pred.reshape(-1, 4).astype(np.float64)
-  np.testing.assert_allclose(metrics["pred_std"],
-                             np.mean(np.sqrt(flat.var(0) + 1e-6)), rtol=1e-5)
-  grads = jax.jit(jax.grad(lambda p, t: losses.ijepa(p, t)[0],
-                           argnums=(0, 1)))(pred, target)
+  np.testing.assert_allclose(metrics["pred_std"], np.mean(np.sqrt(flat.var(0) + 1e-6)), rtol=1e-5)
+  grads = jax.jit(jax.grad(lambda p, t: losses.ijepa(p, t)[0], argnums=(0, 1)))(pred, target)
   np.testing.assert_allclose(grads[0], 2 * d / 10, rtol=1e-5, atol=1e-7)
   assert np.all(grads[1] == 0)
   with pytest.raises(ValueError, match="'l2' or 'smooth_l1'"):
@@ -70,10 +69,8 @@ def test_data2vec_matches_reference(rng, top_k, beta):
   layers = (rng.normal(size=(3, 2, 6, 4)) * 3 + 1).astype(np.float32)
   mask = rng.random(size=(2, 6)) < 0.5
   mask[:, 0] = True
-  loss, metrics = losses.data2vec(pred, layers, mask, top_k=top_k,
-                                  loss_beta=beta)
-  np.testing.assert_allclose(
-      loss, _data2vec_reference(pred, layers, mask, top_k, beta), rtol=1e-5)
+  loss, metrics = losses.data2vec(pred, layers, mask, top_k=top_k, loss_beta=beta)
+  np.testing.assert_allclose(loss, _data2vec_reference(pred, layers, mask, top_k, beta), rtol=1e-5)
   np.testing.assert_allclose(metrics["mask_ratio"], mask.mean(), rtol=1e-6)
 
 
@@ -87,16 +84,16 @@ def test_data2vec_masked_positions_top_layers_and_stop_gradient(rng):
   changed_layers = layers.copy()
   changed_layers[:2] = 9.0
   np.testing.assert_allclose(
-      losses.data2vec(changed_pred, changed_layers, mask, top_k=2)[0], loss,
-      rtol=1e-6)
+    losses.data2vec(changed_pred, changed_layers, mask, top_k=2)[0], loss, rtol=1e-6
+  )
   # Instance norm makes each layer's per-channel offset and scale irrelevant.
   affine = layers * rng.uniform(0.5, 2.0, size=(4, 2, 1, 4)) + 3.0
   np.testing.assert_allclose(
-      losses.data2vec(pred, affine.astype(np.float32), mask, top_k=2)[0],
-      loss, rtol=1e-4)
-  grads = jax.jit(jax.grad(
-      lambda p, l: losses.data2vec(p, l, mask, top_k=2)[0],
-      argnums=(0, 1)))(pred, layers)
+    losses.data2vec(pred, affine.astype(np.float32), mask, top_k=2)[0], loss, rtol=1e-4
+  )
+  grads = jax.jit(jax.grad(lambda p, l: losses.data2vec(p, l, mask, top_k=2)[0], argnums=(0, 1)))(
+    pred, layers
+  )
   assert np.all(grads[0][~mask] == 0) and np.any(grads[0][mask] != 0)
   assert np.all(grads[1] == 0)
   with pytest.raises(ValueError, match="top_k"):
@@ -111,18 +108,14 @@ def test_masked_lm_counts_only_masked_positions(rng):
   mask = np.array([[1, 0, 0, 1, 0], [0, 1, 1, 1, 0]], bool)
   loss, metrics = losses.masked_lm(logits, labels, mask)
   log_probs = _log_softmax(logits.astype(np.float64))
-  terms = [-log_probs[b, t, labels[b, t]] for b in range(2) for t in range(5)
-           if mask[b, t]]
-  hits = [np.argmax(logits[b, t]) == labels[b, t] for b in range(2)
-          for t in range(5) if mask[b, t]]
+  terms = [-log_probs[b, t, labels[b, t]] for b in range(2) for t in range(5) if mask[b, t]]
+  hits = [np.argmax(logits[b, t]) == labels[b, t] for b in range(2) for t in range(5) if mask[b, t]]
   np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
   np.testing.assert_allclose(metrics["accuracy"], np.mean(hits))
-  np.testing.assert_allclose(metrics["perplexity"], np.exp(np.mean(terms)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(metrics["perplexity"], np.exp(np.mean(terms)), rtol=1e-5)
   changed = np.where(mask[..., None], logits, 30.0).astype(np.float32)
   other_labels = np.where(mask, labels, 0)
-  np.testing.assert_allclose(
-      losses.masked_lm(changed, other_labels, mask)[0], loss, rtol=1e-6)
+  np.testing.assert_allclose(losses.masked_lm(changed, other_labels, mask)[0], loss, rtol=1e-6)
   with pytest.raises(ValueError, match="integer"):
     losses.masked_lm(logits, labels.astype(np.float32), mask)
 
@@ -132,11 +125,9 @@ def test_causal_lm_compares_position_t_with_token_t_plus_1(rng):
   tokens = rng.integers(0, 6, size=(2, 4))
   loss, metrics = losses.causal_lm(logits, tokens)
   log_probs = _log_softmax(logits.astype(np.float64))
-  terms = [-log_probs[b, t, tokens[b, t + 1]] for b in range(2)
-           for t in range(3)]
+  terms = [-log_probs[b, t, tokens[b, t + 1]] for b in range(2) for t in range(3)]
   np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
-  np.testing.assert_allclose(metrics["bits_per_token"],
-                             np.mean(terms) / np.log(2), rtol=1e-5)
+  np.testing.assert_allclose(metrics["bits_per_token"], np.mean(terms) / np.log(2), rtol=1e-5)
   # d loss / d logits[b, t] = (softmax - onehot(tokens[b, t+1])) / count for
   # t < T-1, and zero at the last position.
   grad = jax.jit(jax.grad(lambda x: losses.causal_lm(x, tokens)[0]))(logits)
@@ -149,8 +140,7 @@ def test_causal_lm_compares_position_t_with_token_t_plus_1(rng):
   # The first token is never a target.
   first_changed = tokens.copy()
   first_changed[:, 0] = (tokens[:, 0] + 1) % 6
-  np.testing.assert_allclose(losses.causal_lm(logits, first_changed)[0], loss,
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.causal_lm(logits, first_changed)[0], loss, rtol=1e-6)
 
 
 def test_causal_lm_padding_mask(rng):
@@ -159,8 +149,7 @@ def test_causal_lm_padding_mask(rng):
   mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
   loss, _ = losses.causal_lm(logits, tokens, mask=mask)
   log_probs = _log_softmax(logits.astype(np.float64))
-  terms = [-log_probs[b, t, tokens[b, t + 1]] for b in range(2)
-           for t in range(4) if mask[b, t + 1]]
+  terms = [-log_probs[b, t, tokens[b, t + 1]] for b in range(2) for t in range(4) if mask[b, t + 1]]
   assert len(terms) == 6
   np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
   with pytest.raises(ValueError, match="length >= 2"):

@@ -1,4 +1,5 @@
 """Tests for jaxssl.losses.reconstruction (MAE loss, patchify)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ def test_patchify_matches_mae_layout(rng):
   for b in range(2):
     for i in range(2):
       for j in range(3):
-        block = images[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :]
+        block = images[b, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4, :]
         np.testing.assert_array_equal(patches[b, 3 * i + j], block.reshape(-1))
   # The official MAE code on NCHW: einsum('nchpwq->nhwpqc').
   nchw = images.transpose(0, 3, 1, 2).reshape(2, 3, 2, 4, 3, 4)
@@ -29,11 +30,9 @@ def test_patchify_matches_mae_layout(rng):
 
 def test_unpatchify_inverts_patchify(rng):
   square = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
-  np.testing.assert_array_equal(
-      losses.unpatchify(losses.patchify(square, 2), 2), square)
+  np.testing.assert_array_equal(losses.unpatchify(losses.patchify(square, 2), 2), square)
   wide = rng.normal(size=(1, 4, 8, 3)).astype(np.float32)
-  np.testing.assert_array_equal(
-      losses.unpatchify(losses.patchify(wide, 2), 2, grid=(2, 4)), wide)
+  np.testing.assert_array_equal(losses.unpatchify(losses.patchify(wide, 2), 2, grid=(2, 4)), wide)
   with pytest.raises(ValueError, match="square grid"):
     losses.unpatchify(losses.patchify(wide, 2), 2)
   with pytest.raises(ValueError, match="not divisible"):
@@ -64,11 +63,10 @@ def test_mae_matches_reference(rng, norm_pix):
   mask = rng.random(size=(3, 6)) < 0.75
   loss, metrics = losses.mae(pred, target, mask, norm_pix=norm_pix)
   assert loss.dtype == jnp.float32 and loss.shape == ()
-  np.testing.assert_allclose(loss, _mae_reference(pred, target, mask,
-                                                  norm_pix), rtol=1e-5)
+  np.testing.assert_allclose(loss, _mae_reference(pred, target, mask, norm_pix), rtol=1e-5)
   np.testing.assert_allclose(
-      metrics["mse_visible"], _mae_reference(pred, target, ~mask, norm_pix),
-      rtol=1e-5)
+    metrics["mse_visible"], _mae_reference(pred, target, ~mask, norm_pix), rtol=1e-5
+  )
   np.testing.assert_allclose(metrics["mask_ratio"], mask.mean(), rtol=1e-6)
 
 
@@ -80,13 +78,11 @@ def test_mae_averages_over_masked_patches_only(rng):
   mask[1, 2] = True
   loss, _ = losses.mae(pred, target, mask)
   changed = np.where(mask[..., None], pred, 100.0).astype(np.float32)
-  np.testing.assert_allclose(losses.mae(changed, target, mask)[0], loss,
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.mae(changed, target, mask)[0], loss, rtol=1e-6)
   grad = jax.jit(jax.grad(lambda p: losses.mae(p, target, mask)[0]))(pred)
   assert np.all(grad[~mask] == 0) and np.all(np.any(grad[mask] != 0, -1))
   # norm_pix: the target's per-patch offset and scale do not matter.
-  np.testing.assert_allclose(
-      losses.mae(pred, 3.0 * target - 2.0, mask)[0], loss, rtol=1e-4)
+  np.testing.assert_allclose(losses.mae(pred, 3.0 * target - 2.0, mask)[0], loss, rtol=1e-4)
 
 
 def test_mae_empty_mask_and_bf16(rng):

@@ -1,4 +1,5 @@
 """Tests for jaxssl.losses.redundancy against float64 NumPy derivations."""
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -51,12 +52,11 @@ def _barlow_twins_reference(z1, z2, lambda_=5e-3, eps=1e-5):
     for j in range(d):
       a = z1[:, i] - z1[:, i].mean()
       b = z2[:, j] - z2[:, j].mean()
-      c = (np.sum(a * b) / n
-           / np.sqrt((np.sum(a * a) / n + eps) * (np.sum(b * b) / n + eps)))
+      c = np.sum(a * b) / n / np.sqrt((np.sum(a * a) / n + eps) * (np.sum(b * b) / n + eps))
       if i == j:
         on += (1 - c) ** 2
       else:
-        off += c ** 2
+        off += c**2
   return on + lambda_ * off, on, off
 
 
@@ -81,23 +81,19 @@ def test_vicreg_matches_reference(views):
   np.testing.assert_allclose(metrics["invariance"], inv, rtol=1e-5)
   np.testing.assert_allclose(metrics["variance"], var, rtol=1e-5)
   np.testing.assert_allclose(metrics["covariance"], cov, rtol=1e-5)
-  custom, _ = losses.vicreg(z1, z2, sim_coeff=1.0, std_coeff=2.0,
-                            cov_coeff=3.0)
-  np.testing.assert_allclose(
-      custom, _vicreg_reference(z1, z2, 1.0, 2.0, 3.0)[0], rtol=1e-5)
+  custom, _ = losses.vicreg(z1, z2, sim_coeff=1.0, std_coeff=2.0, cov_coeff=3.0)
+  np.testing.assert_allclose(custom, _vicreg_reference(z1, z2, 1.0, 2.0, 3.0)[0], rtol=1e-5)
 
 
 def test_vicreg_invariances(views):
   z1, z2 = views
   loss, _ = losses.vicreg(z1, z2)
   perm = np.random.default_rng(2).permutation(len(z1))
-  np.testing.assert_allclose(losses.vicreg(z1[perm], z2[perm])[0], loss,
-                             rtol=1e-5)
+  np.testing.assert_allclose(losses.vicreg(z1[perm], z2[perm])[0], loss, rtol=1e-5)
   np.testing.assert_allclose(losses.vicreg(z2, z1)[0], loss, rtol=1e-5)
   # Shifting both views by the same vector changes no term.
   shift = np.float32(3.0)
-  np.testing.assert_allclose(losses.vicreg(z1 + shift, z2 + shift)[0], loss,
-                             rtol=1e-5)
+  np.testing.assert_allclose(losses.vicreg(z1 + shift, z2 + shift)[0], loss, rtol=1e-5)
 
 
 def test_vicreg_collapse_is_penalised():
@@ -117,8 +113,7 @@ def test_barlow_twins_matches_reference(views):
   np.testing.assert_allclose(metrics["on_diagonal"], on, rtol=1e-5)
   np.testing.assert_allclose(metrics["off_diagonal"], off, rtol=1e-5)
   pearson, _ = losses.barlow_twins(z1, z2, lambda_=0.1, eps=0.0)
-  np.testing.assert_allclose(
-      pearson, _barlow_twins_reference(z1, z2, 0.1, eps=0.0)[0], rtol=1e-5)
+  np.testing.assert_allclose(pearson, _barlow_twins_reference(z1, z2, 0.1, eps=0.0)[0], rtol=1e-5)
 
 
 def test_barlow_twins_invariances(views):
@@ -126,15 +121,14 @@ def test_barlow_twins_invariances(views):
   loss, _ = losses.barlow_twins(z1, z2, eps=0.0)
   rng = np.random.default_rng(3)
   perm = rng.permutation(len(z1))
-  np.testing.assert_allclose(
-      losses.barlow_twins(z1[perm], z2[perm], eps=0.0)[0], loss, rtol=1e-5)
-  np.testing.assert_allclose(losses.barlow_twins(z2, z1, eps=0.0)[0], loss,
-                             rtol=1e-5)
+  np.testing.assert_allclose(losses.barlow_twins(z1[perm], z2[perm], eps=0.0)[0], loss, rtol=1e-5)
+  np.testing.assert_allclose(losses.barlow_twins(z2, z1, eps=0.0)[0], loss, rtol=1e-5)
   # Correlation ignores per-dimension positive scale and shift.
   scale = rng.uniform(0.5, 4.0, size=5).astype(np.float32)
   shift = rng.normal(size=5).astype(np.float32)
   np.testing.assert_allclose(
-      losses.barlow_twins(z1 * scale + shift, z2, eps=0.0)[0], loss, rtol=1e-4)
+    losses.barlow_twins(z1 * scale + shift, z2, eps=0.0)[0], loss, rtol=1e-4
+  )
 
 
 def test_barlow_twins_identical_decorrelated_views_have_zero_loss():
@@ -151,33 +145,34 @@ def test_barlow_twins_identical_decorrelated_views_have_zero_loss():
 def test_gradients_match_finite_differences(views):
   with jax.enable_x64(True):
     z1, z2 = (jnp.asarray(v, jnp.float64)[:6, :4] for v in views)
-    check_grads(jax.jit(lambda a, b: losses.vicreg(a, b)[0]), (z1, z2),
-                order=1, modes=("rev",))
-    check_grads(jax.jit(lambda a, b: losses.barlow_twins(a, b)[0]),
-                (z1, z2), order=1, modes=("rev",))
+    check_grads(jax.jit(lambda a, b: losses.vicreg(a, b)[0]), (z1, z2), order=1, modes=("rev",))
+    check_grads(
+      jax.jit(lambda a, b: losses.barlow_twins(a, b)[0]), (z1, z2), order=1, modes=("rev",)
+    )
 
 
 def test_sharded_inputs_give_the_same_value():
   rng = np.random.default_rng(5)
   z1 = rng.normal(size=(16, 6)).astype(np.float32)
   z2 = (z1 + 0.3 * rng.normal(size=(16, 6))).astype(np.float32)
-  mesh = jax.make_mesh((8,), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  s1, s2 = (jax.device_put(z, NamedSharding(mesh, P("data")))
-            for z in (z1, z2))
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  s1, s2 = (jax.device_put(z, NamedSharding(mesh, P("data"))) for z in (z1, z2))
   for fn in (losses.vicreg, losses.barlow_twins):
     want, want_metrics = jax.jit(fn)(z1, z2)
     got, got_metrics = jax.jit(fn)(s1, s2)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     for key in want_metrics:
-      np.testing.assert_allclose(got_metrics[key], want_metrics[key],
-                                 rtol=1e-6, atol=1e-6, err_msg=key)
+      np.testing.assert_allclose(
+        got_metrics[key], want_metrics[key], rtol=1e-6, atol=1e-6, err_msg=key
+      )
 
 
 def test_bf16_inputs_computed_in_float32(views):
   z1, z2 = (jnp.asarray(v, jnp.bfloat16) for v in views)
-  for fn, ref in ((losses.vicreg, _vicreg_reference),
-                  (losses.barlow_twins, _barlow_twins_reference)):
+  for fn, ref in (
+    (losses.vicreg, _vicreg_reference),
+    (losses.barlow_twins, _barlow_twins_reference),
+  ):
     loss, metrics = fn(z1, z2)
     assert loss.dtype == jnp.float32
     assert all(m.dtype == jnp.float32 for m in metrics.values())

@@ -1,4 +1,5 @@
 """SimSiam loss against a float64 NumPy eq. 1-2, and its stop-gradient on the projections."""
+
 import jax
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ def _simsiam64(p1, p2, z1, z2):
   def d(p, z):  # eq. 1, per example
     p, z = np.asarray(p, np.float64), np.asarray(z, np.float64)
     return -np.sum(p * z, -1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(z, axis=-1)
+
   return np.mean(d(p1, z2) / 2 + d(p2, z1) / 2)  # eq. 2
 
 
@@ -29,5 +31,5 @@ def test_simsiam_matches_reference_and_stops_projection_gradients():
   a, b = np.asarray(p1, np.float64), np.asarray(z2, np.float64)
   na, nb = np.linalg.norm(a, axis=-1, keepdims=True), np.linalg.norm(b, axis=-1, keepdims=True)
   cos = np.sum(a * b, -1, keepdims=True) / na / nb
-  want_grad = -(b / (na * nb) - cos * a / na ** 2) / 2 / len(a)
+  want_grad = -(b / (na * nb) - cos * a / na**2) / 2 / len(a)
   np.testing.assert_allclose(grads[0], want_grad, rtol=1e-4, atol=1e-7)

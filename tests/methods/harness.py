@@ -1,4 +1,5 @@
 """Shared scaffolding of the method tests (imported by tests/methods/test_*.py)."""
+
 import json
 import os
 
@@ -46,9 +47,12 @@ def eval_job_features(workdir, data_dir, num_examples=40):
   `num_examples` digits test images."""
   encoder = features_lib.Encoder(workdir)
   info = datasets.get_info("digits", data_dir)
-  return encoder.features(encoder.random_init(),
-                          datasets.get_source("digits", f"test[:{num_examples}]", data_dir),
-                          info, batch_size=16)
+  return encoder.features(
+    encoder.random_init(),
+    datasets.get_source("digits", f"test[:{num_examples}]", data_dir),
+    info,
+    batch_size=16,
+  )
 
 
 def encoder_teacher_gradients(method, params, aux, batch, rng=None):
@@ -62,7 +66,8 @@ def encoder_teacher_gradients(method, params, aux, batch, rng=None):
     return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
 
   grads, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(
-      params, {"encoder": params["encoder"]})
+    params, {"encoder": params["encoder"]}
+  )
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
   tied = jax.jit(jax.grad(lambda p: loss(p, {"encoder": p["encoder"]})))(params)
   for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(grads)):

@@ -13,7 +13,6 @@ from jaxssl import methods
 from jaxssl.state import TrainState
 
 
-
 def _config(arg="test"):
   return harness.load_config("barlow_twins", arg)
 
@@ -36,12 +35,13 @@ def _barlow64(z1, z2, lam=5e-3, eps=1e-5):
   bn2 = (z2 - z2.mean(0)) / np.sqrt(z2.var(0) + eps)
   c = bn1.T @ bn2 / z1.shape[0]
   off = c - np.diag(np.diag(c))
-  return np.sum((1 - np.diag(c)) ** 2) + lam * np.sum(off ** 2)
+  return np.sum((1 - np.diag(c)) ** 2) + lam * np.sum(off**2)
 
 
 def _project(method, params, state, images):
-  (z, _), updates = method.model.apply({"params": params, **state}, images, train=True,
-                                       mutable=["batch_stats"])
+  (z, _), updates = method.model.apply(
+    {"params": params, **state}, images, train=True, mutable=["batch_stats"]
+  )
   return z, updates
 
 
@@ -53,8 +53,7 @@ def test_loss_is_barlow_twins_of_per_view_projector_outputs(setup):
   z2, state = _project(method, params, state, batch["view2"])
   assert z1.shape == (8, 16)
   np.testing.assert_allclose(float(loss), _barlow64(z1, z2), rtol=1e-5)
-  assert {"on_diagonal", "off_diagonal", "mean_diagonal", "embedding_std",
-          "rankme"} <= set(metrics)
+  assert {"on_diagonal", "off_diagonal", "mean_diagonal", "embedding_std", "rankme"} <= set(metrics)
   for g, w in zip(jax.tree.leaves(new_aux["model_state"]), jax.tree.leaves(state)):
     np.testing.assert_allclose(g, w, rtol=1e-6)
   # Projector: 3 layers, BN + ReLU after the first two only, plain linear output.

@@ -1,5 +1,6 @@
 """BYOL method: loss from the model outputs, stop-gradient on the target, EMA schedule,
 asymmetric views, encode, one train run with the eval handoff."""
+
 import math
 
 import jax
@@ -13,7 +14,6 @@ from jaxssl import methods
 from jaxssl.data import datasets
 from jaxssl.methods import byol
 from jaxssl.state import TrainState
-
 
 
 def _config(arg="test"):
@@ -33,9 +33,11 @@ def setup():
 
 def _byol_loss64(p1, p2, t1, t2):
   """Independent float64 eq. 2, both directions averaged (the jaxssl convention)."""
+
   def cos(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
   return np.mean(2 - 2 * cos(p1, t2) + 2 - 2 * cos(p2, t1)) / 2
 
 
@@ -57,8 +59,9 @@ def test_loss_is_byol_of_online_predictions_and_target_projections(setup):
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
 
   def forward(variables, state, images, predict):
-    out, updates = method.model.apply({"params": variables, **state}, images, train=True,
-                                      predict=predict, mutable=["batch_stats"])
+    out, updates = method.model.apply(
+      {"params": variables, **state}, images, train=True, predict=predict, mutable=["batch_stats"]
+    )
     return out, updates
 
   (_, p1), state = forward(params, aux["model_state"], batch["view1"], True)
@@ -72,8 +75,9 @@ def test_loss_is_byol_of_online_predictions_and_target_projections(setup):
   for got, want in ((new_aux["model_state"], state), (new_aux["teacher_state"], tstate)):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, rtol=1e-6)
-  assert not np.allclose(jax.tree.leaves(new_aux["teacher_state"])[0],
-                         jax.tree.leaves(aux["teacher_state"])[0])
+  assert not np.allclose(
+    jax.tree.leaves(new_aux["teacher_state"])[0], jax.tree.leaves(aux["teacher_state"])[0]
+  )
   assert new_aux["teacher"] is teacher  # only post_update moves the target's weights
 
 
@@ -85,8 +89,7 @@ def test_target_branch_is_stop_gradiented(setup):
     return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
 
   # Through the target's weights: exactly zero, even with the target equal to the student.
-  fixed, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(params,
-                                                                 byol.target_part(params))
+  fixed, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, byol.target_part(params))
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
   # Tying the target to the online weights changes nothing: no gradient flows via the target.
   tied = jax.jit(jax.grad(lambda p: loss(p, byol.target_part(p))))(params)
@@ -103,14 +106,22 @@ def test_target_branch_is_stop_gradiented(setup):
 def test_post_update_moves_the_target_by_the_cosine_schedule(setup, step):
   method, _, params, aux = setup
   teacher = jax.tree.map(lambda x: x + 1.0, aux["teacher"])
-  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None,
-                     aux={**aux, "teacher": teacher}, rng=None)
+  state = TrainState(
+    step=jnp.int32(step + 1),
+    params=params,
+    opt_state=None,
+    aux={**aux, "teacher": teacher},
+    rng=None,
+  )
   new = method.post_update(state)
   total = 6  # the test preset's total_steps
   m = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2  # 0.996, 0.998, 1.0
   assert m == pytest.approx({0: 0.996, 3: 0.998, 6: 1.0}[step])
-  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(teacher),
-                       jax.tree.leaves(byol.target_part(params))):
+  for got, t, s in zip(
+    jax.tree.leaves(new.aux["teacher"]),
+    jax.tree.leaves(teacher),
+    jax.tree.leaves(byol.target_part(params)),
+  ):
     want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   assert new.params is params and new.aux["model_state"] is aux["model_state"]
@@ -148,7 +159,8 @@ def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
   logged, _ = harness.train_test_preset(_config(), workdir, data_dir)
   # Step 6 is update k = 5 of K = 6.
   assert logged["train/teacher_momentum"] == pytest.approx(
-      1 - 0.004 * (math.cos(math.pi * 5 / 6) + 1) / 2, abs=1e-7)
+    1 - 0.004 * (math.cos(math.pi * 5 / 6) + 1) / 2, abs=1e-7
+  )
   feats, labels = harness.eval_job_features(workdir, data_dir)
   assert feats.shape == (40, 32) and labels.shape == (40,)
   assert np.all(np.isfinite(feats))

@@ -1,4 +1,5 @@
 """CLIP method: loss from the tower outputs, learned and clipped temperature, one real run."""
+
 import math
 
 import jax
@@ -22,12 +23,14 @@ def _clip_loss64(img, txt, scale):
   def ce(lg):
     lg = lg - lg.max(axis=1, keepdims=True)
     return np.mean(np.log(np.exp(lg).sum(axis=1)) - np.diagonal(lg))
+
   return 0.5 * (ce(logits) + ce(logits.T))
 
 
 def test_text_is_cut_then_ended_then_padded():
   from jaxssl.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from jaxssl.methods import image_text  # pylint: disable=g-import-not-at-top
+
   tok = tokenizer_lib.get_tokenizer("byte")
   out = image_text.encode_text(tok, "A frog.", 10)
   assert out.dtype == np.int32
@@ -48,8 +51,9 @@ def test_loss_is_clip_of_the_projected_tower_outputs(setup):
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
   img, txt, scalars = ith.tower_outputs(method, params, batch)
   assert img.shape == txt.shape == (8, 16)
-  np.testing.assert_allclose(float(loss), _clip_loss64(img, txt, math.exp(scalars["log_scale"])),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(loss), _clip_loss64(img, txt, math.exp(scalars["log_scale"])), rtol=1e-5
+  )
   assert float(metrics["logit_scale"]) == pytest.approx(1 / 0.07, rel=1e-5)
   assert {"img_to_txt_acc", "txt_to_img_acc", "rankme"} <= set(metrics)
   assert new_aux == aux
@@ -61,16 +65,19 @@ def test_scale_is_clipped_at_100_and_the_temperature_learns(setup):
   def loss_at(log_scale):
     p = {**params, "log_scale": log_scale}
     return method.loss_fn(p, aux, batch, jax.random.PRNGKey(1), 0)[0]
+
   img, txt, _ = ith.tower_outputs(method, params, batch)
   # Above the clip: logits use exactly 100, and the temperature gets no gradient.
-  np.testing.assert_allclose(float(loss_at(math.log(250.0))), _clip_loss64(img, txt, 100.0),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(loss_at(math.log(250.0))), _clip_loss64(img, txt, 100.0), rtol=1e-5
+  )
   assert float(jax.grad(loss_at)(math.log(250.0))) == 0.0
   # Below it: the gradient is d loss / d log_scale, checked by central differences in float64.
   g = float(jax.grad(loss_at)(math.log(1 / 0.07)))
   h, s0 = 1e-3, math.log(1 / 0.07)
-  numeric = (_clip_loss64(img, txt, math.exp(s0 + h))
-             - _clip_loss64(img, txt, math.exp(s0 - h))) / (2 * h)
+  numeric = (
+    _clip_loss64(img, txt, math.exp(s0 + h)) - _clip_loss64(img, txt, math.exp(s0 - h))
+  ) / (2 * h)
   assert g != 0.0
   np.testing.assert_allclose(g, numeric, rtol=1e-3)
   grads = ith.assert_every_parameter_gets_gradient(method, params, aux, batch)
@@ -81,11 +88,11 @@ def test_encode_is_the_image_tower(setup):
   ith.encode_is_the_image_tower(*setup)
 
 
-
 @pytest.mark.slow
 def test_train_transform_and_one_training_run_with_eval(tmp_path, data_dir):
   method = methods.build(harness.load_config("clip"))
   from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top
+
   info = datasets.get_info("dejavu_glyphs")  # the test preset's data (pip only)
   example = datasets.get_source("dejavu_glyphs", "train", data_dir)[0]
   out = method.train_transform(info).random_map(example, np.random.default_rng(0))
@@ -96,8 +103,12 @@ def test_train_transform_and_one_training_run_with_eval(tmp_path, data_dir):
     assert 0.0 <= results[(step, "zeroshot", "top1")] <= 1.0
     # 4 classes: letter, number, punctuation mark, symbol.
     assert results[(step, "zeroshot", "chance_uniform")] == pytest.approx(1 / 4)
-    assert 0.0 <= results[(step, "retrieval", "img_to_txt_top1")] <= results[
-        (step, "retrieval", "img_to_txt_top5")] <= 1.0
+    assert (
+      0.0
+      <= results[(step, "retrieval", "img_to_txt_top1")]
+      <= results[(step, "retrieval", "img_to_txt_top5")]
+      <= 1.0
+    )
     assert (step, "knn", "top1") in results
     assert 0.0 <= results[(step, "fewshot", "5shot_top1")] <= 1.0
   assert "zeroshot top1" in table and "retrieval img_to_txt_top1" in table

@@ -1,6 +1,7 @@
 """data2vec method: loss from an independent float64 recomputation (top-K instance-normalised
 teacher blocks, masked positions), zero gradient into the teacher, annealed EMA schedule,
 encode with the teacher, one train run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +24,10 @@ def _config(arg="test"):
 def _batch(n=4, seed=0):
   rng = np.random.default_rng(seed)
   mask = np.stack([masking.random_mask(rng, NUM_PATCHES, 0.6)[1] for _ in range(n)])
-  return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
-          "mask": jnp.asarray(mask)}
+  return {
+    "image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+    "mask": jnp.asarray(mask),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,10 @@ def setup():
   method = methods.build(_config())
   batch = _batch()
   params, aux = harness.init_method(method, batch)
-  params = {**params, "encoder": {**params["encoder"],
-                                  "mask_token": params["encoder"]["mask_token"] + 0.5}}
+  params = {
+    **params,
+    "encoder": {**params["encoder"], "mask_token": params["encoder"]["mask_token"] + 0.5},
+  }
   aux = {**aux, "teacher": jax.tree.map(lambda x: 0.9 * x + 0.01, aux["teacher"])}
   return method, batch, params, aux
 
@@ -43,18 +48,19 @@ def _loss64(method, params, teacher, batch, top_k=2, beta=2.0):
   instance-normalised over the tokens per example and channel, top-K averaged; smooth L1
   summed over D, scaled 1/sqrt(D), averaged over masked positions."""
   encoder = method.model.encoder
-  _, s_aux = encoder.apply({"params": params["encoder"]}, batch["image"],
-                           token_mask=batch["mask"])
+  _, s_aux = encoder.apply({"params": params["encoder"]}, batch["image"], token_mask=batch["mask"])
   head = params["head"]
-  pred = (np.asarray(s_aux["tokens"], np.float64) @ np.asarray(head["kernel"], np.float64)
-          + np.asarray(head["bias"], np.float64))
+  pred = np.asarray(s_aux["tokens"], np.float64) @ np.asarray(
+    head["kernel"], np.float64
+  ) + np.asarray(head["bias"], np.float64)
   _, t_aux = encoder.apply({"params": teacher["encoder"]}, batch["image"])
   blocks = [np.asarray(b, np.float64) for b in t_aux["blocks"]][-top_k:]
-  normed = [(a - a.mean(1, keepdims=True)) / np.sqrt(a.var(1, keepdims=True) + 1e-5)
-            for a in blocks]
+  normed = [
+    (a - a.mean(1, keepdims=True)) / np.sqrt(a.var(1, keepdims=True) + 1e-5) for a in blocks
+  ]
   target = np.mean(normed, axis=0)
   d = np.abs(pred - target)
-  smooth = np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta)
+  smooth = np.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta)
   per_position = smooth.sum(-1) / np.sqrt(pred.shape[-1])
   mask = np.asarray(batch["mask"], np.float64)
   return np.sum(per_position * mask) / mask.sum()
@@ -77,8 +83,7 @@ def test_registry_structure_and_config_checks(setup):
 def test_loss_equals_an_independent_recomputation(setup):
   method, batch, params, aux = setup
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
-  np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch),
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch), rtol=1e-5)
   assert float(metrics["mask_ratio"]) == pytest.approx(10 / 16)  # 16 - int(16 * 0.4) masked
   assert {"pred_std", "target_std", "teacher_momentum", "rankme"} <= set(metrics)
   assert new_aux["teacher"] is aux["teacher"]
@@ -93,9 +98,11 @@ def test_student_sees_masked_patches_only_through_the_mask_token(setup):
   pred, _ = method.model.apply({"params": params}, batch["image"], batch["mask"])
   pred_noisy, _ = method.model.apply({"params": params}, noisy, batch["mask"])
   np.testing.assert_allclose(pred, pred_noisy, rtol=1e-6, atol=1e-6)
-  img_grad = jax.jit(jax.grad(lambda im: method.loss_fn(params, aux, {**batch, "image": im},
-                                                        jax.random.PRNGKey(1), 0)[0]))(
-      batch["image"])
+  img_grad = jax.jit(
+    jax.grad(
+      lambda im: method.loss_fn(params, aux, {**batch, "image": im}, jax.random.PRNGKey(1), 0)[0]
+    )
+  )(batch["image"])
   np.testing.assert_array_equal(np.asarray(img_grad)[mask_px.astype(bool)], 0.0)
   assert np.abs(np.asarray(img_grad)[~mask_px.astype(bool)]).sum() > 0
 
@@ -110,14 +117,16 @@ def test_gradient_into_the_teacher_is_exactly_zero(setup):
 @pytest.mark.parametrize("step", [0, 2, 4, 5])
 def test_post_update_follows_the_annealed_schedule(setup, step):
   method, _, params, aux = setup
-  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None, aux=aux,
-                     rng=None)
+  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None, aux=aux, rng=None)
   new = method.post_update(state)
   # Linear 0.999 -> 0.9999 over 4 updates (the test preset), then constant.
   m = 0.999 + (0.9999 - 0.999) * min(step / 4, 1.0)
   assert float(method.momentum(step)) == pytest.approx(m, abs=1e-7)
-  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(aux["teacher"]),
-                       jax.tree.leaves({"encoder": params["encoder"]})):
+  for got, t, s in zip(
+    jax.tree.leaves(new.aux["teacher"]),
+    jax.tree.leaves(aux["teacher"]),
+    jax.tree.leaves({"encoder": params["encoder"]}),
+  ):
     want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 

@@ -1,6 +1,7 @@
 """DINO method: loss against a float64 recomputation from the model outputs, stop-gradient on
 the teacher, last-layer freeze, teacher temperature / momentum / center schedules, encode on
 the teacher, one train run with the eval handoff."""
+
 import math
 
 import jax
@@ -26,8 +27,10 @@ def multicrop_batch(n=8, seed=0, masks=False):
   """Random crops of the test presets' shapes: 2 global 8x8 and 2 local 4x4 (vit_test has
   2x2 patches, so 16 and 4 tokens)."""
   rng = np.random.default_rng(seed)
-  batch = {"global_crops": jnp.asarray(rng.normal(size=(n, 2, 8, 8, 1)), jnp.float32),
-           "local_crops": jnp.asarray(rng.normal(size=(n, 2, 4, 4, 1)), jnp.float32)}
+  batch = {
+    "global_crops": jnp.asarray(rng.normal(size=(n, 2, 8, 8, 1)), jnp.float32),
+    "local_crops": jnp.asarray(rng.normal(size=(n, 2, 4, 4, 1)), jnp.float32),
+  }
   if masks:
     batch["masks"] = jnp.asarray(rng.random((n, 2, 16)) < 0.4, jnp.float32)
   return batch
@@ -43,19 +46,32 @@ def dino_loss64(student, targets, student_temp=0.1):
   """Float64 DINO cross-entropy: mean over (teacher crop i, student crop j != i) of the batch
   mean of H(targets[i], softmax(student[j] / T_s))."""
   log_s = np.log(softmax64(np.asarray(student, np.float64) / student_temp))
-  terms = [np.mean(-np.sum(targets[i] * log_s[j], -1))
-           for i in range(targets.shape[0]) for j in range(student.shape[0]) if i != j]
+  terms = [
+    np.mean(-np.sum(targets[i] * log_s[j], -1))
+    for i in range(targets.shape[0])
+    for j in range(student.shape[0])
+    if i != j
+  ]
   return np.mean(terms)
 
 
 def forward_logits(method, variables, batch, masks=None, patches=False):
   """Per-crop head outputs from direct model applications: ([V, B, K] logits, outputs of the
   global crops [G, B, ...])."""
+
   def run(crops, mask=None):
-    out = [method.model.apply({"params": variables}, crops[:, v], train=True,
-                              token_mask=None if mask is None else mask[:, v], patches=patches)
-           for v in range(crops.shape[1])]
+    out = [
+      method.model.apply(
+        {"params": variables},
+        crops[:, v],
+        train=True,
+        token_mask=None if mask is None else mask[:, v],
+        patches=patches,
+      )
+      for v in range(crops.shape[1])
+    ]
     return out
+
   glob = run(batch["global_crops"], masks)
   local = run(batch["local_crops"]) if batch["local_crops"].shape[1] else []
   logits = np.stack([np.asarray(o["logits"]) for o in glob + local])
@@ -89,18 +105,23 @@ def test_loss_center_and_monitors_equal_recomputation(setup):
   center = jnp.linspace(-0.3, 0.3, 64)
   aux = {**aux, "teacher": teacher, "center": center}
   step = 2
-  loss, (metrics, new_aux) = jax.jit(method.loss_fn)(params, aux, batch,
-                                                     jax.random.PRNGKey(1), step)
+  loss, (metrics, new_aux) = jax.jit(method.loss_fn)(
+    params, aux, batch, jax.random.PRNGKey(1), step
+  )
   student, glob = forward_logits(method, params, batch)
-  teacher_logits, _ = forward_logits(method, teacher, {**batch,
-                                                       "local_crops": batch["local_crops"][:, :0]})
+  teacher_logits, _ = forward_logits(
+    method, teacher, {**batch, "local_crops": batch["local_crops"][:, :0]}
+  )
   temp = 0.04 + 0.03 * step / 5
   targets = softmax64((teacher_logits - np.asarray(center, np.float64)) / temp)
   np.testing.assert_allclose(float(loss), dino_loss64(student, targets), rtol=1e-5)
   # Eq. 4: c <- 0.9 c + 0.1 mean over crops and batch of the teacher logits.
-  np.testing.assert_allclose(new_aux["center"],
-                             0.9 * np.asarray(center) + 0.1 * teacher_logits.mean((0, 1)),
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    new_aux["center"],
+    0.9 * np.asarray(center) + 0.1 * teacher_logits.mean((0, 1)),
+    rtol=1e-5,
+    atol=1e-7,
+  )
   entropy = -np.mean(np.sum(targets * np.log(targets), -1))
   np.testing.assert_allclose(metrics["teacher_entropy"], entropy, rtol=1e-4)
   log_q = np.log(softmax64(np.asarray(center, np.float64) / temp))
@@ -109,10 +130,11 @@ def test_loss_center_and_monitors_equal_recomputation(setup):
   np.testing.assert_allclose(metrics["teacher_temp"], temp, rtol=1e-6)
   assert float(metrics["last_layer_frozen"]) == 1.0
   features = np.concatenate([np.asarray(o["features"]) for o in glob])
-  np.testing.assert_allclose(metrics["embedding_std"],
-                             np.std(features / np.linalg.norm(features, axis=-1,
-                                                              keepdims=True), 0).mean(),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    metrics["embedding_std"],
+    np.std(features / np.linalg.norm(features, axis=-1, keepdims=True), 0).mean(),
+    rtol=1e-4,
+  )
   for got, want in zip(jax.tree.leaves(new_aux["teacher"]), jax.tree.leaves(teacher)):
     np.testing.assert_array_equal(got, want)  # only post_update moves the teacher's weights
 
@@ -140,8 +162,7 @@ def test_teacher_gets_no_gradient_and_last_layer_freezes(setup):
     assert float(jnp.abs(fixed["encoder"]["embedding"]["kernel"]).max()) > 0
 
 
-@pytest.mark.parametrize("step, temp", [(0, 0.04), (1, 0.046), (4, 0.064), (5, 0.07),
-                                        (50, 0.07)])
+@pytest.mark.parametrize("step, temp", [(0, 0.04), (1, 0.046), (4, 0.064), (5, 0.07), (50, 0.07)])
 def test_teacher_temperature_warmup(setup, step, temp):
   method = setup[0]
   assert float(method.teacher_temp(step)) == pytest.approx(temp, abs=1e-7)
@@ -151,13 +172,19 @@ def test_teacher_temperature_warmup(setup, step, temp):
 def test_post_update_moves_the_teacher_by_the_cosine_schedule(setup, step):
   method, _, params, aux = setup
   teacher = jax.tree.map(lambda x: x + 1.0, aux["teacher"])
-  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None,
-                     aux={**aux, "teacher": teacher}, rng=None)
+  state = TrainState(
+    step=jnp.int32(step + 1),
+    params=params,
+    opt_state=None,
+    aux={**aux, "teacher": teacher},
+    rng=None,
+  )
   new = method.post_update(state)
   m = 1 - (1 - 0.996) * (math.cos(math.pi * step / 6) + 1) / 2
   assert m == pytest.approx({0: 0.996, 3: 0.998, 6: 1.0}[step])
-  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(teacher),
-                       jax.tree.leaves(params)):
+  for got, t, s in zip(
+    jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(teacher), jax.tree.leaves(params)
+  ):
     want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   assert new.params is params and new.aux["center"] is aux["center"]
@@ -194,8 +221,7 @@ def test_fashion_mnist_preset_keeps_the_start_that_does_not_collapse(name):
   assert section.warmup_teacher_temp == section.teacher_temp == 0.04
   assert section.freeze_last_layer_epochs == 1.0
   method = methods.build(harness.load_config(name, "fashion_mnist"))
-  assert float(method.teacher_temp(0)) == float(method.teacher_temp(10_000)) == \
-      pytest.approx(0.04)
+  assert float(method.teacher_temp(0)) == float(method.teacher_temp(10_000)) == pytest.approx(0.04)
 
 
 def test_local_size_must_fit_the_patch_size():
@@ -211,7 +237,8 @@ def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
   assert logged["train/teacher_temp"] == pytest.approx(0.07, abs=1e-7)
   assert logged["train/last_layer_frozen"] == 0.0
   assert logged["train/teacher_momentum"] == pytest.approx(
-      1 - 0.004 * (math.cos(math.pi * 5 / 6) + 1) / 2, abs=1e-7)
+    1 - 0.004 * (math.cos(math.pi * 5 / 6) + 1) / 2, abs=1e-7
+  )
   assert rows[0]["train/last_layer_frozen"] == 1.0
   feats, labels = harness.eval_job_features(workdir, data_dir)
   assert feats.shape == (40, 32) and labels.shape == (40,)

@@ -1,4 +1,5 @@
 """GPT: next-token loss vs a float64 NumPy recomputation, causality of the loss, pipeline, a run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ from tests.methods import harness
 
 
 def _batch(seed=0, shape=(4, 32)):
-  return {'tokens': jax.random.randint(jax.random.key(seed), shape, 0, 259, jnp.int32)}
+  return {"tokens": jax.random.randint(jax.random.key(seed), shape, 0, 259, jnp.int32)}
 
 
 def _numpy_next_token_nll(logits, tokens):
@@ -21,42 +22,42 @@ def _numpy_next_token_nll(logits, tokens):
 
 
 def test_loss_matches_numpy_and_metrics():
-  method = gpt.Method(harness.load_config('gpt'))
+  method = gpt.Method(harness.load_config("gpt"))
   batch = _batch()
   params, aux = harness.init_method(method, batch)
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.key(0), 0)
-  logits = method.logits(params, aux, batch['tokens'])
-  np.testing.assert_allclose(loss, _numpy_next_token_nll(logits, batch['tokens']), rtol=1e-5)
-  np.testing.assert_allclose(metrics['bits_per_token'], loss / np.log(2), rtol=1e-6)
+  logits = method.logits(params, aux, batch["tokens"])
+  np.testing.assert_allclose(loss, _numpy_next_token_nll(logits, batch["tokens"]), rtol=1e-5)
+  np.testing.assert_allclose(metrics["bits_per_token"], loss / np.log(2), rtol=1e-6)
   # At init the tied head is near uniform: loss ~ ln(vocab).
   assert abs(float(loss) - np.log(259)) < 0.5
   assert new_aux is aux
-  assert method.encode(params, aux, batch['tokens']).shape == (4, 16)
+  assert method.encode(params, aux, batch["tokens"]).shape == (4, 16)
 
 
 def test_gradient_of_early_losses_ignores_future_tokens():
-  method = gpt.Method(harness.load_config('gpt'))
+  method = gpt.Method(harness.load_config("gpt"))
   batch = _batch()
   params, aux = harness.init_method(method, batch)
-  logits_a = method.logits(params, aux, batch['tokens'])
-  changed = batch['tokens'].at[:, 20:].set((batch['tokens'][:, 20:] + 7) % 259)
+  logits_a = method.logits(params, aux, batch["tokens"])
+  changed = batch["tokens"].at[:, 20:].set((batch["tokens"][:, 20:] + 7) % 259)
   logits_b = method.logits(params, aux, changed)
   np.testing.assert_allclose(logits_a[:, :20], logits_b[:, :20], atol=1e-6)
 
 
 def test_pipeline_yields_packed_windows(data_dir):
-  config = harness.load_config('gpt')
+  config = harness.load_config("gpt")
   method = gpt.Method(config)
   info = datasets.get_info(config.data.name, data_dir)
   transform = method.train_transform(info)
-  source = datasets.get_source(config.data.name, 'train', data_dir)
+  source = datasets.get_source(config.data.name, "train", data_dir)
   example = transform.random_map(source[3], np.random.default_rng(0))
   assert set(example) == set(method.batch_keys)
-  np.testing.assert_array_equal(example['tokens'], source[3]['tokens'])
-  assert example['tokens'].dtype == np.int32 and example['tokens'].shape == (32,)
+  np.testing.assert_array_equal(example["tokens"], source[3]["tokens"])
+  assert example["tokens"].dtype == np.int32 and example["tokens"].shape == (32,)
 
 
 def test_train_test_preset_runs(tmp_path, data_dir):
-  config = harness.load_config('gpt')
-  _, rows = harness.train_test_preset(config, str(tmp_path / 'gpt'), data_dir)
-  assert rows[0]['train/loss'] > rows[-1]['train/loss'] - 0.5
+  config = harness.load_config("gpt")
+  _, rows = harness.train_test_preset(config, str(tmp_path / "gpt"), data_dir)
+  assert rows[0]["train/loss"] > rows[-1]["train/loss"] - 0.5

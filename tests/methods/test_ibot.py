@@ -1,6 +1,7 @@
 """iBOT / DINOv2 method: [cls] + masked-patch loss (centering or Sinkhorn-Knopp, KoLeo)
 against float64 recomputations from the model outputs, zero teacher gradient, the [mask]
 token, patch-center EMA, masks from the pipeline (deterministic, ratio in range), one run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +60,13 @@ def _outputs(method, params, teacher, batch):
   no_local = {**batch, "local_crops": batch["local_crops"][:, :0]}
   teacher_logits, teacher_glob = forward_logits(method, teacher, no_local, patches=True)
   stack = lambda outs, key: np.stack([np.asarray(o[key], np.float64) for o in outs])
-  return (student, stack(glob, "patch_logits"), stack(glob, "features"), teacher_logits,
-          stack(teacher_glob, "patch_logits"))
+  return (
+    student,
+    stack(glob, "patch_logits"),
+    stack(glob, "features"),
+    teacher_logits,
+    stack(teacher_glob, "patch_logits"),
+  )
 
 
 @pytest.mark.parametrize("arg", ["test", "test_dinov2"])
@@ -73,10 +79,12 @@ def test_loss_equals_recomputation(arg):
   patch_center = jnp.linspace(0.2, -0.2, 64)
   aux = {**aux, "teacher": teacher, "center": center, "patch_center": patch_center}
   step = 5
-  loss, (metrics, new_aux) = jax.jit(method.loss_fn)(params, aux, batch,
-                                                     jax.random.PRNGKey(1), step)
+  loss, (metrics, new_aux) = jax.jit(method.loss_fn)(
+    params, aux, batch, jax.random.PRNGKey(1), step
+  )
   student, student_patches, features, teacher_logits, teacher_patches = _outputs(
-      method, params, teacher, batch)
+    method, params, teacher, batch
+  )
   temp = 0.07  # the end of the test preset's 5-step warmup
   masks = np.swapaxes(np.asarray(batch["masks"]), 0, 1)
   if arg == "test":
@@ -97,10 +105,18 @@ def test_loss_equals_recomputation(arg):
   np.testing.assert_allclose(float(loss), cls_loss + patch_loss + 0.1 * koleo, rtol=1e-5)
   np.testing.assert_allclose(metrics["mask_ratio"], masks.mean(), rtol=1e-6)
   # Both centers: EMA 0.9 of the mean teacher logit (patches: over every patch).
-  np.testing.assert_allclose(new_aux["center"], 0.9 * np.asarray(center)
-                             + 0.1 * teacher_logits.mean((0, 1)), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(new_aux["patch_center"], 0.9 * np.asarray(patch_center)
-                             + 0.1 * teacher_patches.mean((0, 1, 2)), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    new_aux["center"],
+    0.9 * np.asarray(center) + 0.1 * teacher_logits.mean((0, 1)),
+    rtol=1e-5,
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    new_aux["patch_center"],
+    0.9 * np.asarray(patch_center) + 0.1 * teacher_patches.mean((0, 1, 2)),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_teacher_gets_no_gradient_and_the_mask_token_does():
@@ -110,8 +126,9 @@ def test_teacher_gets_no_gradient_and_the_mask_token_does():
   assert "mask_token" in params["encoder"]
 
   def loss(p, teacher, masks):
-    return method.loss_fn(p, {**aux, "teacher": teacher}, {**batch, "masks": masks},
-                          jax.random.PRNGKey(1), 5)[0]
+    return method.loss_fn(
+      p, {**aux, "teacher": teacher}, {**batch, "masks": masks}, jax.random.PRNGKey(1), 5
+    )[0]
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   student, teacher = grad(params, params, batch["masks"])
@@ -124,8 +141,9 @@ def test_teacher_gets_no_gradient_and_the_mask_token_does():
   no_masks = jnp.zeros_like(batch["masks"])
   student, _ = grad(params, params, no_masks)
   assert float(jnp.abs(student["encoder"]["mask_token"]).max()) == 0.0
-  _, (metrics, _) = jax.jit(method.loss_fn)(params, aux, {**batch, "masks": no_masks},
-                                            jax.random.PRNGKey(1), 5)
+  _, (metrics, _) = jax.jit(method.loss_fn)(
+    params, aux, {**batch, "masks": no_masks}, jax.random.PRNGKey(1), 5
+  )
   assert float(metrics["patch_loss"]) == 0.0
 
 

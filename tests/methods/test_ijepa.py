@@ -1,5 +1,6 @@
 """I-JEPA method: loss from an independent recomputation, zero gradient into the target
 encoder, linear EMA schedule, encode with the target encoder, one train run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +20,11 @@ def _config(arg="test"):
 def _batch(method, n=4, seed=0):
   rng = np.random.default_rng(seed)
   ctx, tgt = map(np.stack, zip(*[method.masker(rng) for _ in range(n)]))
-  return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
-          "context_indices": jnp.asarray(ctx), "target_indices": jnp.asarray(tgt)}
+  return {
+    "image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+    "context_indices": jnp.asarray(ctx),
+    "target_indices": jnp.asarray(tgt),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +41,16 @@ def _loss64(method, params, teacher, batch):
   """Eq. 1 from the pieces: context encoder on the context patches, predictor, target encoder
   on the whole image, param-free LayerNorm in float64, squared L2 averaged over patches."""
   encoder, predictor = method.model.encoder, method.model.predictor
-  _, ctx_aux = encoder.apply({"params": params["encoder"]}, batch["image"],
-                             keep_indices=batch["context_indices"])
-  pred = predictor.apply({"params": params["predictor"]}, ctx_aux["tokens"],
-                         batch["context_indices"], batch["target_indices"], (4, 4))
+  _, ctx_aux = encoder.apply(
+    {"params": params["encoder"]}, batch["image"], keep_indices=batch["context_indices"]
+  )
+  pred = predictor.apply(
+    {"params": params["predictor"]},
+    ctx_aux["tokens"],
+    batch["context_indices"],
+    batch["target_indices"],
+    (4, 4),
+  )
   _, tgt_aux = encoder.apply({"params": teacher["encoder"]}, batch["image"])
   h = np.asarray(tgt_aux["tokens"], np.float64)
   h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
@@ -61,10 +71,8 @@ def test_registry_structure_and_non_vit_fails(setup):
 def test_loss_equals_an_independent_recomputation(setup):
   method, batch, params, aux = setup
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
-  np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch),
-                             rtol=1e-5)
-  assert {"pred_std", "target_std", "teacher_momentum", "rankme", "embedding_std"} <= set(
-      metrics)
+  np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch), rtol=1e-5)
+  assert {"pred_std", "target_std", "teacher_momentum", "rankme", "embedding_std"} <= set(metrics)
   assert float(metrics["teacher_momentum"]) == pytest.approx(0.996)
   assert new_aux["teacher"] is aux["teacher"]  # only post_update moves the target encoder
 
@@ -76,8 +84,9 @@ def test_gradient_into_the_target_encoder_is_exactly_zero(setup):
   for part in ("encoder", "predictor"):
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part])) > 0, part
   # Only the context patches reach the context encoder: pixels of other patches get none.
-  img_grad = jax.jit(jax.grad(lambda im: method.loss_fn(params, aux, {**batch, "image": im},
-                                                        rng, 0)[0]))(batch["image"])
+  img_grad = jax.jit(
+    jax.grad(lambda im: method.loss_fn(params, aux, {**batch, "image": im}, rng, 0)[0])
+  )(batch["image"])
   # (The image also feeds the target encoder, but under stop_gradient.)
   per_patch = np.abs(np.asarray(img_grad)).reshape(4, 4, 2, 4, 2).sum((2, 4)).reshape(4, 16)
   for b in range(4):
@@ -89,13 +98,15 @@ def test_gradient_into_the_target_encoder_is_exactly_zero(setup):
 @pytest.mark.parametrize("step", [0, 3, 6])
 def test_post_update_moves_the_target_by_the_linear_schedule(setup, step):
   method, _, params, aux = setup
-  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None, aux=aux,
-                     rng=None)
+  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None, aux=aux, rng=None)
   new = method.post_update(state)
   m = 0.996 + (1.0 - 0.996) * step / 6  # K = 6 steps in the test preset
   assert float(method.momentum(step)) == pytest.approx(m, abs=1e-7)
-  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(aux["teacher"]),
-                       jax.tree.leaves({"encoder": params["encoder"]})):
+  for got, t, s in zip(
+    jax.tree.leaves(new.aux["teacher"]),
+    jax.tree.leaves(aux["teacher"]),
+    jax.tree.leaves({"encoder": params["encoder"]}),
+  ):
     want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   assert new.params is params
@@ -110,8 +121,11 @@ def test_encode_averages_the_target_encoders_tokens(setup):
   # The context encoder's weights play no part.
   zeros = jax.tree.map(jnp.zeros_like, params)
   np.testing.assert_array_equal(feats, method.encode(zeros, aux, batch["image"]))
-  assert not np.allclose(feats, method.encode(params, {**aux, "teacher": {
-      "encoder": params["encoder"]}}, batch["image"]), atol=1e-4)
+  assert not np.allclose(
+    feats,
+    method.encode(params, {**aux, "teacher": {"encoder": params["encoder"]}}, batch["image"]),
+    atol=1e-4,
+  )
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):

@@ -1,4 +1,5 @@
 """Every registered method satisfies the method interface of jaxssl/methods/base.py."""
+
 import inspect
 
 import pytest
@@ -10,11 +11,11 @@ from jaxssl.methods import base
 # The argument names the trainer, the step and the eval job pass (they call positionally, but a
 # method whose arguments mean something else in another order would still be wrong).
 SIGNATURES = {
-    "train_transform": ["info"],
-    "init": ["rng", "batch"],
-    "loss_fn": ["params", "aux", "batch", "rng", "step"],
-    "post_update": ["state"],
-    "encode": ["params", "aux"],  # then images (or tokens, for a language model)
+  "train_transform": ["info"],
+  "init": ["rng", "batch"],
+  "loss_fn": ["params", "aux", "batch", "rng", "step"],
+  "post_update": ["state"],
+  "encode": ["params", "aux"],  # then images (or tokens, for a language model)
 }
 
 
@@ -30,5 +31,5 @@ def test_method_satisfies_the_protocol(name):
   assert all(isinstance(k, str) for k in method.batch_keys)
   for attribute, expected in SIGNATURES.items():
     parameters = list(inspect.signature(getattr(method, attribute)).parameters)
-    assert parameters[:len(expected)] == expected, (attribute, parameters)
+    assert parameters[: len(expected)] == expected, (attribute, parameters)
   assert len(inspect.signature(method.encode).parameters) == 3

@@ -1,4 +1,5 @@
 """MAE method: loss from the model outputs, masked-only loss, gradients, encode, one train run."""
+
 import json
 import os
 
@@ -28,11 +29,15 @@ def _config(arg="test"):
 
 def _batch(n=4, seed=0):
   rng = np.random.default_rng(seed)
-  keep, mask, ids_restore = map(np.stack, zip(*[masking.random_mask(rng, NUM_PATCHES, 0.75)
-                                                for _ in range(n)]))
-  return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
-          "keep_indices": jnp.asarray(keep), "mask": jnp.asarray(mask),
-          "ids_restore": jnp.asarray(ids_restore)}
+  keep, mask, ids_restore = map(
+    np.stack, zip(*[masking.random_mask(rng, NUM_PATCHES, 0.75) for _ in range(n)])
+  )
+  return {
+    "image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+    "keep_indices": jnp.asarray(keep),
+    "mask": jnp.asarray(mask),
+    "ids_restore": jnp.asarray(ids_restore),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,14 @@ def _patchify64(images, p):
   """Independent NumPy patchify: patch (i, j) row-major, pixels (row, column, channel)."""
   images = np.asarray(images, np.float64)
   b, h, w, c = images.shape
-  return np.stack([images[:, i:i + p, j:j + p].reshape(b, p * p * c)
-                   for i in range(0, h, p) for j in range(0, w, p)], axis=1)
+  return np.stack(
+    [
+      images[:, i : i + p, j : j + p].reshape(b, p * p * c)
+      for i in range(0, h, p)
+      for j in range(0, w, p)
+    ],
+    axis=1,
+  )
 
 
 def test_registry_and_non_vit_backbones_fail_clearly():
@@ -62,13 +73,16 @@ def test_loss_is_mae_of_decoder_on_kept_encoder_tokens(setup):
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
   # Independent recomputation: encoder on the kept patches, decoder on its tokens.
   encoder = method.model.encoder
-  _, enc_aux = encoder.apply({"params": params["encoder"]}, batch["image"],
-                             keep_indices=batch["keep_indices"])
+  _, enc_aux = encoder.apply(
+    {"params": params["encoder"]}, batch["image"], keep_indices=batch["keep_indices"]
+  )
   assert enc_aux["tokens"].shape == (4, NUM_KEPT, 32)
-  decoder = MAEDecoder(decoder_width=16, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32,
-                       patch_size=2, channels=1)
-  pred = decoder.apply({"params": params["decoder"]}, enc_aux["tokens"], batch["ids_restore"],
-                       (4, 4))
+  decoder = MAEDecoder(
+    decoder_width=16, decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32, patch_size=2, channels=1
+  )
+  pred = decoder.apply(
+    {"params": params["decoder"]}, enc_aux["tokens"], batch["ids_restore"], (4, 4)
+  )
   target = _patchify64(batch["image"], 2)
   ref, _ = losses.mae(pred, target, batch["mask"], norm_pix=True)
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
@@ -79,11 +93,13 @@ def test_loss_is_mae_of_decoder_on_kept_encoder_tokens(setup):
 
 def _loss_with_pred_offset(method, params, aux, batch, offset):
   """loss_fn with `offset` added to the decoder's prediction (intercepting MAEDecoder)."""
+
   def add_offset(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if isinstance(context.module, MAEDecoder) and context.method_name == "__call__":
       return out + offset
     return out
+
   with nn.intercept_methods(add_offset):
     return method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)[0]
 
@@ -99,14 +115,17 @@ def test_loss_only_sees_the_prediction_of_removed_patches(setup):
   # A large change of the visible patches' prediction leaves the loss exactly as it was.
   visible_noise = 10.0 * (1 - mask)[..., None] * np.ones((1, 1, 4))
   np.testing.assert_allclose(
-      float(_loss_with_pred_offset(method, params, aux, batch, visible_noise)),
-      float(_loss_with_pred_offset(method, params, aux, batch, offset)), rtol=1e-6)
+    float(_loss_with_pred_offset(method, params, aux, batch, visible_noise)),
+    float(_loss_with_pred_offset(method, params, aux, batch, offset)),
+    rtol=1e-6,
+  )
 
 
 def test_gradient_reaches_every_encoder_and_decoder_parameter(setup):
   method, batch, params, aux = setup
-  grads = jax.jit(jax.grad(
-      lambda p: method.loss_fn(p, aux, batch, jax.random.PRNGKey(1), 0)[0]))(params)
+  grads = jax.jit(jax.grad(lambda p: method.loss_fn(p, aux, batch, jax.random.PRNGKey(1), 0)[0]))(
+    params
+  )
   assert set(grads) == {"encoder", "decoder"}
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   for path, g in flat:
@@ -121,11 +140,11 @@ def test_encode_uses_every_patch_of_the_unmasked_image(setup):
   assert feats.shape == (4, 32)  # vit_test width
   encoder = method.model.encoder
   all_patches = jnp.tile(jnp.arange(NUM_PATCHES)[None], (4, 1))
-  full, _ = encoder.apply({"params": params["encoder"]}, batch["image"],
-                          keep_indices=all_patches)
+  full, _ = encoder.apply({"params": params["encoder"]}, batch["image"], keep_indices=all_patches)
   np.testing.assert_allclose(feats, full, rtol=1e-5, atol=1e-6)
-  kept, _ = encoder.apply({"params": params["encoder"]}, batch["image"],
-                          keep_indices=batch["keep_indices"])
+  kept, _ = encoder.apply(
+    {"params": params["encoder"]}, batch["image"], keep_indices=batch["keep_indices"]
+  )
   assert not np.allclose(feats, kept, atol=1e-3)  # masking would change the features
 
 
@@ -149,8 +168,8 @@ def test_train_transform_and_one_training_run(tmp_path, data_dir):
   assert logged["train/mask_ratio"] == pytest.approx(0.75)
   # The eval job rebuilds the method from the run's files and encodes full images.
   encoder = features_lib.Encoder(workdir)
-  feats, labels = encoder.features(encoder.random_init(),
-                                   datasets.get_source("digits", "test[:40]", data_dir), info,
-                                   batch_size=16)
+  feats, labels = encoder.features(
+    encoder.random_init(), datasets.get_source("digits", "test[:40]", data_dir), info, batch_size=16
+  )
   assert feats.shape == (40, 32) and labels.shape == (40,)
   assert np.all(np.isfinite(feats))

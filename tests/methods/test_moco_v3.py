@@ -1,5 +1,6 @@
 """MoCo v3 method: symmetric InfoNCE of queries against momentum keys, heads, stop-gradient,
 momentum schedule, encode, one train run with the eval handoff."""
+
 import math
 
 import jax
@@ -12,7 +13,6 @@ import harness
 from jaxssl import methods
 from jaxssl.methods import byol
 from jaxssl.state import TrainState
-
 
 
 def _config(arg="test"):
@@ -62,8 +62,9 @@ def test_loss_is_symmetric_info_nce_of_queries_and_momentum_keys(setup):
   loss, (metrics, _) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
 
   def forward(variables, state, images, predict):
-    return method.model.apply({"params": variables, **state}, images, train=True,
-                              predict=predict, mutable=["batch_stats"])
+    return method.model.apply(
+      {"params": variables, **state}, images, train=True, predict=predict, mutable=["batch_stats"]
+    )
 
   (_, q1), state = forward(params, aux["model_state"], batch["view1"], True)
   (_, q2), _ = forward(params, state, batch["view2"], True)
@@ -71,8 +72,9 @@ def test_loss_is_symmetric_info_nce_of_queries_and_momentum_keys(setup):
   (k2, _), _ = forward(teacher, tstate, batch["view2"], False)
   want = _ctr64(q1, k2, 0.2) + _ctr64(q2, k1, 0.2)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
-  assert {"contrastive_acc", "logits_pos", "teacher_momentum", "embedding_std",
-          "rankme"} <= set(metrics)
+  assert {"contrastive_acc", "logits_pos", "teacher_momentum", "embedding_std", "rankme"} <= set(
+    metrics
+  )
   assert 0.0 <= float(metrics["contrastive_acc"]) <= 1.0
   assert float(metrics["teacher_momentum"]) == pytest.approx(0.99, abs=1e-7)
 
@@ -84,8 +86,7 @@ def test_keys_are_stop_gradiented(setup):
   def loss(p, teacher):
     return method.loss_fn(p, {**aux, "teacher": teacher}, batch, rng, 0)[0]
 
-  fixed, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(params,
-                                                                 byol.target_part(params))
+  fixed, grad_teacher = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, byol.target_part(params))
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
   tied = jax.jit(jax.grad(lambda p: loss(p, byol.target_part(p))))(params)
   for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(fixed)):
@@ -100,13 +101,21 @@ def test_keys_are_stop_gradiented(setup):
 def test_post_update_moves_the_momentum_encoder_by_the_cosine_schedule(setup, step):
   method, _, params, aux = setup
   teacher = jax.tree.map(lambda x: x - 0.5, aux["teacher"])
-  state = TrainState(step=jnp.int32(step + 1), params=params, opt_state=None,
-                     aux={**aux, "teacher": teacher}, rng=None)
+  state = TrainState(
+    step=jnp.int32(step + 1),
+    params=params,
+    opt_state=None,
+    aux={**aux, "teacher": teacher},
+    rng=None,
+  )
   new = method.post_update(state)
   m = 1 - (1 - 0.99) * (math.cos(math.pi * step / 6) + 1) / 2  # adjust_moco_momentum, K = 6
   assert m == pytest.approx({0: 0.99, 2: 0.9925}[step])
-  for got, t, s in zip(jax.tree.leaves(new.aux["teacher"]), jax.tree.leaves(teacher),
-                       jax.tree.leaves(byol.target_part(params))):
+  for got, t, s in zip(
+    jax.tree.leaves(new.aux["teacher"]),
+    jax.tree.leaves(teacher),
+    jax.tree.leaves(byol.target_part(params)),
+  ):
     want = np.asarray(t, np.float64) * m + np.asarray(s, np.float64) * (1 - m)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -132,6 +141,7 @@ def test_imagenet_recipe_freezes_exactly_the_patch_projection_and_reads_cls(setu
   recipe = _config("imagenet")
   assert recipe.model.pool == "cls"
   from jaxssl import optim  # pylint: disable=g-import-not-at-top
+
   mask = optim.frozen_mask(recipe.optim.frozen, params)
   frozen = {jax.tree_util.keystr(p) for p, f in jax.tree_util.tree_leaves_with_path(mask) if f}
   assert frozen == {"['encoder']['embedding']['bias']", "['encoder']['embedding']['kernel']"}
@@ -139,7 +149,8 @@ def test_imagenet_recipe_freezes_exactly_the_patch_projection_and_reads_cls(setu
   tx = optim.make_optimizer(recipe.optim, optim.make_schedule(recipe.optim, 256, 10))
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  assert all(float(jnp.abs(u).max()) == 0.0
-             for u in jax.tree.leaves(updates["encoder"]["embedding"]))
+  assert all(
+    float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates["encoder"]["embedding"])
+  )
   rest = {k: v for k, v in updates["encoder"].items() if k != "embedding"}
   assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(rest))

@@ -1,4 +1,5 @@
 """SigLIP method: pairwise sigmoid loss from the tower outputs, paper init, one real run."""
+
 import math
 
 import jax
@@ -50,12 +51,19 @@ def test_temperature_and_bias_learn(setup):
   method, batch, params, aux = setup
   img, txt, _ = ith.tower_outputs(method, params, batch)
   grads = ith.assert_every_parameter_gets_gradient(method, params, aux, batch)
-  assert set(grads) == {"image_encoder", "text_encoder", "image_proj", "text_proj", "t_prime",
-                        "bias"}
+  assert set(grads) == {
+    "image_encoder",
+    "text_encoder",
+    "image_proj",
+    "text_proj",
+    "t_prime",
+    "bias",
+  }
   h = 1e-4
   t0, b0 = math.log(10.0), -10.0
-  d_t = (_siglip_loss64(img, txt, math.exp(t0 + h), b0)
-         - _siglip_loss64(img, txt, math.exp(t0 - h), b0)) / (2 * h)
+  d_t = (
+    _siglip_loss64(img, txt, math.exp(t0 + h), b0) - _siglip_loss64(img, txt, math.exp(t0 - h), b0)
+  ) / (2 * h)
   d_b = (_siglip_loss64(img, txt, 10.0, b0 + h) - _siglip_loss64(img, txt, 10.0, b0 - h)) / (2 * h)
   np.testing.assert_allclose(float(grads["t_prime"]), d_t, rtol=1e-3)
   np.testing.assert_allclose(float(grads["bias"]), d_b, rtol=1e-3)
@@ -64,7 +72,6 @@ def test_temperature_and_bias_learn(setup):
 
 def test_encode_is_the_image_tower(setup):
   ith.encode_is_the_image_tower(*setup)
-
 
 
 @pytest.mark.slow

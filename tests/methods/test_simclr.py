@@ -1,4 +1,5 @@
 """SimCLR method: views, one step with BatchNorm state, encode for the eval job."""
+
 import os
 
 import flax.linen as nn
@@ -33,14 +34,14 @@ def test_registry_lists_methods_only():
 def test_loss_is_nt_xent_of_the_projections_and_updates_batch_stats():
   method = _method()
   batch = _batch()
-  params, aux = jax.tree.map(jnp.asarray, nn.unbox(
-      method.init(jax.random.PRNGKey(0), batch)))
+  params, aux = jax.tree.map(jnp.asarray, nn.unbox(method.init(jax.random.PRNGKey(0), batch)))
   assert aux["model_state"]["batch_stats"]  # ResNet + head BatchNorm statistics
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
   # Independent recomputation: project both views in one BN batch, then NT-Xent.
   images = jnp.concatenate([batch["view1"], batch["view2"]])
-  (z, _), _ = method.model.apply({"params": params, **aux["model_state"]}, images, train=True,
-                                 mutable=["batch_stats"])
+  (z, _), _ = method.model.apply(
+    {"params": params, **aux["model_state"]}, images, train=True, mutable=["batch_stats"]
+  )
   ref, _ = losses.nt_xent(z[:8], z[8:], temperature=0.1)
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-6)
   assert {"contrastive_acc", "rankme", "embedding_std"} <= set(metrics)

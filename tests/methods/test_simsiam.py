@@ -1,5 +1,6 @@
 """SimSiam method: loss from the model outputs, stop-gradient on the projections, no teacher,
 encode, one train run with the eval handoff."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,8 +47,9 @@ def test_loss_is_symmetric_negative_cosine_of_predictions_and_projections(setup)
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
 
   def forward(state, images):
-    return method.model.apply({"params": params, **state}, images, train=True,
-                              mutable=["batch_stats"])
+    return method.model.apply(
+      {"params": params, **state}, images, train=True, mutable=["batch_stats"]
+    )
 
   (z1, p1), state = forward(aux["model_state"], batch["view1"])
   (z2, p2), state = forward(state, batch["view2"])
@@ -65,8 +67,9 @@ def test_stop_gradient_equals_loss_with_constant_targets(setup):
   grads = jax.jit(jax.grad(lambda p: method.loss_fn(p, aux, batch, rng, 0)[0]))(params)
 
   def forward(p, state, images):
-    return method.model.apply({"params": p, **state}, images, train=True,
-                              mutable=["batch_stats"])[0]
+    return method.model.apply({"params": p, **state}, images, train=True, mutable=["batch_stats"])[
+      0
+    ]
 
   # Targets from a separate, non-differentiated forward (same BN batch statistics).
   z1c, _ = forward(params, aux["model_state"], batch["view1"])
@@ -75,8 +78,9 @@ def test_stop_gradient_equals_loss_with_constant_targets(setup):
   def constant_target_loss(p):
     _, p1 = forward(p, aux["model_state"], batch["view1"])
     _, p2 = forward(p, aux["model_state"], batch["view2"])
-    cos = lambda a, b: jnp.sum(a * b, -1) / jnp.linalg.norm(a, axis=-1) / jnp.linalg.norm(
-        b, axis=-1)
+    cos = lambda a, b: (
+      jnp.sum(a * b, -1) / jnp.linalg.norm(a, axis=-1) / jnp.linalg.norm(b, axis=-1)
+    )
     return jnp.mean(-cos(p1, z2c) / 2 - cos(p2, z1c) / 2)
 
   want = jax.jit(jax.grad(constant_target_loss))(params)

@@ -12,7 +12,6 @@ from jaxssl import methods
 from jaxssl.state import TrainState
 
 
-
 def _config(arg="test"):
   return harness.load_config("vicreg", arg)
 
@@ -38,14 +37,15 @@ def _vicreg64(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
 
   def c(z):
     cov = np.cov(z, rowvar=False)  # unbiased
-    return (np.sum(cov ** 2) - np.sum(np.diag(cov) ** 2)) / d
+    return (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / d
 
   return lam * np.mean((z1 - z2) ** 2) + mu * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
 
 
 def _expand(method, params, state, images):
-  (z, _), updates = method.model.apply({"params": params, **state}, images, train=True,
-                                       mutable=["batch_stats"])
+  (z, _), updates = method.model.apply(
+    {"params": params, **state}, images, train=True, mutable=["batch_stats"]
+  )
   return z, updates
 
 
@@ -58,10 +58,13 @@ def test_loss_is_vicreg_of_per_view_expander_outputs(setup):
   z2, state = _expand(method, params, state, batch["view2"])
   assert z1.shape == (8, 16)
   np.testing.assert_allclose(float(loss), _vicreg64(z1, z2), rtol=1e-5)
-  assert {"invariance", "variance", "covariance", "expander_std", "embedding_std",
-          "rankme"} <= set(metrics)
-  want_std = 0.5 * (np.sqrt(np.var(np.asarray(z1, np.float64), 0, ddof=1) + 1e-4).mean()
-                    + np.sqrt(np.var(np.asarray(z2, np.float64), 0, ddof=1) + 1e-4).mean())
+  assert {"invariance", "variance", "covariance", "expander_std", "embedding_std", "rankme"} <= set(
+    metrics
+  )
+  want_std = 0.5 * (
+    np.sqrt(np.var(np.asarray(z1, np.float64), 0, ddof=1) + 1e-4).mean()
+    + np.sqrt(np.var(np.asarray(z2, np.float64), 0, ddof=1) + 1e-4).mean()
+  )
   assert float(metrics["expander_std"]) == pytest.approx(want_std, rel=1e-5)
   for g, w in zip(jax.tree.leaves(new_aux["model_state"]), jax.tree.leaves(state)):
     np.testing.assert_allclose(g, w, rtol=1e-6)

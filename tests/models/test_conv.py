@@ -1,5 +1,6 @@
 """Conv2D: the GEMM backward equals autodiff of XLA's convolution (float64), the forward and the
 parameters are flax.linen.Conv's; kernel_grad in any batch chunking and sharding."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,14 @@ from jaxssl.models import conv
 
 # (kernel, stride, C_in, C_out, side): ResNet's 3x3/1, 3x3/2, 7x7/2 stem, 1x1/2 projection,
 # plus an odd side so the last window of a strided conv is partial.
-CASES = [(3, 1, 4, 5, 9), (3, 2, 4, 5, 9), (7, 2, 3, 6, 16), (1, 2, 4, 5, 8), (1, 1, 4, 5, 7),
-         (3, 2, 2, 3, 8)]
+CASES = [
+  (3, 1, 4, 5, 9),
+  (3, 2, 4, 5, 9),
+  (7, 2, 3, 6, 16),
+  (1, 2, 4, 5, 8),
+  (1, 1, 4, 5, 7),
+  (3, 2, 2, 3, 8),
+]
 
 
 @pytest.fixture
@@ -21,14 +28,18 @@ def x64():
 
 
 @pytest.mark.parametrize("kernel_size, stride, c_in, c_out, side", CASES)
-def test_gemm_backward_equals_autodiff_of_the_convolution(x64, kernel_size, stride, c_in,
-                                                          c_out, side):
+def test_gemm_backward_equals_autodiff_of_the_convolution(
+  x64, kernel_size, stride, c_in, c_out, side
+):
   del x64
   rng = np.random.default_rng(kernel_size * 10 + stride)
   x = jnp.asarray(rng.normal(size=(2, side, side, c_in)))
   kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, c_in, c_out)))
-  cotangent = jnp.asarray(rng.normal(size=conv.conv_xla(
-      x, kernel, (stride, stride), ((kernel_size // 2,) * 2,) * 2).shape))
+  cotangent = jnp.asarray(
+    rng.normal(
+      size=conv.conv_xla(x, kernel, (stride, stride), ((kernel_size // 2,) * 2,) * 2).shape
+    )
+  )
   padding = ((kernel_size // 2,) * 2,) * 2
 
   def pullback(fn):
@@ -51,8 +62,12 @@ def test_unfold_times_kernel_is_the_convolution(x64):
   padding = ((1, 1), (1, 1))
   patches = conv.unfold(x, (3, 3), (2, 2), padding)
   assert patches.shape == (2, 5, 5, 27)
-  np.testing.assert_allclose(patches @ kernel.reshape(27, 4),
-                             conv.conv_xla(x, kernel, (2, 2), padding), rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(
+    patches @ kernel.reshape(27, 4),
+    conv.conv_xla(x, kernel, (2, 2), padding),
+    rtol=1e-12,
+    atol=1e-12,
+  )
 
 
 @pytest.mark.parametrize("impl", ["xla", "gemm_grad", "gemm", "auto"])
@@ -61,22 +76,24 @@ def test_module_has_flax_conv_parameters_and_values(impl):
   ours = conv.Conv2D(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), impl=impl)
   flax_conv = nn.Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False)
   variables = flax_conv.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == \
-      jax.tree.map(jnp.shape, variables)
-  np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
-                             rtol=1e-6, atol=1e-6)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+    jnp.shape, variables
+  )
+  np.testing.assert_allclose(
+    ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-6, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("kernel_size, stride, c_in, c_out, side", CASES)
-def test_unfold_transposed_is_the_transpose_of_unfold(x64, kernel_size, stride, c_in, c_out,
-                                                      side):
+def test_unfold_transposed_is_the_transpose_of_unfold(x64, kernel_size, stride, c_in, c_out, side):
   del x64, c_out
   x = jnp.asarray(np.random.default_rng(3).normal(size=(3, side, side, c_in)))
   padding = ((kernel_size // 2,) * 2,) * 2
   args = ((kernel_size, kernel_size), (stride, stride), padding)
   patches = conv.unfold(x, *args)
-  np.testing.assert_array_equal(conv.unfold_transposed(x, *args),
-                                patches.reshape(-1, patches.shape[-1]).T)
+  np.testing.assert_array_equal(
+    conv.unfold_transposed(x, *args), patches.reshape(-1, patches.shape[-1]).T
+  )
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 6])
@@ -90,9 +107,8 @@ def test_kernel_grad_in_any_chunking_equals_autodiff(x64, chunk, kernel_size, st
   strides = (stride, stride)
   out, vjp = jax.vjp(lambda k: conv.conv_xla(x, k, strides, padding), kernel)
   cotangent = jnp.asarray(rng.normal(size=out.shape))
-  want, = vjp(cotangent)
-  got = conv.kernel_grad(x, cotangent, (kernel_size, kernel_size), strides, padding,
-                         chunk=chunk)
+  (want,) = vjp(cotangent)
+  got = conv.kernel_grad(x, cotangent, (kernel_size, kernel_size), strides, padding, chunk=chunk)
   assert got.dtype == jnp.float64  # the accumulator follows x64, not only float32
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -112,8 +128,7 @@ def test_batch_chunk_is_the_largest_divisor_within_the_budget():
 
 
 def test_kernel_grad_of_a_batch_sharded_over_devices_equals_autodiff():
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   batch = 2 * jax.device_count()
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(batch, 9, 9, 4)), jnp.float32)
@@ -124,6 +139,7 @@ def test_kernel_grad_of_a_batch_sharded_over_devices_equals_autodiff():
 
   def loss(k, fn):
     return jnp.sum(jnp.square(fn(x, k, (1, 1), padding)))
+
   want = jax.jit(jax.grad(lambda k: loss(k, conv.conv_xla)))(kernel)
   got = jax.jit(jax.grad(lambda k: loss(k, conv.conv_gemm_grad)))(kernel)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
@@ -141,13 +157,19 @@ def test_auto_picks_gemm_grad_for_strided_convs_on_cpu_and_unknown_impl_fails():
 
 # Kernels larger than the input in a spatial dimension (ResNet's last stage at 64px and 32px
 # images, a 7x7 stem on a tiny input), and the equal-size neighbours that stay with XLA.
-SMALL_INPUT_CASES = [(3, 1, 4, 5, 2), (3, 1, 4, 5, 1), (3, 2, 4, 5, 2), (7, 2, 3, 6, 5),
-                     (5, 1, 3, 4, 4)]
+SMALL_INPUT_CASES = [
+  (3, 1, 4, 5, 2),
+  (3, 1, 4, 5, 1),
+  (3, 2, 4, 5, 2),
+  (7, 2, 3, 6, 5),
+  (5, 1, 3, 4, 4),
+]
 
 
 @pytest.mark.parametrize("kernel_size, stride, c_in, c_out, side", CASES + SMALL_INPUT_CASES)
-def test_gemm_forward_and_gradients_equal_the_convolution(x64, kernel_size, stride, c_in, c_out,
-                                                          side):
+def test_gemm_forward_and_gradients_equal_the_convolution(
+  x64, kernel_size, stride, c_in, c_out, side
+):
   del x64
   rng = np.random.default_rng(kernel_size * 100 + stride * 10 + side)
   x = jnp.asarray(rng.normal(size=(3, side, side + 1, c_in)))  # H != W: no axis mix-up hides
@@ -189,11 +211,13 @@ def test_auto_computes_a_kernel_larger_than_its_input_as_a_gemm_on_cpu():
 def test_auto_module_on_a_small_input_compiles_without_a_convolution():
   """The compiled forward + backward of Conv2D('auto') on 2x2 maps holds no convolution op (the
   7-80x slow path of XLA:CPU's emitter); on 4x4 maps it is XLA's convolution."""
+
   def compiled_text(side):
     x = jnp.ones((4, side, side, 8), jnp.float32)
     layer = conv.Conv2D(8, (3, 3), padding=((1, 1), (1, 1)), impl="auto")
     variables = layer.init(jax.random.key(0), x)
     loss = lambda v, x: jnp.sum(jnp.square(layer.apply(v, x)))
     return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, x).compile().as_text()
+
   assert " convolution(" not in compiled_text(2)
   assert " convolution(" in compiled_text(4)

@@ -1,5 +1,6 @@
 """Tests for jaxssl.models.heads: shapes, a float64 NumPy forward pass, BN state, logical axes,
 gradients."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,42 +9,54 @@ import pytest
 
 from jaxssl.models import PredictionHead, ProjectionHead
 
-PARAM_AXES = {'embed', 'mlp', 'norm', None}
+PARAM_AXES = {"embed", "mlp", "norm", None}
 
 
 def _inputs(seed=0, shape=(6, 12)):
   return jax.random.normal(jax.random.key(seed), shape)
 
 
-@pytest.mark.parametrize('num_layers, use_bn, final_bn, layers', [
-    (1, True, False, [('dense_0', ('embed', 'mlp'), True)]),
-    (2, True, False, [('dense_0', ('embed', 'mlp'), False), ('dense_1', ('mlp', 'embed'), True)]),
-    (2, False, False, [('dense_0', ('embed', 'mlp'), True), ('dense_1', ('mlp', 'embed'), True)]),
-    (3, True, True, [('dense_0', ('embed', 'mlp'), False), ('dense_1', ('mlp', None), False),
-                     ('dense_2', ('mlp', 'embed'), False)]),
-])
+@pytest.mark.parametrize(
+  "num_layers, use_bn, final_bn, layers",
+  [
+    (1, True, False, [("dense_0", ("embed", "mlp"), True)]),
+    (2, True, False, [("dense_0", ("embed", "mlp"), False), ("dense_1", ("mlp", "embed"), True)]),
+    (2, False, False, [("dense_0", ("embed", "mlp"), True), ("dense_1", ("mlp", "embed"), True)]),
+    (
+      3,
+      True,
+      True,
+      [
+        ("dense_0", ("embed", "mlp"), False),
+        ("dense_1", ("mlp", None), False),
+        ("dense_2", ("mlp", "embed"), False),
+      ],
+    ),
+  ],
+)
 def test_layout_shapes_and_logical_axes(num_layers, use_bn, final_bn, layers):
-  head = ProjectionHead(hidden_dim=16, out_dim=8, num_layers=num_layers, use_bn=use_bn,
-                        final_bn=final_bn)
+  head = ProjectionHead(
+    hidden_dim=16, out_dim=8, num_layers=num_layers, use_bn=use_bn, final_bn=final_bn
+  )
   x = _inputs()
   variables = head.init(jax.random.key(1), x)
-  params = variables['params']
+  params = variables["params"]
   for name, names, has_bias in layers:
-    assert params[name]['kernel'].names == names
-    assert ('bias' in params[name]) == has_bias, name
+    assert params[name]["kernel"].names == names
+    assert ("bias" in params[name]) == has_bias, name
     if has_bias:
-      assert params[name]['bias'].names == names[1:]
+      assert params[name]["bias"].names == names[1:]
   num_bn = (num_layers - 1) * use_bn + final_bn
-  assert len([k for k in params if k.startswith('bn_')]) == num_bn - final_bn  # Affine only.
-  assert len(variables.get('batch_stats', {})) == num_bn
+  assert len([k for k in params if k.startswith("bn_")]) == num_bn - final_bn  # Affine only.
+  assert len(variables.get("batch_stats", {})) == num_bn
   for leaf in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
     assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == leaf.value.ndim
     assert set(leaf.names) <= PARAM_AXES
-  out, updates = head.apply(variables, x, train=True, mutable=['batch_stats'])
+  out, updates = head.apply(variables, x, train=True, mutable=["batch_stats"])
   assert out.shape == (6, 8)
   assert head.apply(variables, x).shape == (6, 8)
   if num_bn:
-    assert set(updates['batch_stats']) == set(variables['batch_stats'])
+    assert set(updates["batch_stats"]) == set(variables["batch_stats"])
   # Works on token sequences too: BN statistics over all leading axes.
   assert head.apply(variables, _inputs(shape=(2, 5, 12))).shape == (2, 5, 8)
 
@@ -55,21 +68,31 @@ def _numpy_batch_norm(h, gamma=1.0, beta=0.0):
 def test_train_forward_matches_numpy():
   head = ProjectionHead(hidden_dim=16, out_dim=8, num_layers=3, use_bn=True, final_bn=True)
   x = _inputs()
-  params = nn.unbox(head.init(jax.random.key(1), x))['params']
+  params = nn.unbox(head.init(jax.random.key(1), x))["params"]
   # Non-trivial BN affine parameters, so a swapped gamma/beta would show.
   params = jax.tree_util.tree_map_with_path(
-      lambda path, p: jax.random.uniform(jax.random.key(len(jax.tree_util.keystr(path))),
-                                         p.shape, minval=0.5, maxval=1.5)
-      if 'bn_' in jax.tree_util.keystr(path) else p, params)
-  out, _ = head.apply({'params': params, 'batch_stats': nn.unbox(
-      head.init(jax.random.key(1), x))['batch_stats']}, x, train=True, mutable=['batch_stats'])
+    lambda path, p: (
+      jax.random.uniform(
+        jax.random.key(len(jax.tree_util.keystr(path))), p.shape, minval=0.5, maxval=1.5
+      )
+      if "bn_" in jax.tree_util.keystr(path)
+      else p
+    ),
+    params,
+  )
+  out, _ = head.apply(
+    {"params": params, "batch_stats": nn.unbox(head.init(jax.random.key(1), x))["batch_stats"]},
+    x,
+    train=True,
+    mutable=["batch_stats"],
+  )
 
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
   h = np.asarray(x, np.float64)
   for i in range(2):
-    h = h @ p[f'dense_{i}']['kernel']
-    h = np.maximum(_numpy_batch_norm(h, p[f'bn_{i}']['scale'], p[f'bn_{i}']['bias']), 0)
-  expected = _numpy_batch_norm(h @ p['dense_2']['kernel'])
+    h = h @ p[f"dense_{i}"]["kernel"]
+    h = np.maximum(_numpy_batch_norm(h, p[f"bn_{i}"]["scale"], p[f"bn_{i}"]["bias"]), 0)
+  expected = _numpy_batch_norm(h @ p["dense_2"]["kernel"])
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
@@ -77,11 +100,10 @@ def test_eval_without_bn_is_a_plain_mlp():
   head = ProjectionHead(hidden_dim=16, out_dim=8, num_layers=2, use_bn=False)
   x = _inputs()
   variables = head.init(jax.random.key(1), x)
-  assert set(variables) == {'params'}
-  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), nn.unbox(variables['params']))
-  hidden = np.maximum(np.asarray(x, np.float64) @ p['dense_0']['kernel'] + p['dense_0']['bias'],
-                      0)
-  expected = hidden @ p['dense_1']['kernel'] + p['dense_1']['bias']
+  assert set(variables) == {"params"}
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), nn.unbox(variables["params"]))
+  hidden = np.maximum(np.asarray(x, np.float64) @ p["dense_0"]["kernel"] + p["dense_0"]["bias"], 0)
+  expected = hidden @ p["dense_1"]["kernel"] + p["dense_1"]["bias"]
   np.testing.assert_allclose(head.apply(variables, x), expected, atol=1e-5)
 
 
@@ -92,10 +114,10 @@ def test_gradients_reach_every_parameter():
   weights = _inputs(seed=2, shape=(6, 8))
 
   def loss(params):
-    out, _ = head.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    out, _ = head.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
     return jnp.sum(out * weights)
 
-  for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(variables['params'])):
+  for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(variables["params"])):
     assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
 
 
@@ -107,7 +129,7 @@ def test_prediction_head_is_the_same_mlp():
 
 
 def test_zero_layers_raises():
-  with pytest.raises(ValueError, match='num_layers >= 1'):
+  with pytest.raises(ValueError, match="num_layers >= 1"):
     ProjectionHead(hidden_dim=16, out_dim=8, num_layers=0).init(jax.random.key(0), _inputs())
 
 

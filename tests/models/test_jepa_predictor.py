@@ -1,5 +1,6 @@
 """I-JEPA predictor: an independent re-derivation of its forward, per-block independence,
 dependence on target positions, shapes and errors."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,9 @@ GRID = (4, 4)
 def _inputs(seed=0, batch=2, num_context=5, blocks=3, block_len=2):
   rng = np.random.default_rng(seed)
   ctx = jnp.asarray(rng.normal(size=(batch, num_context, 12)), jnp.float32)
-  ctx_idx = jnp.asarray(np.stack([rng.choice(16, num_context, replace=False)
-                                  for _ in range(batch)]), jnp.int32)
+  ctx_idx = jnp.asarray(
+    np.stack([rng.choice(16, num_context, replace=False) for _ in range(batch)]), jnp.int32
+  )
   tgt_idx = jnp.asarray(rng.integers(0, 16, size=(batch, blocks, block_len)), jnp.int32)
   return ctx, ctx_idx, tgt_idx
 
@@ -42,8 +44,7 @@ def test_forward_matches_an_independent_recomputation(setup):
       q = params["mask_token"] + pos[tgt_idx[b, t]]
       h = jnp.concatenate([x, q])[None]
       for i in range(2):
-        h = vit.EncoderBlock(mlp_dim=16, num_heads=2).apply(
-            {"params": params[f"block_{i}"]}, h)
+        h = vit.EncoderBlock(mlp_dim=16, num_heads=2).apply({"params": params[f"block_{i}"]}, h)
       h = vit.layer_norm(jnp.float32).apply({"params": params["predictor_norm"]}, h[:, 5:])
       want = h[0] @ params["proj"]["kernel"] + params["proj"]["bias"]
       np.testing.assert_allclose(out[b, t], want, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
 """MAE decoder: shapes, unshuffling against a float64 NumPy derivation, annotations."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,21 +15,27 @@ N = GRID[0] * GRID[1]
 
 
 def _decoder(depth=1):
-  return MAEDecoder(decoder_width=16, decoder_depth=depth, decoder_heads=2, decoder_mlp_dim=32,
-                    patch_size=2, channels=3)
+  return MAEDecoder(
+    decoder_width=16,
+    decoder_depth=depth,
+    decoder_heads=2,
+    decoder_mlp_dim=32,
+    patch_size=2,
+    channels=3,
+  )
 
 
 def _inputs(batch=3, ratio=0.75, width=8, seed=0):
   rng = np.random.default_rng(seed)
-  keep, _, ids_restore = map(np.stack, zip(*[masking.random_mask(rng, N, ratio)
-                                             for _ in range(batch)]))
+  keep, _, ids_restore = map(
+    np.stack, zip(*[masking.random_mask(rng, N, ratio) for _ in range(batch)])
+  )
   tokens = rng.normal(size=(batch, keep.shape[1], width)).astype(np.float32)
   return tokens, keep, ids_restore
 
 
 def _init(decoder, tokens, ids_restore):
-  return decoder.init(jax.random.PRNGKey(0), jnp.asarray(tokens), jnp.asarray(ids_restore),
-                      GRID)
+  return decoder.init(jax.random.PRNGKey(0), jnp.asarray(tokens), jnp.asarray(ids_restore), GRID)
 
 
 def test_output_shape_and_dtype():
@@ -55,14 +62,14 @@ def test_depth_zero_puts_every_token_back_at_its_patch():
   pred = np.asarray(decoder.apply({"params": params}, tokens, ids_restore, GRID), np.float64)
 
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  embedded = tokens.astype(np.float64) @ p64["decoder_embed"]["kernel"] \
-      + p64["decoder_embed"]["bias"]
+  embedded = (
+    tokens.astype(np.float64) @ p64["decoder_embed"]["kernel"] + p64["decoder_embed"]["bias"]
+  )
   posemb = np.asarray(vit.posemb_sincos_2d(*GRID, 16), np.float64)
   for b in range(tokens.shape[0]):
     sequence = np.tile(p64["mask_token"][0], (N, 1))  # every removed patch: the mask token
     sequence[keep[b]] = embedded[b]  # kept token j came from patch keep[b, j]
-    x = _layer_norm64(sequence + posemb, p64["decoder_norm"]["scale"],
-                      p64["decoder_norm"]["bias"])
+    x = _layer_norm64(sequence + posemb, p64["decoder_norm"]["scale"], p64["decoder_norm"]["bias"])
     expected = x @ p64["decoder_pred"]["kernel"] + p64["decoder_pred"]["bias"]
     np.testing.assert_allclose(pred[b], expected, rtol=1e-5, atol=1e-5)
 
@@ -77,7 +84,8 @@ def test_output_depends_on_patch_positions_not_on_token_order():
   order = np.array([2, 0, 3, 1])  # moves every one of the K = 4 kept tokens
   new_keep = keep[:, order]
   shuffle = np.concatenate(
-      [new_keep, np.stack([np.setdiff1d(np.arange(N), k) for k in new_keep])], axis=1)
+    [new_keep, np.stack([np.setdiff1d(np.arange(N), k) for k in new_keep])], axis=1
+  )
   new_restore = np.argsort(shuffle, axis=1).astype(np.int32)
   pred_reordered = decoder.apply(variables, tokens[:, order], new_restore, GRID)
   np.testing.assert_allclose(pred_reordered, pred, rtol=1e-5, atol=1e-5)
@@ -88,7 +96,8 @@ def test_decoder_reads_every_kept_token():
   decoder = _decoder()
   variables = _init(decoder, tokens, ids_restore)
   grad = jax.grad(lambda t: jnp.sum(decoder.apply(variables, t, ids_restore, GRID) ** 2))(
-      jnp.asarray(tokens))
+    jnp.asarray(tokens)
+  )
   assert np.all(np.abs(grad).sum(-1) > 0)
 
 
@@ -113,5 +122,11 @@ def test_bad_inputs_raise_with_the_fix():
   with pytest.raises(ValueError, match="patch_grid"):
     _init(decoder, tokens, ids_restore[:, :9])
   with pytest.raises(ValueError, match="decoder_heads"):
-    MAEDecoder(decoder_width=16, decoder_depth=1, decoder_heads=3, decoder_mlp_dim=32,
-               patch_size=2, channels=3).init(jax.random.PRNGKey(0), tokens, ids_restore, GRID)
+    MAEDecoder(
+      decoder_width=16,
+      decoder_depth=1,
+      decoder_heads=3,
+      decoder_mlp_dim=32,
+      patch_size=2,
+      channels=3,
+    ).init(jax.random.PRNGKey(0), tokens, ids_restore, GRID)

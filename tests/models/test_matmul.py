@@ -1,4 +1,5 @@
 """jaxssl.models.matmul: float32-accumulating bf16 dots against float64, their gradients, HLO."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,19 +18,19 @@ BF16_ROUNDING = 2.0**-8
 # [..., K] x [K, N]; einsum's swapped operand order; contracting dims in the middle or reordered;
 # rhs stored [N, K]; both operands contracting their leading dim (a weight gradient's shape).
 CASES = [
-    ((4, 6, 10), (10, 4), ((2,), (0,))),
-    ((10, 4), (4, 6, 10), ((0,), (2,))),
-    ((3, 4, 4, 2), (4, 3, 6), ((0, 2), (1, 0))),
-    ((2, 3, 4, 5), (3, 5, 8), ((1, 3), (0, 1))),
-    ((8, 6), (10, 6), ((1,), (1,))),
-    ((6, 8), (6, 10), ((0,), (0,))),
-    ((4, 2, 3), (2, 3, 6), ((1, 2), (0, 1))),
-    # Big enough for YNNPACK (which rejects a transposed output layout; XLA:CPU's fallback dot
-    # then fails on bf16 x bf16 = f32), rhs stored [N, K], with and without the swap.
-    ((32, 16), (24, 16), ((1,), (1,))),
-    ((16, 16), (24, 16), ((1,), (1,))),
-    # A small activation against a larger kernel (a projection head on a small batch).
-    ((16, 128), (128, 32), ((1,), (0,))),
+  ((4, 6, 10), (10, 4), ((2,), (0,))),
+  ((10, 4), (4, 6, 10), ((0,), (2,))),
+  ((3, 4, 4, 2), (4, 3, 6), ((0, 2), (1, 0))),
+  ((2, 3, 4, 5), (3, 5, 8), ((1, 3), (0, 1))),
+  ((8, 6), (10, 6), ((1,), (1,))),
+  ((6, 8), (6, 10), ((0,), (0,))),
+  ((4, 2, 3), (2, 3, 6), ((1, 2), (0, 1))),
+  # Big enough for YNNPACK (which rejects a transposed output layout; XLA:CPU's fallback dot
+  # then fails on bf16 x bf16 = f32), rhs stored [N, K], with and without the swap.
+  ((32, 16), (24, 16), ((1,), (1,))),
+  ((16, 16), (24, 16), ((1,), (1,))),
+  # A small activation against a larger kernel (a projection head on a small batch).
+  ((16, 128), (128, 32), ((1,), (0,))),
 ]
 
 
@@ -51,18 +52,18 @@ def _assert_bf16_rounded(got, want):
   np.testing.assert_array_less(np.abs(got - want), BF16_ROUNDING * np.abs(want) + 1e-6)
 
 
-@pytest.mark.parametrize('lhs_shape,rhs_shape,contract', CASES)
+@pytest.mark.parametrize("lhs_shape,rhs_shape,contract", CASES)
 def test_matches_float64_product_of_the_bf16_operands(lhs_shape, rhs_shape, contract):
   lhs, rhs = _bf16_operands(lhs_shape, rhs_shape)
   product = lambda a, b: matmul.dot_general(a, b, (contract, ((), ())))
-  assert 'custom_vjp_call' in str(jax.make_jaxpr(product)(lhs, rhs))  # not the lax fallback
+  assert "custom_vjp_call" in str(jax.make_jaxpr(product)(lhs, rhs))  # not the lax fallback
   got = jax.jit(product)(lhs, rhs)
   want = _tensordot64(lhs, rhs, contract)
   assert got.shape == want.shape and got.dtype == jnp.bfloat16
   _assert_bf16_rounded(got, want)
 
 
-@pytest.mark.parametrize('lhs_shape,rhs_shape,contract', CASES)
+@pytest.mark.parametrize("lhs_shape,rhs_shape,contract", CASES)
 def test_gradients_match_float64(lhs_shape, rhs_shape, contract):
   lhs, rhs = _bf16_operands(lhs_shape, rhs_shape, seed=1)
   out_shape = _tensordot64(lhs, rhs, contract).shape
@@ -77,16 +78,17 @@ def test_gradients_match_float64(lhs_shape, rhs_shape, contract):
   assert grad_lhs.dtype == grad_rhs.dtype == jnp.bfloat16
   lhs64, rhs64, g64 = (np.asarray(v, np.float64) for v in (lhs, rhs, cotangent))
   # d<g, lhs . rhs>/d lhs and /d rhs, re-derived with einsum letters.
-  letters = 'abcdefghij'
-  lhs_ix = list(letters[:lhs.ndim])
-  rhs_ix = list(letters[lhs.ndim:lhs.ndim + rhs.ndim])
+  letters = "abcdefghij"
+  lhs_ix = list(letters[: lhs.ndim])
+  rhs_ix = list(letters[lhs.ndim : lhs.ndim + rhs.ndim])
   for i, j in zip(*contract):
     rhs_ix[j] = lhs_ix[i]
-  out_ix = ([c for k, c in enumerate(lhs_ix) if k not in contract[0]]
-            + [c for k, c in enumerate(rhs_ix) if k not in contract[1]])
-  lhs_s, rhs_s, out_s = ''.join(lhs_ix), ''.join(rhs_ix), ''.join(out_ix)
-  _assert_bf16_rounded(grad_lhs, np.einsum(f'{out_s},{rhs_s}->{lhs_s}', g64, rhs64))
-  _assert_bf16_rounded(grad_rhs, np.einsum(f'{lhs_s},{out_s}->{rhs_s}', lhs64, g64))
+  out_ix = [c for k, c in enumerate(lhs_ix) if k not in contract[0]] + [
+    c for k, c in enumerate(rhs_ix) if k not in contract[1]
+  ]
+  lhs_s, rhs_s, out_s = "".join(lhs_ix), "".join(rhs_ix), "".join(out_ix)
+  _assert_bf16_rounded(grad_lhs, np.einsum(f"{out_s},{rhs_s}->{lhs_s}", g64, rhs64))
+  _assert_bf16_rounded(grad_rhs, np.einsum(f"{lhs_s},{out_s}->{rhs_s}", lhs64, g64))
 
 
 def test_materialized_transpose_is_the_transpose():
@@ -94,15 +96,16 @@ def test_materialized_transpose_is_the_transpose():
     x = jnp.arange(rows * 5, dtype=jnp.float32).reshape(rows, 5)
     np.testing.assert_array_equal(jax.jit(matmul.materialized_transpose)(x), x.T)
   for rows in (7, 2):  # odd; or one row group, which XLA would fold back into the dot
-    with pytest.raises(ValueError, match='even row count of at least 4'):
+    with pytest.raises(ValueError, match="even row count of at least 4"):
       matmul.materialized_transpose(jnp.ones((rows, 5)))
 
 
 def test_materialized_swapaxes_swaps_one_pair_of_dims():
   x = jnp.arange(2 * 6 * 4 * 3, dtype=jnp.float32).reshape(2, 6, 4, 3)
-  np.testing.assert_array_equal(jax.jit(lambda x: matmul.materialized_swapaxes(x, 1))(x),
-                                x.transpose(0, 2, 1, 3))
-  with pytest.raises(ValueError, match='dimension 2'):
+  np.testing.assert_array_equal(
+    jax.jit(lambda x: matmul.materialized_swapaxes(x, 1))(x), x.transpose(0, 2, 1, 3)
+  )
+  with pytest.raises(ValueError, match="dimension 2"):
     matmul.materialized_swapaxes(jnp.ones((2, 4, 3, 5)), 2)
 
 
@@ -112,21 +115,25 @@ def test_materialized_transpose_keeps_leading_dims():
 
 
 # (a shape, b shape, b_transposed): attention's logits q k^T and its weights @ values.
-BATCHED_CASES = [((2, 3, 8, 5), (2, 3, 6, 5), True), ((2, 3, 8, 6), (2, 3, 6, 5), False),
-                 ((4, 32, 16), (4, 24, 16), True)]
+BATCHED_CASES = [
+  ((2, 3, 8, 5), (2, 3, 6, 5), True),
+  ((2, 3, 8, 6), (2, 3, 6, 5), False),
+  ((4, 32, 16), (4, 24, 16), True),
+]
 
 
-@pytest.mark.parametrize('a_shape,b_shape,b_transposed', BATCHED_CASES)
-@pytest.mark.parametrize('out_dtype', [None, jnp.float32])
-def test_batched_matmul_value_and_gradients_match_float64(a_shape, b_shape, b_transposed,
-                                                          out_dtype):
+@pytest.mark.parametrize("a_shape,b_shape,b_transposed", BATCHED_CASES)
+@pytest.mark.parametrize("out_dtype", [None, jnp.float32])
+def test_batched_matmul_value_and_gradients_match_float64(
+  a_shape, b_shape, b_transposed, out_dtype
+):
   a, b = _bf16_operands(a_shape, b_shape, seed=5)
   product = lambda a, b: matmul.batched_matmul(a, b, b_transposed, preferred_element_type=out_dtype)
-  if jax.default_backend() == 'cpu':
-    assert 'custom_vjp_call' in str(jax.make_jaxpr(product)(a, b))
-  b_spec = '...nk' if b_transposed else '...kn'
+  if jax.default_backend() == "cpu":
+    assert "custom_vjp_call" in str(jax.make_jaxpr(product)(a, b))
+  b_spec = "...nk" if b_transposed else "...kn"
   a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  want = np.einsum(f'...mk,{b_spec}->...mn', a64, b64)
+  want = np.einsum(f"...mk,{b_spec}->...mn", a64, b64)
   got = jax.jit(product)(a, b)
   assert got.shape == want.shape and got.dtype == (out_dtype or jnp.bfloat16)
   _assert_bf16_rounded(got, want)
@@ -135,22 +142,23 @@ def test_batched_matmul_value_and_gradients_match_float64(a_shape, b_shape, b_tr
   grad_a, grad_b = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
   assert grad_a.dtype == grad_b.dtype == jnp.bfloat16
   g64 = np.asarray(cotangent, np.float64)
-  _assert_bf16_rounded(grad_a, np.einsum(f'...mn,{b_spec}->...mk', g64, b64))
-  _assert_bf16_rounded(grad_b, np.einsum(f'...mk,...mn->{b_spec}', a64, g64))
+  _assert_bf16_rounded(grad_a, np.einsum(f"...mn,{b_spec}->...mk", g64, b64))
+  _assert_bf16_rounded(grad_b, np.einsum(f"...mk,...mn->{b_spec}", a64, g64))
 
 
 def test_batched_matmul_is_lax_for_float32_and_odd_rows():
   rng = np.random.default_rng(7)
   a = jnp.asarray(rng.standard_normal((2, 3, 8, 5)), jnp.float32)
   b = jnp.asarray(rng.standard_normal((2, 3, 6, 5)), jnp.float32)
-  np.testing.assert_array_equal(matmul.batched_matmul(a, b, True),
-                                jnp.einsum('bhqk,bhsk->bhqs', a, b))
+  np.testing.assert_array_equal(
+    matmul.batched_matmul(a, b, True), jnp.einsum("bhqk,bhsk->bhqs", a, b)
+  )
   odd = a[:, :, :7].astype(jnp.bfloat16)  # 7 query rows: the gradient's transpose is not taken
   product = lambda a, b: matmul.batched_matmul(a, b, True)
-  assert 'custom_vjp_call' not in str(jax.make_jaxpr(product)(odd, b.astype(jnp.bfloat16)))
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(product)(odd, b.astype(jnp.bfloat16)))
   np.testing.assert_array_equal(
-      product(odd, b.astype(jnp.bfloat16)),
-      jnp.einsum('bhqk,bhsk->bhqs', odd, b.astype(jnp.bfloat16)))
+    product(odd, b.astype(jnp.bfloat16)), jnp.einsum("bhqk,bhsk->bhqs", odd, b.astype(jnp.bfloat16))
+  )
 
 
 def test_everything_else_is_lax_dot_general():
@@ -164,21 +172,25 @@ def test_everything_else_is_lax_dot_general():
   assert out.dtype == jnp.float32  # the caller's output dtype is kept
   batched = jnp.asarray(rng.standard_normal((2, 4, 6)), jnp.bfloat16)
   bdims = (((2,), (1,)), ((0,), (0,)))
-  np.testing.assert_array_equal(matmul.dot_general(batched, batched.transpose(0, 2, 1), bdims),
-                                lax.dot_general(batched, batched.transpose(0, 2, 1), bdims))
+  np.testing.assert_array_equal(
+    matmul.dot_general(batched, batched.transpose(0, 2, 1), bdims),
+    lax.dot_general(batched, batched.transpose(0, 2, 1), bdims),
+  )
   # Odd row count (M = 5 x 3): the gradient's transpose could not be materialized.
   odd = jnp.asarray(rng.standard_normal((5, 3, 6)), jnp.bfloat16)
-  np.testing.assert_array_equal(matmul.dot_general(odd, w, (((2,), (0,)), ((), ()))),
-                                lax.dot_general(odd, w, (((2,), (0,)), ((), ()))))
-  with pytest.raises(TypeError, match='contracting dimensions'):
+  np.testing.assert_array_equal(
+    matmul.dot_general(odd, w, (((2,), (0,)), ((), ()))),
+    lax.dot_general(odd, w, (((2,), (0,)), ((), ()))),
+  )
+  with pytest.raises(TypeError, match="contracting dimensions"):
     matmul.dot_general(x, w[:5], dims)  # lax.dot_general's own shape error
 
 
 def test_dot_general_for_picks_it_for_bf16_on_cpu_only():
-  assert matmul.dot_general_for(jnp.bfloat16, backend='cpu') is matmul.dot_general
-  assert matmul.dot_general_for(jnp.float32, backend='cpu') is lax.dot_general
-  assert matmul.dot_general_for(jnp.bfloat16, backend='gpu') is lax.dot_general
-  assert matmul.dot_general_for(jnp.bfloat16, backend='tpu') is lax.dot_general
+  assert matmul.dot_general_for(jnp.bfloat16, backend="cpu") is matmul.dot_general
+  assert matmul.dot_general_for(jnp.float32, backend="cpu") is lax.dot_general
+  assert matmul.dot_general_for(jnp.bfloat16, backend="gpu") is lax.dot_general
+  assert matmul.dot_general_for(jnp.bfloat16, backend="tpu") is lax.dot_general
 
 
 def _grad_dot_types(loss, params):
@@ -193,25 +205,25 @@ def _mlp_grad_dots(dot_general):
   params = block.init(jax.random.key(0), x)
   # Force the implementation under test whatever the backend picks.
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr('jaxssl.models.matmul.dot_general_for', lambda dtype: dot_general)
+    patch.setattr("jaxssl.models.matmul.dot_general_for", lambda dtype: dot_general)
     return _grad_dot_types(lambda p: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2), params)
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernel selection')
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU kernel selection")
 def test_bf16_mlp_gradient_keeps_every_dot_in_bf16_on_cpu():
   # Two layers: forward, input gradient and weight gradient each (the first layer's input
   # gradient is not needed and not computed: x is not differentiated).
   ours = _mlp_grad_dots(matmul.dot_general)
-  assert len(ours) == 5 and all(d == ('bf16', 'bf16') for d in ours), ours
+  assert len(ours) == 5 and all(d == ("bf16", "bf16") for d in ours), ours
   # What the check catches: autodiff of plain bf16 dots leaves XLA float32 dots.
   plain = _mlp_grad_dots(lax.dot_general)
-  assert any(d != ('bf16', 'bf16') for d in plain), plain
+  assert any(d != ("bf16", "bf16") for d in plain), plain
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernel selection')
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU kernel selection")
 def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
   # 4 heads and 16 tokens: both copies between [b, t, h, k] and [b, h, t, k] can be written out.
-  layer = SelfAttention(num_heads=4, dtype=jnp.bfloat16, impl='heads_first')
+  layer = SelfAttention(num_heads=4, dtype=jnp.bfloat16, impl="heads_first")
   x = jnp.ones((2, 16, 32), jnp.float32)
   params = layer.init(jax.random.key(0), x)
   loss = lambda p: jnp.sum(layer.apply(p, x).astype(jnp.float32) ** 2)
@@ -219,21 +231,22 @@ def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
   # q, k, v and out projections: forward + weight gradient each, input gradients of q, k, v
   # and out's (x is not differentiated, so only y's); logits and weights @ values: forward
   # and two gradients each. XLA may merge the q/k/v input gradients' sum into fewer dots.
-  assert len(dots) >= 12 and all(d == ('bf16', 'bf16') for d in dots), dots
+  assert len(dots) >= 12 and all(d == ("bf16", "bf16") for d in dots), dots
   # What the check catches: without the heads-first copies XLA folds the transposes into the
   # batched dots' operand layouts and upcasts those dots to float32.
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr('jaxssl.models.vit.is_materializable', lambda rows: False)
+    patch.setattr("jaxssl.models.vit.is_materializable", lambda rows: False)
     uncopied = _grad_dot_types(loss, params)
-  assert any(d == ('f32', 'f32') for d in uncopied), uncopied
+  assert any(d == ("f32", "f32") for d in uncopied), uncopied
 
 
 def test_bf16_attention_matches_float32_attention():
   # The bf16 path (copies, f32-accumulating batched dots, custom gradients) against the same
   # parameters in float32: differences of bf16 rounding only, in the output and every gradient.
   x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 16, 32)), jnp.float32)
-  layers = [SelfAttention(num_heads=4, dtype=dt, impl='heads_first')
-            for dt in (jnp.bfloat16, jnp.float32)]
+  layers = [
+    SelfAttention(num_heads=4, dtype=dt, impl="heads_first") for dt in (jnp.bfloat16, jnp.float32)
+  ]
   params = layers[1].init(jax.random.key(0), x)
   outs, grads = [], []
   for layer in layers:
@@ -266,14 +279,14 @@ def test_dense_is_nn_dense_in_float32_and_with_a_given_dot_general():
 def test_bf16_dense_under_a_sharded_batch_matches_one_device():
   devices = np.array(jax.devices()[:8])
   if devices.size < 2:
-    pytest.skip('needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)')
-  mesh = jax.sharding.Mesh(devices, ('data',))
+    pytest.skip("needs several devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+  mesh = jax.sharding.Mesh(devices, ("data",))
   dense = nn.Dense(16, dtype=jnp.bfloat16, dot_general=matmul.dot_general)
   x = jnp.asarray(np.random.default_rng(4).standard_normal((8 * devices.size, 12)), jnp.float32)
   params = dense.init(jax.random.key(0), x)
   apply = jax.jit(dense.apply)
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(dense.apply(p, x).astype(jnp.float32) ** 2)))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   sharded_x = jax.device_put(x, sharding)
   # Rows are independent in the forward, so sharding them changes nothing.
   np.testing.assert_array_equal(apply(params, sharded_x), apply(params, x))

@@ -1,5 +1,6 @@
 """Mixed precision by config: `model.dtype='bfloat16'` computes in bfloat16, keeps float32
 params (master weights), and gives a finite loss close to the float32 one."""
+
 import importlib
 import os
 
@@ -36,13 +37,16 @@ def _build(config):
 def _batch(method_name, n=8, seed=0):
   rng = np.random.default_rng(seed)
   if method_name == "mae":
-    keep, mask, ids_restore = map(np.stack, zip(*[masking.random_mask(rng, 16, 0.75)
-                                                  for _ in range(n)]))
-    return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
-            "keep_indices": jnp.asarray(keep), "mask": jnp.asarray(mask),
-            "ids_restore": jnp.asarray(ids_restore)}
-  return {k: jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32)
-          for k in ("view1", "view2")}
+    keep, mask, ids_restore = map(
+      np.stack, zip(*[masking.random_mask(rng, 16, 0.75) for _ in range(n)])
+    )
+    return {
+      "image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+      "keep_indices": jnp.asarray(keep),
+      "mask": jnp.asarray(mask),
+      "ids_restore": jnp.asarray(ids_restore),
+    }
+  return {k: jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32) for k in ("view1", "view2")}
 
 
 def _dtypes_in(jaxpr, primitive):
@@ -57,19 +61,22 @@ def _dtypes_in(jaxpr, primitive):
 
 
 # ResNet + projection head (SimCLR) and ViT + MAE decoder: between them every module with a dtype.
-@pytest.mark.parametrize("method_name,arg,primitive", [
+@pytest.mark.parametrize(
+  "method_name,arg,primitive",
+  [
     ("simclr", "test,resnet18_small", "conv_general_dilated"),
     ("mae", "test", "dot_general"),
-])
-def test_bfloat16_step_is_close_to_float32_and_keeps_float32_params(method_name, arg,
-                                                                    primitive):
+  ],
+)
+def test_bfloat16_step_is_close_to_float32_and_keeps_float32_params(method_name, arg, primitive):
   batch = _batch(method_name)
   f32 = _build(_config(method_name, arg, "float32"))
   bf16 = _build(_config(method_name, arg, "bfloat16"))
   params, aux = jax.jit(lambda rng: nn.unbox(f32.init(rng, batch)))(jax.random.PRNGKey(0))
   # The bfloat16 model initialises the same float32 tree (master weights).
-  params_bf16, _ = jax.eval_shape(lambda rng: nn.unbox(bf16.init(rng, batch)),
-                                  jax.random.PRNGKey(0))
+  params_bf16, _ = jax.eval_shape(
+    lambda rng: nn.unbox(bf16.init(rng, batch)), jax.random.PRNGKey(0)
+  )
   assert jax.tree.structure(params_bf16) == jax.tree.structure(params)
   assert {x.dtype for x in jax.tree.leaves(params_bf16)} == {jnp.dtype(jnp.float32)}
 
@@ -83,8 +90,7 @@ def test_bfloat16_step_is_close_to_float32_and_keeps_float32_params(method_name,
 
   opt_state = tx.init(params)
   loss32, _, _, _ = jax.jit(lambda p, o: step(f32, p, o))(params, opt_state)
-  loss16, metrics16, grads16, new_params = jax.jit(lambda p, o: step(bf16, p, o))(
-      params, opt_state)
+  loss16, metrics16, grads16, new_params = jax.jit(lambda p, o: step(bf16, p, o))(params, opt_state)
 
   assert loss16.dtype == jnp.float32 and np.isfinite(loss16)
   assert all(np.isfinite(v) for v in jax.tree.leaves(metrics16))
@@ -94,14 +100,15 @@ def test_bfloat16_step_is_close_to_float32_and_keeps_float32_params(method_name,
     leaves = jax.tree.leaves(tree)
     assert {x.dtype for x in leaves} == {jnp.dtype(jnp.float32)}
     assert all(np.all(np.isfinite(x)) for x in leaves)
-  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(new_params),
-                                            jax.tree.leaves(params)))
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)))
 
   # The compute really ran in bfloat16: the backbone's convs / matmuls take bf16 operands in
   # the bf16 model and none do in the float32 one.
   def forward_jaxpr(method):
     return jax.make_jaxpr(lambda p: method.loss_fn(p, aux, batch, jax.random.PRNGKey(1), 0))(
-        params).jaxpr
+      params
+    ).jaxpr
+
   ops16 = _dtypes_in(forward_jaxpr(bf16), primitive)
   ops32 = _dtypes_in(forward_jaxpr(f32), primitive)
   bf = jnp.dtype(jnp.bfloat16)

@@ -3,6 +3,7 @@
 Needs torch and timm in the same environment as JAX (not project requirements), e.g.
 `pip install torch==2.14.1 torchvision==0.29.1 timm`; skipped with that reason otherwise.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,14 @@ from jaxssl import models
 from jaxssl.models import timm_convert
 
 torch = pytest.importorskip(
-    "torch", reason="torch not installed (optional, for the timm converter tests): "
-    "pip install torch==2.14.1 torchvision==0.29.1 timm")
+  "torch",
+  reason="torch not installed (optional, for the timm converter tests): "
+  "pip install torch==2.14.1 torchvision==0.29.1 timm",
+)
 timm_vit = pytest.importorskip(
-    "timm.models.vision_transformer",
-    reason="timm not installed (optional): pip install torch==2.14.1 torchvision==0.29.1 timm")
+  "timm.models.vision_transformer",
+  reason="timm not installed (optional): pip install torch==2.14.1 torchvision==0.29.1 timm",
+)
 
 NUM_HEADS = 3
 IMAGE_SIZE, PATCH = 32, 8
@@ -30,9 +34,17 @@ def _timm_model(layout, seed):
   """A small timm ViT of `layout` with every parameter random (biases and gammas included)."""
   torch.manual_seed(seed)
   model = timm_vit.VisionTransformer(
-      img_size=IMAGE_SIZE, patch_size=PATCH, embed_dim=48, depth=2, num_heads=NUM_HEADS,
-      mlp_ratio=4.0, qkv_bias=True, num_classes=0, global_pool="token",
-      init_values=1e-5 if layout == "dinov2" else None)
+    img_size=IMAGE_SIZE,
+    patch_size=PATCH,
+    embed_dim=48,
+    depth=2,
+    num_heads=NUM_HEADS,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    num_classes=0,
+    global_pool="token",
+    init_values=1e-5 if layout == "dinov2" else None,
+  )
   with torch.no_grad():
     for name, p in model.named_parameters():
       if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
@@ -51,8 +63,7 @@ def _state_dict(model):
 
 
 def _images(seed=0, n=3):
-  return np.random.default_rng(seed).normal(size=(n, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(
-      np.float32)
+  return np.random.default_rng(seed).normal(size=(n, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
 
 
 def _timm_tokens(model, images):
@@ -88,35 +99,48 @@ def test_export_gives_timm_the_same_function_and_canonical_dicts_round_trip(layo
   sd = _state_dict(model)
   images = _images(seed=1)
   layer_scale = layout == "dinov2"
-  exported = timm_convert.to_timm(timm_convert.from_timm(sd, num_heads=NUM_HEADS),
-                                  layer_scale=layer_scale)
+  exported = timm_convert.to_timm(
+    timm_convert.from_timm(sd, num_heads=NUM_HEADS), layer_scale=layer_scale
+  )
   assert set(exported) == set(sd)
   # Loaded into a fresh timm model (strict: every key, every shape) it computes the same.
   fresh = _timm_model(layout, seed=3)
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-  np.testing.assert_allclose(_timm_tokens(fresh, images), _timm_tokens(model, images),
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    _timm_tokens(fresh, images), _timm_tokens(model, images), atol=1e-4, rtol=0
+  )
   # The export is the canonical form (cls slot and key bias zero, gamma one); exporting the
   # import of a canonical dict gives it back bit for bit.
-  twice = timm_convert.to_timm(timm_convert.from_timm(exported, num_heads=NUM_HEADS),
-                               layer_scale=layer_scale)
+  twice = timm_convert.to_timm(
+    timm_convert.from_timm(exported, num_heads=NUM_HEADS), layer_scale=layer_scale
+  )
   for key in sd:
     np.testing.assert_array_equal(twice[key], exported[key], err_msg=key)
   if layout == "mae":  # MAE's pos_embed already has a zero [cls] slot; the key bias decides.
     width = sd["cls_token"].shape[-1]
     for i in range(2):
-      sd[f"blocks.{i}.attn.qkv.bias"][width:2 * width] = 0.0
+      sd[f"blocks.{i}.attn.qkv.bias"][width : 2 * width] = 0.0
     for key in sd:
       np.testing.assert_array_equal(exported[key], sd[key], err_msg=key)
 
 
 def test_our_params_round_trip_exactly():
-  encoder = models.ViT(width=48, depth=2, mlp_dim=192, num_heads=NUM_HEADS, patch_size=PATCH,
-                       pool="cls", posemb="learn", gelu_approximate=False)
-  params = nn.unbox(jax.jit(encoder.init)(jax.random.PRNGKey(0),
-                                          jnp.zeros((1, 32, 32, 3)))["params"])
-  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape),
-                        params)
+  encoder = models.ViT(
+    width=48,
+    depth=2,
+    mlp_dim=192,
+    num_heads=NUM_HEADS,
+    patch_size=PATCH,
+    pool="cls",
+    posemb="learn",
+    gelu_approximate=False,
+  )
+  params = nn.unbox(
+    jax.jit(encoder.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  )
+  params = jax.tree.map(
+    lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params
+  )
   back = timm_convert.from_timm(timm_convert.to_timm(params), num_heads=NUM_HEADS)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
@@ -128,15 +152,14 @@ def test_layouts_it_cannot_represent_fail_clearly():
   with pytest.raises(ValueError, match="register tokens"):
     timm_convert.from_timm({**sd, "reg_token": np.zeros((1, 4, 48))}, num_heads=NUM_HEADS)
   with pytest.raises(ValueError, match="Unrecognised keys"):
-    timm_convert.from_timm({**sd, "blocks.0.attn.q_norm.weight": np.ones(16)},
-                           num_heads=NUM_HEADS)
+    timm_convert.from_timm({**sd, "blocks.0.attn.q_norm.weight": np.ones(16)}, num_heads=NUM_HEADS)
   with pytest.raises(ValueError, match="lacks 'cls_token'"):
-    timm_convert.from_timm({k: v for k, v in sd.items() if k != "cls_token"},
-                           num_heads=NUM_HEADS)
+    timm_convert.from_timm({k: v for k, v in sd.items() if k != "cls_token"}, num_heads=NUM_HEADS)
   with pytest.raises(ValueError, match="not divisible by num_heads"):
     timm_convert.from_timm(sd, num_heads=5)
   # Training-only keys of official checkpoints are ignored, not errors.
-  params = timm_convert.from_timm({**sd, "mask_token": np.zeros((1, 48)),
-                                   "decoder_embed.weight": np.zeros((8, 48))},
-                                  num_heads=NUM_HEADS)
+  params = timm_convert.from_timm(
+    {**sd, "mask_token": np.zeros((1, 48)), "decoder_embed.weight": np.zeros((8, 48))},
+    num_heads=NUM_HEADS,
+  )
   assert "mask_token" not in params
