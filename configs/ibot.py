@@ -22,7 +22,6 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT):
                  KoLeo and a separate patch head).
 """
 
-import importlib.util
 import os
 
 from jaxssl import config_lib
@@ -31,17 +30,11 @@ from jaxssl import config_lib
 PRESETS = ("fashion_mnist", "imagenet", "dinov2", "test", "test_dinov2")
 
 
-def _dino_config_module():
-  """configs/dino.py, whose DINO sections and presets iBOT extends."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dino.py")
-  spec = importlib.util.spec_from_file_location("_jaxssl_dino_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg: str = "fashion_mnist"):
-  dino = _dino_config_module()
+  # configs/dino.py, whose DINO sections and presets iBOT extends.
+  dino = config_lib.load_config_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "dino.py"), "_jaxssl_dino_config"
+  )
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
   c.method = "ibot"

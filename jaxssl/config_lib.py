@@ -84,10 +84,10 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
   return max(1, math.ceil(examples / config.batch_size))
 
 
-def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
-  """Loads `configs/x.py[:arg]` the way `config_flags` does (used for error messages/tests)."""
-  path, _, arg = path_and_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_jaxssl_config", path)
+def load_config_module(path: str, name: str = "_jaxssl_config"):
+  """The config file at `path` as a module: configs are files, not a package, so a config that
+  builds on another (siglip.py on clip.py, ibot.py on dino.py) loads it by path too."""
+  spec = importlib.util.spec_from_file_location(name, path)
   if spec is None or spec.loader is None or not os.path.isfile(path):
     raise errors.ConfigError(
       f"Config file {path!r} not found; pass --config=configs/<method>.py"
@@ -95,6 +95,13 @@ def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
     )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
+  """Loads `configs/x.py[:arg]` the way `config_flags` does (used for error messages/tests)."""
+  path, _, arg = path_and_arg.partition(":")
+  module = load_config_module(path)
   return module.get_config(arg) if arg else module.get_config()
 
 

@@ -52,11 +52,9 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, CONFIG_FILE)
 
 
-def _as_plain(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+def _as_plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as config.json holds it (JSON types: tuples read back as lists)."""
-  if isinstance(config, ml_collections.ConfigDict):
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-  return json.loads(json.dumps(config, sort_keys=True))
+  return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
 def _read_plain(workdir: str) -> dict[str, Any] | None:

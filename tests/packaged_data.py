@@ -107,10 +107,6 @@ def watch_data_dir(path) -> None:
   _data_dirs.append(pathlib.Path(path))
 
 
-def real_path(variable: str) -> str:
-  return _real[variable]
-
-
 def _exists(path: str) -> bool:
   p = pathlib.Path(path)
   return p.is_file() or (p.is_dir() and any(p.iterdir()))

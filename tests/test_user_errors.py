@@ -88,16 +88,18 @@ def test_a_changed_config_is_refused_and_nothing_in_the_workdir_changes(
   assert _snapshot(copy_of) == before  # byte for byte
 
 
+# Allowed on resume (workdir.RESUMABLE): duration, checkpoint and log cadence, the mesh.
+RESUME_CHANGES = (
+  "--config.total_steps=6",
+  "--config.checkpoint.every_steps=3",
+  "--config.log_every_steps=1",
+  "--config.mesh.data=4",
+  "--config.mesh.fsdp=2",
+)
+
+
 def test_allowed_changes_resume_and_are_recorded(copy_of, data_dir):
-  rc, out = _run(
-    copy_of,
-    "--config.total_steps=6",
-    "--config.checkpoint.every_steps=3",
-    "--config.log_every_steps=1",
-    "--config.mesh.data=4",
-    "--config.mesh.fsdp=2",
-    data_dir=data_dir,
-  )
+  rc, out = _run(copy_of, *RESUME_CHANGES, data_dir=data_dir)
   assert rc == 0, out[-3000:]
   assert "Traceback" not in out
   assert "Resumed from step 4 of 6" in out
@@ -110,15 +112,7 @@ def test_allowed_changes_resume_and_are_recorded(copy_of, data_dir):
   ]
   assert len(changes) == 1 and changes[0]["changes"]["total_steps"] == [4, 6]
   # The same command again: nothing to change, nothing appended.
-  rc, out = _run(
-    copy_of,
-    "--config.total_steps=6",
-    "--config.checkpoint.every_steps=3",
-    "--config.log_every_steps=1",
-    "--config.mesh.data=4",
-    "--config.mesh.fsdp=2",
-    data_dir=data_dir,
-  )
+  rc, out = _run(copy_of, *RESUME_CHANGES, data_dir=data_dir)
   assert rc == 0 and "changed settings" not in out, out[-3000:]
   assert len((copy_of / workdir_lib.CHANGES_FILE).read_text().splitlines()) == 1
 
