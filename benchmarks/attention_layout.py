@@ -7,12 +7,12 @@ Why this exists: in the ViT-S/16 comparison with the PyTorch peer (benchmarks/vs
 XLA runs the ViT's GEMMs near its matmul peak, but attention's batched small matmuls at 8-20%
 of it. This times one `jaxssl.models.vit.SelfAttention` layer (projections, scores, softmax,
 weighted sum, output projection) and its gradients with respect to the input and all
-parameters, for each of its implementations:
-  * `dot_product_attention` (the default off CPU): q/k/v as [batch, tokens, heads, head_dim]
-    into `jax.nn.dot_product_attention`;
-  * `heads_first` (the default on CPU, since it measured fastest here): the projections write
-    [batch, heads, tokens, head_dim] directly, so both attention matmuls batch over leading
-    dimensions with no transpose between them.
+parameters, with each kernel set's attention (`jaxssl.kernels`):
+  * `reference` (what TPU and GPU run): q/k/v as [batch, tokens, heads, head_dim] into
+    `jax.nn.dot_product_attention`;
+  * `cpu` (what a CPU mesh gets, since it measured fastest here): q, k, v transposed to
+    [batch, heads, tokens, head_dim], so both attention matmuls batch over leading dimensions
+    with no transpose between them (`jaxssl.kernels.cpu.attention`).
 It checks that both compute the same value and gradients, then prints milliseconds (fastest
 of N calls).
 """
@@ -29,9 +29,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.kernels import cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.models import vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-IMPLS = [impl for impl in vit.ATTENTION_IMPLS if impl != "auto"]
+IMPLS = {"reference": kernels.REFERENCE, "cpu": cpu.KERNELS}
 
 
 def main():
@@ -50,10 +52,10 @@ def main():
     f"{args.tokens} tokens, {args.heads} heads x {args.head_dim}; fastest of "
     f"{args.repeats} calls"
   )
-  print("| impl | forward ms | forward + backward ms |\n|---|---|---|")
+  print("| kernels | forward ms | forward + backward ms |\n|---|---|---|")
   reference = None
-  for impl in IMPLS:
-    attention = vit.SelfAttention(num_heads=args.heads, impl=impl)
+  for impl, ops in IMPLS.items():
+    attention = vit.SelfAttention(num_heads=args.heads, kernels=ops)
     forward = jax.jit(attention.apply)
     grads = jax.jit(
       jax.value_and_grad(lambda p, x, a=attention: jnp.sum(a.apply(p, x) ** 2), argnums=(0, 1))

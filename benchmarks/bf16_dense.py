@@ -4,15 +4,17 @@ r"""bfloat16 on XLA:CPU: forward + backward of the ViT-S/16 MLP GEMM, MLP block 
 
 Times, in one process, fastest of --repeats after a compile, the gradient (with respect to the
 input and the kernel) of one [batch x 196 tokens, 384] x [384, 1536] product, of a whole
-ViT-S/16 `MlpBlock` (Dense -> GELU -> Dense, biases) and of its `SelfAttention` layer (6 heads,
-heads-first as on CPU), in
+ViT-S/16 `MlpBlock` (Dense -> GELU -> Dense, biases) and of its `SelfAttention` layer (6 heads),
+in
 
-  * float32;
-  * bfloat16 through `lax.dot_general` (autodiff's dots: bf16 outputs, and weight gradients
-    contracting the batch dimension, both of which XLA:CPU upcasts to a float32 GEMM);
-  * bfloat16 through `jaxssl.models.matmul` (float32-accumulating bf16 GEMMs in the form
-    YNNPACK runs on AMX / AVX512-BF16, biases added in float32, attention's q, k, v copied
-    heads-first so its batched dots are row-major): what `model.dtype='bfloat16'` uses on CPU.
+  * float32 with the CPU kernels (`jaxssl.kernels.cpu`: heads-first attention);
+  * bfloat16 with the reference ops (`jaxssl.kernels.REFERENCE`, what TPU and GPU run:
+    autodiff's dots with bf16 outputs, and weight gradients contracting the batch dimension,
+    both of which XLA:CPU upcasts to a float32 GEMM);
+  * bfloat16 with the CPU kernels (`jaxssl.kernels.cpu.matmul`: float32-accumulating bf16
+    GEMMs in the form YNNPACK runs on AMX / AVX512-BF16, biases added in float32, attention's
+    q, k, v copied heads-first so its batched dots are row-major): what `model.dtype='bfloat16'`
+    uses on a CPU mesh.
 
 Also prints whether the CPU reports AMX / AVX512-BF16, and for each case the element types of
 the compiled dots (all 'bf16 x bf16' only in the last case).
@@ -46,9 +48,10 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
-  from jaxssl import xla_cpu  # pylint: disable=g-import-not-at-top
-  from jaxssl.models import matmul, vit  # pylint: disable=g-import-not-at-top
+  from jaxssl import kernels  # pylint: disable=g-import-not-at-top
+  from jaxssl.kernels import cpu  # pylint: disable=g-import-not-at-top
+  from jaxssl.kernels.cpu import xla_options  # pylint: disable=g-import-not-at-top
+  from jaxssl.models import vit  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((args.batch, TOKENS, WIDTH)), jnp.float32)
@@ -56,13 +59,14 @@ def main():
   dims = (((2,), (0,)), ((), ()))
   gemm_flops = 3 * 2 * args.batch * TOKENS * WIDTH * MLP_DIM  # forward, dX, dW
   cases = [
-    ("float32", jnp.float32, lax.dot_general),
-    ("bfloat16, lax.dot_general", jnp.bfloat16, lax.dot_general),
-    ("bfloat16, jaxssl.models.matmul", jnp.bfloat16, matmul.dot_general),
+    ("float32", jnp.float32, cpu.KERNELS),
+    ("bfloat16, reference ops", jnp.bfloat16, kernels.REFERENCE),
+    ("bfloat16, jaxssl.kernels.cpu", jnp.bfloat16, cpu.KERNELS),
   ]
-  options = xla_cpu.compiler_options()  # what the trainer compiles with
+  options = xla_options.compiler_options()  # what the trainer compiles with on CPU
   results = []
-  for name, dtype, dot_general in cases:
+  for name, dtype, ops in cases:
+    dot_general = ops.dot_general
 
     def gemm_loss(x, kernel, dtype=dtype, dot_general=dot_general):
       out = dot_general(x.astype(dtype), kernel.astype(dtype), dims)
@@ -70,28 +74,20 @@ def main():
 
     gemm = jax.jit(jax.grad(gemm_loss, argnums=(0, 1)), compiler_options=options)
 
-    # The trainer's own block; its Dense layers pick their dot from the dtype, so the
-    # lax.dot_general case patches that choice.
-    originals = matmul.dot_general_for, vit.dot_general_for
-    matmul.dot_general_for = vit.dot_general_for = lambda dt, backend=None, d=dot_general: (
-      d if jnp.dtype(dt) == jnp.bfloat16 else lax.dot_general
-    )
-    try:
-      compiled = {}
-      for part, module in (
-        ("mlp", vit.MlpBlock(mlp_dim=MLP_DIM, dtype=dtype, gelu_approximate=False)),
-        ("attention", vit.SelfAttention(num_heads=HEADS, dtype=dtype)),
-      ):
-        params = module.init(jax.random.key(0), x[:2])
-        grad = jax.jit(
-          jax.grad(
-            lambda p, x, m=module: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)
-          ),
-          compiler_options=options,
-        )
-        compiled[part] = grad.lower(params, x).compile(), params
-    finally:
-      matmul.dot_general_for, vit.dot_general_for = originals
+    # The trainer's own blocks, built with this case's kernels.
+    compiled = {}
+    for part, module in (
+      ("mlp", vit.MlpBlock(mlp_dim=MLP_DIM, dtype=dtype, gelu_approximate=False, kernels=ops)),
+      ("attention", vit.SelfAttention(num_heads=HEADS, dtype=dtype, kernels=ops)),
+    ):
+      params = module.init(jax.random.key(0), x[:2])
+      grad = jax.jit(
+        jax.grad(
+          lambda p, x, m=module: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)
+        ),
+        compiler_options=options,
+      )
+      compiled[part] = grad.lower(params, x).compile(), params
     jax.block_until_ready(gemm(x, kernel))
     gemm_s = min_seconds(lambda: jax.block_until_ready(gemm(x, kernel)), args.repeats)
     part_ms = {}
@@ -102,10 +98,13 @@ def main():
         args.repeats,
       )
     types = sorted(
-      {" x ".join(t) for t in xla_cpu.dot_operand_types(gemm.lower(x, kernel).compile().as_text())}
+      {
+        " x ".join(t)
+        for t in xla_options.dot_operand_types(gemm.lower(x, kernel).compile().as_text())
+      }
     )
     attention_types = sorted(
-      {" x ".join(t) for t in xla_cpu.dot_operand_types(compiled["attention"][0].as_text())}
+      {" x ".join(t) for t in xla_options.dot_operand_types(compiled["attention"][0].as_text())}
     )
     results.append(
       dict(

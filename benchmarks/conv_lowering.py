@@ -7,20 +7,22 @@ Why this exists: on CPU our SimCLR ResNet-18 step ran at 0.44x the PyTorch peer'
 (benchmarks/vs_pytorch.py) while the same machine's XLA matmuls run near the measured peak
 (benchmarks/throughput.py). Per distinct ResNet-18 convolution at 224px this prints GFLOP/s of
 the forward, the input gradient dX and the kernel gradient dW, each compiled with jaxlib's
-default options (convolutions in YNNPACK) and with `jaxssl.xla_cpu`'s (convolutions left to
-XLA:CPU's own emitter), next to the GEMM gradients of `jaxssl.models.conv` (dX = col2im(dY W^T),
+default options (convolutions in YNNPACK) and with `jaxssl.kernels.cpu.xla_options`' (convolutions
+left to XLA:CPU's own emitter), next to the GEMM gradients of `jaxssl.kernels.cpu.conv` (dX = col2im(dY W^T),
 dW = P^T dY summed over batch chunks, `kernel_grad`); it checks the gradients agree. Then the
 stem's 3x3/2 max-pool forward + backward with XLA's reduce-window and with strided slices
-(`jaxssl.models.pooling`), and the whole network's forward + backward (BatchNorm, ReLU, pooling
-included) for each conv_impl with and without the options.
+(`jaxssl.kernels.cpu.pooling`), and the whole network's forward + backward (BatchNorm, ReLU,
+pooling included) for each `Conv2D.impl` with and without the options.
 
 What it showed on the 2-core Xeon VM (docs/performance_cpu.md "ResNet on CPU"): YNNPACK's
 convolutions were the slow part (forward up to 2.1x, dW up to 4x below XLA's own); without them
-XLA's gradients of stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so conv_impl='auto'
-uses 'gemm_grad' for strided convolutions only.
+XLA's gradients of stride-1 convolutions beat the GEMMs, col2im still wins dX of strided ones, so
+the CPU kernels' `Conv2D(impl='auto')` uses 'gemm_grad' for strided convolutions only.
 """
 
 import argparse
+import dataclasses
+import functools
 import os
 import sys
 import time
@@ -34,9 +36,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl.models import conv, pooling, resnet  # pylint: disable=wrong-import-position
+from jaxssl.kernels import cpu, reference  # pylint: disable=wrong-import-position
+from jaxssl.kernels.cpu import conv, host_malloc, pooling, xla_options  # pylint: disable=wrong-import-position
+from jaxssl.models import resnet  # pylint: disable=wrong-import-position
 
 # (input side, C_in, C_out, kernel, stride) of ResNet-18 with the ImageNet stem at 224px.
 LAYERS = [
@@ -52,7 +54,7 @@ LAYERS = [
   (28, 128, 256, 1, 2),
   (14, 256, 512, 1, 2),
 ]
-OPTIONS = {"ynn": None, "xla": xla_cpu.CPU_OPTIONS}
+OPTIONS = {"ynn": None, "xla": xla_options.CPU_OPTIONS}
 
 
 def best_seconds(fn, *args, repeats):
@@ -119,8 +121,8 @@ def layer_table(batch, repeats):
 def pool_line(batch, repeats):
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, 112, 112, 64)))
   cells = []
-  for impl in ("reduce_window", "slices"):
-    pool = lambda v, impl=impl: pooling.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=impl)
+  for impl, max_pool in (("reduce_window", reference.max_pool), ("slices", pooling.max_pool)):
+    pool = lambda v, max_pool=max_pool: max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1)))
     both = jax.jit(
       jax.grad(lambda v, pool=pool: jnp.sum(pool(v) ** 2)), compiler_options=OPTIONS["xla"]
     )
@@ -134,7 +136,8 @@ def network_seconds(batch, image_size, repeats):
   images = jax.random.normal(jax.random.key(0), (batch, image_size, image_size, 3))
   results = {}
   for impl in ("xla", "gemm_grad", "auto"):
-    model = resnet.ResNet(depth=18, stem="imagenet", width=64, conv_impl=impl)
+    ops = dataclasses.replace(cpu.KERNELS, conv=functools.partial(conv.Conv2D, impl=impl))
+    model = resnet.ResNet(depth=18, stem="imagenet", width=64, kernels=ops)
     variables = model.init(jax.random.key(0), images[:1])
 
     def loss(params, model=model, variables=variables):
@@ -163,7 +166,7 @@ def parse_args_and_start(description, extra_args=()):
     "--malloc",
     default="auto",
     choices=("auto", "glibc", "tcmalloc"),
-    help="host allocator (jaxssl/host_malloc.py); auto: tcmalloc where installed",
+    help="host allocator (jaxssl/kernels/cpu/host_malloc.py); auto: tcmalloc where installed",
   )
   for flag, kind, default in extra_args:
     p.add_argument(flag, type=kind, default=default)
@@ -184,7 +187,7 @@ def main():
   net = network_seconds(args.batch_size, args.image_size, args.repeats)
   print(
     f"\nResNet-18 forward + backward, batch {args.batch_size}, {args.image_size}px "
-    "(conv_impl, options): " + ", ".join(f"{k} {v:.2f} s" for k, v in net.items())
+    "(Conv2D.impl, options): " + ", ".join(f"{k} {v:.2f} s" for k, v in net.items())
   )
 
 

@@ -5,8 +5,8 @@ r"""Convolutions whose kernel is larger than their input on XLA:CPU: XLA's emitt
 
 A ResNet's last stage sees 2x2 feature maps at 64px input and 1x1 at 32px (ImageNet stem). A
 3x3 convolution there is mostly padding, and XLA:CPU's convolution emitter (the one
-`jaxssl.xla_cpu`'s options keep convolutions on) takes a path that ran 7-70x slower than the
-same products as one GEMM over the unfolded input (`jaxssl.models.conv.conv_gemm`); at input
+`jaxssl.kernels.cpu.xla_options` keeps convolutions on) takes a path that ran 7-70x slower than the
+same products as one GEMM over the unfolded input (`jaxssl.kernels.cpu.conv.conv_gemm`); at input
 side >= kernel side it is fast again. `Conv2D(impl='auto')` therefore uses 'gemm' exactly where
 the kernel is larger than the input (docs/performance_cpu.md, "ResNet on CPU").
 
@@ -27,8 +27,9 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_lowering import best_seconds, parse_args_and_start, table_layers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl.models import conv, resnet  # pylint: disable=wrong-import-position
+from jaxssl.kernels import cpu  # pylint: disable=wrong-import-position
+from jaxssl.kernels.cpu import conv, xla_options  # pylint: disable=wrong-import-position
+from jaxssl.models import resnet  # pylint: disable=wrong-import-position
 
 # (input side, C_in, C_out, kernel, stride): ResNet-18 / -50 convolutions at 32px and 64px whose
 # kernel is larger than the input, then equal-size neighbours that stay with XLA's emitter.
@@ -44,10 +45,10 @@ CASES = [
 
 
 def conv_table(batch, repeats):
-  options = xla_cpu.compiler_options()
+  options = xla_options.compiler_options()
   rows = table_layers(
     f"milliseconds at batch {batch} (fastest of {repeats}); XLA: its convolution, gradients "
-    "as conv_impl='auto' without the small-input rule; GEMM: conv_impl='gemm'",
+    "as Conv2D(impl='auto') without the small-input rule; GEMM: impl='gemm'",
     ["kernel > input", "fwd XLA", "fwd GEMM", "fwd+bwd XLA", "fwd+bwd GEMM", "GEMM speed-up"],
     CASES,
     batch,
@@ -92,9 +93,9 @@ def auto_without_small_input_rule(impl, strides=(1, 1), kernel_size=(1, 1), inpu
 
 def network_seconds(depth, batch, image_size, repeats):
   """(auto before, auto now) seconds of a ResNet forward + backward on `image_size` images."""
-  options = xla_cpu.compiler_options()
+  options = xla_options.compiler_options()
   images = jax.random.normal(jax.random.key(0), (batch, image_size, image_size, 3))
-  model = resnet.ResNet(depth=depth, stem="imagenet", width=64, conv_impl="auto")
+  model = resnet.ResNet(depth=depth, stem="imagenet", width=64, kernels=cpu.KERNELS)
   variables = model.init(jax.random.key(0), images[:1])
 
   def loss(params):

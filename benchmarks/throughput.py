@@ -13,21 +13,20 @@ For each case (SimCLR + ResNet-18, SimCLR + ViT-S/16, MAE + ViT-S/16; paper head
     RankMe SVD are not counted);
   * MFU: achieved FLOP/s over the peak FLOP/s of a large jitted matmul in the same dtype
     (bfloat16: bf16 operands accumulated in float32, the form the model's matmuls take and
-    the only one XLA:CPU runs on AVX512-BF16 / AMX; jaxssl/models/matmul.py), measured in the same run on the same device just before and after the timed steps (not a
+    the only one XLA:CPU runs on AVX512-BF16 / AMX; jaxssl/kernels/cpu/matmul.py), measured in the same run on the same device just before and after the timed steps (not a
     datasheet number);
   * the Grain pipeline alone (examples/s with 0 and 2 worker processes) on an in-memory source
     of random uint8 `--source_size`^2 RGB images (no JPEG decoding: add that on real ImageNet),
     and the fraction of wall time a pipeline-fed loop spends waiting in next(iterator).
 
 Runs under the host allocator --malloc (default auto: tcmalloc where installed, re-executing
-itself; jaxssl/host_malloc.py). Prints a table and writes JSON (`--json`). Timings on a machine
+itself; jaxssl/kernels/cpu/host_malloc.py). Prints a table and writes JSON (`--json`). Timings on a machine
 shared with other jobs are noisy: the JSON records the date, machine and load average next to
 every figure.
 """
 
 import functools
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -50,24 +49,29 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from jaxssl import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.kernels.cpu import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxssl.models.matmul import LOW_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.kernels.cpu.matmul import LOW_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CASES = {  # name: (config file, backbone section)
   "simclr_resnet18": ("simclr", dict(name="resnet", depth=18, stem="imagenet", width=64)),
   "simclr_vit_s16": ("simclr", dict(name="vit", variant="S/16", pool="gap")),
   "mae_vit_s16": ("mae", dict(name="vit", variant="S/16", pool="gap")),
+  # Accelerators (benchmarks/accelerator_check.sh); too slow for a CPU's default run.
+  "mae_vit_b16": ("mae", dict(name="vit", variant="B/16", pool="gap")),
 }
+CPU_CASES = ["simclr_resnet18", "simclr_vit_s16", "mae_vit_s16"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-_CASES = flags.DEFINE_list("cases", list(CASES), f"Subset of {list(CASES)}.")
+_CASES = flags.DEFINE_list("cases", CPU_CASES, f"Subset of {list(CASES)}.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size (examples per step).")
 _IMAGE = flags.DEFINE_integer("image_size", 224, "Model input side (multiple of 16).")
 _SOURCE = flags.DEFINE_integer("source_size", 256, "Side of the source images the crops come from.")
@@ -83,7 +87,7 @@ _MALLOC = flags.DEFINE_enum(
   "auto",
   ["auto", "glibc", "tcmalloc"],
   "Host allocator; auto: tcmalloc where installed "
-  "(jaxssl/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
+  "(jaxssl/kernels/cpu/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
   "buffers). The script re-executes itself under it.",
 )
 _JSON = flags.DEFINE_string("json", "/tmp/jaxssl_throughput.json", "Where to write results.")
@@ -201,10 +205,11 @@ class StepRunner:
   one real augmented batch placed on the device once, so the step alone can be timed."""
 
   def __init__(self, config, source, info):
-    self.method = importlib.import_module(f"jaxssl.methods.{config.method}").Method(config)
+    self.mesh = parallel.make_mesh(config.mesh)
+    # The trainer's kernels: picked from the mesh's platform (jaxssl.kernels).
+    self.method = methods.build(config, kernels.for_mesh(self.mesh))
     self.transform = transform = self.method.train_transform(info)
     self.batch_size = config.batch_size
-    self.mesh = parallel.make_mesh(config.mesh)
     rules = parallel.get_rules(config.sharding_rules)
     self.batch_sharding = parallel.batch_sharding(self.mesh, rules)
     first = next(

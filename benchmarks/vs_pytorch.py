@@ -26,10 +26,11 @@ workers, the peer's `lightly.transforms.SimCLRTransform` in DataLoader workers (
 Reported: the step alone on a fixed batch (median), and a data-fed loop (examples/s) timed
 after --warmup untimed fed steps on each side, once the loader workers' prefetch buffers are full.
 Both sides run under the same host allocator, --malloc (default auto: tcmalloc where installed,
-`apt-get install libtcmalloc-minimal4`; jaxssl/host_malloc.py says why it matters on CPU).
+`apt-get install libtcmalloc-minimal4`; jaxssl/kernels/cpu/host_malloc.py says why it matters on CPU).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -44,8 +45,13 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# Standard library only, so the peer's venv (no jax) imports it too.
-from jaxssl import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+# host_malloc is standard library only; loaded by path (not through jaxssl.kernels, which
+# imports jax) so the peer's venv, which has no jax, runs it too.
+_spec = importlib.util.spec_from_file_location(
+  "host_malloc", os.path.join(ROOT, "jaxssl", "kernels", "cpu", "host_malloc.py")
+)
+host_malloc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(host_malloc)
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -91,10 +97,17 @@ def parse_args(argv=None):
   )
   p.add_argument("--role", choices=["ours", "peer", "both"], default="both")
   p.add_argument(
+    "--peer_device",
+    choices=["auto", "cpu", "cuda"],
+    default="auto",
+    help="the peer's torch device (auto: cuda where torch sees a GPU); ours runs on jax's "
+    "default backend, the GPU on a GPU host",
+  )
+  p.add_argument(
     "--malloc",
     choices=["auto", "glibc", "tcmalloc"],
     default="auto",
-    help="host allocator of both sides (jaxssl/host_malloc.py); auto: tcmalloc "
+    help="host allocator of both sides (jaxssl/kernels/cpu/host_malloc.py); auto: tcmalloc "
     "where installed. The script re-executes itself under it and the peer "
     "inherits the environment",
   )
@@ -169,6 +182,9 @@ def run_peer(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
+  device = args.peer_device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
   if args.backbone == "vit_s16":
     from timm.models.vision_transformer import VisionTransformer  # pylint: disable=g-import-not-at-top
 
@@ -188,7 +204,7 @@ def run_peer(args):
     backbone.fc = torch.nn.Identity()
   width = BACKBONES[args.backbone][1]
   model = torch.nn.Sequential(backbone, SimCLRProjectionHead(width, 2048, 128, num_layers=2))
-  model.train()
+  model.to(device).train()
   criterion = NTXentLoss(temperature=TEMPERATURE)
   optimizer = LARS(
     model.parameters(), lr=LR * args.batch_size / 256, momentum=0.9, weight_decay=WEIGHT_DECAY
@@ -229,16 +245,16 @@ def run_peer(args):
   )
 
   def step(views):
-    x0, x1 = views
-    # --dtype=bfloat16: torch's standard CPU mixed precision (float32 weights and optimizer;
-    # autocast runs matmuls and convolutions in bf16, on the AMX tiles where the CPU has them).
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+    x0, x1 = (v.to(device, non_blocking=True) for v in views)
+    # --dtype=bfloat16: torch's standard mixed precision (float32 weights and optimizer;
+    # autocast runs matmuls and convolutions in bf16: the AMX tiles where a CPU has them).
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
       z0, z1 = model(torch.cat([x0, x1])).chunk(2)  # one forward: BN over both views, as ours
       loss = criterion(z0, z1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return float(loss.detach())  # waits for the device
 
   fixed = next(iter(loader))
   for _ in range(args.warmup):
@@ -257,6 +273,7 @@ def run_peer(args):
   loop_total = time.perf_counter() - start
   return dict(
     framework=f"torch {torch.__version__}, torchvision {torchvision.__version__}, lightly",
+    device=device,
     malloc=host_malloc.loaded(),
     torch_threads=torch.get_num_threads(),
     step_s=step_s,
@@ -292,6 +309,7 @@ def main():
         "steps",
         "warmup",
         "workers",
+        "peer_device",
         "dtype",
         "jitter_strength",
         "malloc",

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxssl import kernels
 from jaxssl import parallel
 from jaxssl.state import TrainState
-from jaxssl import xla_cpu
 
 
 def _namespaced(prefix: str, metrics: dict[str, Any]) -> dict[str, jax.Array]:
@@ -109,5 +109,5 @@ def make_train_step(
     in_shardings=(state_shardings, batch_sharding),
     out_shardings=(state_shardings, parallel.replicated(mesh)),
     donate_argnums=0,
-    compiler_options=xla_cpu.for_mesh(mesh),
+    compiler_options=kernels.compiler_options(mesh),
   )

@@ -32,7 +32,7 @@ from jaxssl import checkpoint
 from jaxssl import config_lib
 from jaxssl import errors
 from jaxssl import faults
-from jaxssl import host_malloc
+from jaxssl import kernels
 from jaxssl import methods
 from jaxssl import metrics as metrics_lib
 from jaxssl import optim
@@ -91,8 +91,9 @@ def check_config(config: ml_collections.ConfigDict):
   caught even earlier, by `config_lib.check_overrides`, before flags are parsed.)
   """
   try:
-    method = methods.build(config)
+    methods.get(config.method)  # an unknown method is named before any mesh error
     mesh = parallel.make_mesh(config.mesh)
+    method = methods.build(config, kernels.for_mesh(mesh))
     rules = parallel.get_rules(config.sharding_rules)
     _check_batch(config, mesh, rules)
     config_lib.total_steps(config, 1)  # exactly one duration is set, and it is positive
@@ -116,6 +117,9 @@ def train(
   so a later call continues the same run. So does a SIGTERM/SIGINT (see the module docstring).
   """
   method, mesh, rules = check_config(config)
+  hint = kernels.for_mesh(mesh).host_advice()
+  if hint and jax.process_index() == 0:
+    logging.info(hint)
   config_changes = workdir_lib.check(workdir, config)  # before anything is written there
   data_dir = config.data.data_dir or datasets.default_data_dir()
 
@@ -218,9 +222,6 @@ def main(argv) -> None:
   if FLAGS.config is None or not FLAGS.workdir:
     raise app.UsageError("Both --config=configs/<method>.py[:preset] and --workdir are needed.")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  hint = host_malloc.advice(jax.default_backend())
-  if hint and jax.process_index() == 0:
-    logging.info(hint)
   train(FLAGS.config, FLAGS.workdir)
 
 

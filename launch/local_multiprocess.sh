@@ -8,7 +8,7 @@
 # gloo (JAX's default). SIGTERM/SIGINT sent to this script are forwarded to every process (the
 # trainer then checkpoints and exits); if one process fails the others are killed, since they
 # would otherwise wait forever in a collective. Exits non-zero if any process fails.
-# Processes run under tcmalloc where it is installed (jaxssl/host_malloc.py: glibc malloc maps and
+# Processes run under tcmalloc where it is installed (jaxssl/kernels/cpu/host_malloc.py: glibc malloc maps and
 # unmaps XLA:CPU's per-step buffers; measured 1.4x on a ViT-S/16 step); JAXSSL_MALLOC=glibc keeps
 # the system's.
 set -euo pipefail
@@ -22,7 +22,7 @@ mkdir -p "$log_dir"
 echo "logs: $log_dir" >&2
 if [ "${JAXSSL_MALLOC:-auto}" != glibc ]; then
   # Asks the command's own Python (when it is one with jaxssl) so the search is host_malloc's.
-  preload=$("$1" -c 'from jaxssl import host_malloc as m
+  preload=$("$1" -c 'from jaxssl.kernels.cpu import host_malloc as m
 e = m.environment_for(m.resolve("auto"))
 print(e.get("LD_PRELOAD", "")); print(e.get("TCMALLOC_RELEASE_RATE", ""))' 2>/dev/null || true)
   if [ -n "$preload" ]; then

@@ -4,8 +4,7 @@ import os
 import tempfile
 
 # Tests compile far more than they run (tiny models, a few steps), and LLVM's optimisation is
-# most of XLA:CPU's compile time: at -O0 a tiny model's init compiles in 3.4 s instead of 10.5 s,
-# and a sample of the slowest tests ran in 191 s instead of 326 s. Only LLVM's codegen level
+# most of XLA:CPU's compile time (docs/performance_cpu.md has the figures). Only LLVM's codegen level
 # changes: XLA's HLO passes (fusion, sharding, collectives, the dtypes of dots), which tests
 # inspect, are the same. test_readme runs the main command without it; an XLA_FLAGS that sets
 # the level wins.

@@ -9,7 +9,7 @@ import pytest
 import launcher
 import packaged_data
 import processes
-from jaxssl import host_malloc
+from jaxssl.kernels.cpu import host_malloc
 
 ROOT = launcher.ROOT
 
@@ -79,7 +79,7 @@ def test_processes_run_under_tcmalloc_unless_told_not_to(tmp_path, choice):
       f"tcmalloc is not installed ({host_malloc.INSTALL_HINT})",
     )
   script = (
-    "import os; from jaxssl import host_malloc; "
+    "import os; from jaxssl.kernels.cpu import host_malloc; "
     "print('malloc', host_malloc.loaded(), os.environ.get('TCMALLOC_RELEASE_RATE'))"
   )
   env = host_malloc.environment_for("glibc", {"JAXSSL_MALLOC": choice, "PYTHONPATH": ROOT})

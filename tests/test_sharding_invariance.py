@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import method_batches
+
 from jaxssl import config_lib
 from jaxssl import methods
 from jaxssl import parallel
 from jaxssl import state as state_lib
-from jaxssl.data import datasets
-from jaxssl.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = parallel.get_rules("fsdp_tp")
@@ -39,17 +39,6 @@ SKEWED_MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1)}
 SKEWED_MESH_METHODS = ("simclr", "barlow_twins", "dino", "mae", "clip", "gpt")
 
 
-def _one_batch(config, method, data_dir):
-  """The first global batch of the method's training pipeline (as the trainer builds it)."""
-  info = datasets.get_info(config.data.name, data_dir)
-  source = datasets.get_source(config.data.name, config.data.split, data_dir)
-  dataset = pipeline.make_train_dataset(
-    source, method.train_transform(info), global_batch_size=config.batch_size, seed=config.seed
-  )
-  example = next(iter(dataset))
-  return {k: np.asarray(example[k]) for k in method.batch_keys}
-
-
 @functools.lru_cache(maxsize=None)
 def _setup(name, data_dir):
   """(method, batch, variables): variables initialised once, on one device, as host arrays;
@@ -57,7 +46,7 @@ def _setup(name, data_dir):
   config = config_lib.load_config_file(os.path.join(ROOT, f"configs/{name}.py:test"))
   config.data.data_dir = data_dir
   method = methods.build(config)
-  batch = _one_batch(config, method, data_dir)
+  batch = method_batches.first_batch(config, method, data_dir)
   spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   init_fn, _, _ = state_lib.model_variables(method, spec, _mesh((1, 1, 1)), RULES, config.seed)
   variables = jax.tree.map(np.asarray, jax.jit(init_fn)())

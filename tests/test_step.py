@@ -12,7 +12,7 @@ from jaxssl import optim
 from jaxssl import parallel
 from jaxssl import state as state_lib
 from jaxssl import step as step_lib
-from jaxssl import xla_cpu
+from jaxssl.kernels.cpu import xla_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,11 +111,13 @@ def test_rng_is_folded_by_step():
   assert not np.array_equal(a, jax.random.fold_in(k, 4))
 
 
-def test_step_compiles_with_the_xla_cpu_options(monkeypatch):
-  # An option value XLA rejects proves the step's jit is given xla_cpu's options.
+def test_step_compiles_with_the_mesh_kernels_compiler_options(monkeypatch):
+  # An option value XLA rejects proves the step's jit is given the CPU kernels' options.
   monkeypatch.setattr(
-    step_lib.xla_cpu, "for_mesh", lambda mesh: {xla_cpu.YNN_FUSION_TYPE: "NOT_A_FUSION_TYPE"}
+    xla_options, "CPU_OPTIONS", {xla_options.YNN_FUSION_TYPE: "NOT_A_FUSION_TYPE"}
   )
+  monkeypatch.setattr(xla_options, "supported", lambda: True)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
   config = _config()
   with pytest.raises(Exception, match="NOT_A_FUSION_TYPE"):
     _run(config, _one_device(), parallel.get_rules("dp"), _batches(config, 1))

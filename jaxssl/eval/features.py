@@ -11,11 +11,11 @@ import ml_collections
 import numpy as np
 
 from jaxssl import checkpoint
+from jaxssl import kernels
 from jaxssl import methods
 from jaxssl import parallel
 from jaxssl import state as state_lib
 from jaxssl import workdir as workdir_lib
-from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import pipeline
 
@@ -27,11 +27,19 @@ class Encoder:
   whatever mesh the trainer used: Orbax restores onto the shardings asked for.
   """
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None):
+  def __init__(
+    self,
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    ops: kernels.Kernels | None = None,
+  ):
+    """`ops`: the kernels to build the encoder with; None picks them from this job's mesh
+    (`jaxssl.kernels.for_mesh`). Tests pass another platform's to export its program."""
     self.workdir = workdir
     self.config = config or workdir_lib.read_config(workdir)
-    self.method = methods.build(self.config)
     self.mesh = parallel.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    self.ops = ops or kernels.for_mesh(self.mesh)
+    self.method = methods.build(self.config, self.ops)
     self.rules = parallel.get_rules(self.config.sharding_rules)
     self.init_fn, self.abstract, self.shardings = state_lib.model_variables(
       self.method, checkpoint.read_input_spec(workdir), self.mesh, self.rules, self.config.seed
@@ -40,7 +48,7 @@ class Encoder:
       self._encode_fn,
       in_shardings=(self.shardings, parallel.batch_sharding(self.mesh, self.rules)),
       out_shardings=parallel.replicated(self.mesh),
-      compiler_options=xla_cpu.for_mesh(self.mesh),
+      compiler_options=dict(self.ops.compiler_options()),
     )
 
   def _encode_fn(self, variables, images):

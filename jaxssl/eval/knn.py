@@ -46,7 +46,7 @@ def _knn_ranked_classes(
   # positive factor per test point (so the same ranking), but no float32
   # overflow for small T (exp(1 / 0.01) = e^100 would be inf). s_max is taken
   # with max, not as top_similarity[:, :1]: slicing top_k's output makes
-  # XLA:CPU rewrite the top_k into a ~25x slower form.
+  # XLA:CPU rewrite the top_k into a much slower form (docs/performance_cpu.md).
   max_similarity = jnp.max(top_similarity, axis=1, keepdims=True)
   weight = jnp.exp((top_similarity - max_similarity) / temperature)
   neighbour_class = train_y[top_index]  # [B, k]

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 
 from jaxssl import parallel
-from jaxssl import xla_cpu
 from jaxssl.data import augment
 from jaxssl.data import emoji as emoji_data
 from jaxssl.data import glyphs as glyphs_data
@@ -137,7 +136,7 @@ class _Embedder:
         run,
         in_shardings=(encoder.shardings, self.sharding),
         out_shardings=parallel.replicated(mesh),
-        compiler_options=xla_cpu.for_mesh(mesh),
+        compiler_options=dict(encoder.ops.compiler_options()),
       )
 
     self._images = wrap(method.embed_images)

@@ -1,13 +1,16 @@
 """Methods by name. A method is one module here; adding one needs no edit to the trainer.
 
-`get(name)` imports `jaxssl.methods.<name>` and returns its `Method` class; `build(config)`
-instantiates `config.method` with the config.
+`get(name)` imports `jaxssl.methods.<name>` and returns its `Method` class; `build(config,
+kernels)` instantiates `config.method` with the config and the backend's ops
+(`jaxssl.kernels.for_mesh(mesh)` of the mesh it will run on).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+
+from jaxssl.kernels import REFERENCE, Kernels
 
 
 def available() -> list[str]:
@@ -31,6 +34,6 @@ def get(name: str):
   return importlib.import_module(f"{__name__}.{name}").Method
 
 
-def build(config):
-  """Instantiates the method named by `config.method`."""
-  return get(config.method)(config)
+def build(config, kernels: Kernels = REFERENCE):
+  """Instantiates the method named by `config.method`, its models built with `kernels`."""
+  return get(config.method)(config, kernels)

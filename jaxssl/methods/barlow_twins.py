@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.methods import byol
 from jaxssl.methods import common
@@ -24,8 +25,8 @@ from jaxssl.methods import common
 class Method(common.EncoderHeadMethod):
   """Barlow Twins: encoder + projector, both views through the same weights."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
+    super().__init__(config, kernels)
     self.lambda_ = config.barlow_twins.lambda_
 
   def train_transform(self, info):

@@ -1,8 +1,10 @@
 """The method interface: what the trainer, the step and the eval job call on a method.
 
 A method is `jaxssl/methods/<name>.py` defining `class Method`, constructed with the run's
-config (`methods.build(config)`); it satisfies `MethodProtocol` structurally (no base class
-needed; `methods.common.EncoderHeadMethod` is a convenient one). Shapes use B for the global
+config and the backend's ops (`methods.build(config, kernels)`, `kernels` from
+`jaxssl.kernels.for_mesh(mesh)`; it builds every model with them, e.g.
+`models.build_encoder(config.model, kernels)`); it satisfies `MethodProtocol` structurally (no
+base class needed; `methods.common.EncoderHeadMethod` is a convenient one). Shapes use B for the global
 batch; every array is the global view (under `jax.jit` with shardings, XLA splits it).
 `tests/methods/test_interface.py` checks every registered method against this protocol.
 """

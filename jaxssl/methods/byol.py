@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import augment
@@ -86,14 +87,16 @@ class OnlineNetwork(nn.Module):
 
 
 def build_online_network(
-  config: ml_collections.ConfigDict, predictor: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict,
+  predictor: ml_collections.ConfigDict,
+  kernels: Kernels = REFERENCE,
 ) -> OnlineNetwork:
   """Projector from `config.head` (fields of models.ProjectionHead), predictor from
   `predictor` (hidden_dim, num_layers) mapping back to the projector's output size."""
   return OnlineNetwork(
-    encoder=models.build_encoder(config.model),
+    encoder=models.build_encoder(config.model, kernels),
     projector=models.ProjectionHead(
-      **config.head.to_dict(), dtype=models.compute_dtype(config.model)
+      **config.head.to_dict(), dtype=models.compute_dtype(config.model), kernels=kernels
     ),
     predictor=models.PredictionHead(
       hidden_dim=predictor.hidden_dim,
@@ -101,6 +104,7 @@ def build_online_network(
       num_layers=predictor.num_layers,
       use_bn=True,
       dtype=models.compute_dtype(config.model),
+      kernels=kernels,
     ),
   )
 
@@ -120,10 +124,10 @@ class Method:
   batch_keys = ("view1", "view2")
   name = "byol"  # the config section; MoCo v3 overrides it
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
     self.section = config[self.name]
-    self.model = build_online_network(config, self.section.predictor)
+    self.model = build_online_network(config, self.section.predictor, kernels)
     self.base_momentum = self.section.base_momentum
 
   @functools.cached_property

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxssl import models
+from jaxssl.kernels import REFERENCE, Kernels
 
 
 class EncoderWithHead(nn.Module):
@@ -26,16 +27,17 @@ class EncoderWithHead(nn.Module):
     return self.encoder(images, train=False)[0]
 
 
-def build_encoder_with_head(config) -> EncoderWithHead:
+def build_encoder_with_head(config, kernels: Kernels = REFERENCE) -> EncoderWithHead:
   head = config.head
   return EncoderWithHead(
-    encoder=models.build_encoder(config.model),
+    encoder=models.build_encoder(config.model, kernels),
     head=models.ProjectionHead(
       hidden_dim=head.hidden_dim,
       out_dim=head.out_dim,
       num_layers=head.num_layers,
       use_bn=head.use_bn,
       dtype=models.compute_dtype(config.model),
+      kernels=kernels,
     ),
   )
 
@@ -85,9 +87,9 @@ class EncoderHeadMethod:
 
   batch_keys = ("view1", "view2")
 
-  def __init__(self, config):
+  def __init__(self, config, kernels: Kernels = REFERENCE):
     self.config = config
-    self.model = build_encoder_with_head(config)
+    self.model = build_encoder_with_head(config, kernels)
 
   def init(self, rng, batch):
     params, model_state = init_variables(self.model, rng, batch["view1"], train=False)

@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import masking
 from jaxssl.methods import common
 from jaxssl.methods import ema
 from jaxssl.methods import ijepa
-from jaxssl.models.matmul import Dense
 
 
 class MaskedRegressor(nn.Module):
@@ -51,7 +51,7 @@ class MaskedRegressor(nn.Module):
     """(predictions [B, N, D], encoder aux)."""
     _, aux = self.encoder(images, train=train, token_mask=token_mask)
     width = aux["tokens"].shape[-1]
-    head = Dense(
+    head = self.encoder.kernels.dense(
       width,
       dtype=self.encoder.dtype,
       param_dtype=jnp.float32,
@@ -80,10 +80,10 @@ class Method:
 
   batch_keys = ("image", "mask")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
     self.section = config.data2vec
-    encoder = ijepa.vit_encoder(config, "data2vec").clone(mask_token=True)
+    encoder = ijepa.vit_encoder(config, "data2vec", kernels).clone(mask_token=True)
     depth = encoder.arch()["depth"]
     if not 1 <= self.section.top_k <= depth:
       raise ValueError(

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import multicrop
@@ -69,7 +70,9 @@ class DINONetwork(nn.Module):
     return self.encoder(images, train=False)[0]
 
 
-def build_head(head: ml_collections.ConfigDict, dtype) -> models.DINOHead:
+def build_head(
+  head: ml_collections.ConfigDict, dtype, kernels: Kernels = REFERENCE
+) -> models.DINOHead:
   return models.DINOHead(
     out_dim=head.out_dim,
     hidden_dim=head.hidden_dim,
@@ -77,6 +80,7 @@ def build_head(head: ml_collections.ConfigDict, dtype) -> models.DINOHead:
     num_layers=head.num_layers,
     norm_last_layer=head.norm_last_layer,
     dtype=dtype,
+    kernels=kernels,
   )
 
 
@@ -130,15 +134,17 @@ class Method:
   batch_keys = ("global_crops", "local_crops")
   name = "dino"  # the config section
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
     self.section = config[self.name]
+    self.kernels = kernels
     self.model = self.build_model()
 
   def build_model(self) -> DINONetwork:
     dtype = models.compute_dtype(self.config.model)
     return DINONetwork(
-      encoder=models.build_encoder(self.config.model), head=build_head(self.config.head, dtype)
+      encoder=models.build_encoder(self.config.model, self.kernels),
+      head=build_head(self.config.head, dtype, self.kernels),
     )
 
   @functools.cached_property

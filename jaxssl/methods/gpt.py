@@ -12,6 +12,7 @@ import math
 
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.data import text_masking
 from jaxssl.methods import language
@@ -20,9 +21,9 @@ from jaxssl.methods import language
 class Method(language.LanguageModelMethod):
   batch_keys = ("tokens",)
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
-    self.model = language.build_transformer(config, causal=True, pool="last")
+    self.model = language.build_transformer(config, causal=True, pool="last", kernels=kernels)
 
   def train_transform(self, info):
     language.check_info(self.config, info)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import multicrop
@@ -52,17 +53,17 @@ class Method(dino.Method):
   name = "ibot"
   init_patches = True
 
-  def __init__(self, config):
+  def __init__(self, config, kernels: Kernels = REFERENCE):
     section = config[self.name]
     if section.centering not in CENTERINGS:
       raise ValueError(
         f"config.ibot.centering={section.centering!r}; choose one of "
         f"{CENTERINGS} ('center': iBOT, 'sinkhorn_knopp': DINOv2)."
       )
-    super().__init__(config)
+    super().__init__(config, kernels)
 
   def build_model(self) -> dino.DINONetwork:
-    encoder = models.build_encoder(self.config.model)
+    encoder = models.build_encoder(self.config.model, self.kernels)
     if not isinstance(encoder, models.ViT):
       raise ValueError(
         f"iBOT masks patch tokens and needs a ViT encoder, got "
@@ -73,10 +74,10 @@ class Method(dino.Method):
     if not self.section.shared_head:
       patch_config = self.config.head.copy_and_resolve_references()
       patch_config.out_dim = self.section.patch_out_dim
-      patch_head = dino.build_head(patch_config, dtype)
+      patch_head = dino.build_head(patch_config, dtype, self.kernels)
     return dino.DINONetwork(
       encoder=encoder.clone(mask_token=True),
-      head=dino.build_head(self.config.head, dtype),
+      head=dino.build_head(self.config.head, dtype, self.kernels),
       patch_head=patch_head,
     )
 

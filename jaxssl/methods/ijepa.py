@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import augment
@@ -61,9 +62,11 @@ class JEPA(nn.Module):
     return jnp.mean(self.target_tokens(images), axis=1)
 
 
-def vit_encoder(config: ml_collections.ConfigDict, method_name: str) -> models.ViT:
+def vit_encoder(
+  config: ml_collections.ConfigDict, method_name: str, kernels: Kernels = REFERENCE
+) -> models.ViT:
   """The ViT of `config.model`; other backbones fail with the fix in the message."""
-  encoder = models.build_encoder(config.model)
+  encoder = models.build_encoder(config.model, kernels)
   if not isinstance(encoder, models.ViT):
     raise ValueError(
       f"{method_name} needs a ViT encoder (it works on patch tokens), got "
@@ -119,10 +122,10 @@ class Method:
 
   batch_keys = ("image", "context_indices", "target_indices")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
     self.section = config.ijepa
-    encoder = vit_encoder(config, "ijepa")
+    encoder = vit_encoder(config, "ijepa", kernels)
     arch = encoder.arch()
     p = self.section.predictor
     self.model = JEPA(
@@ -134,6 +137,7 @@ class Method:
         mlp_dim=p.mlp_dim,
         out_width=arch["width"],
         dtype=models.compute_dtype(config.model),
+        kernels=kernels,
       ),
     )
     patch_h, patch_w = arch["patch_size"]

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import models
 from jaxssl.data import augment
 from jaxssl.data import image_text as image_text_data
 from jaxssl.data import tokenizer as tokenizer_lib
 from jaxssl.methods import common
 from jaxssl.models import transformer
-from jaxssl.models.matmul import Dense
 
 
 def caption_text(element: dict[str, Any], fields: Sequence[str]) -> str:
@@ -74,9 +74,12 @@ class ImageTextTransform(grain.transforms.RandomMap):
     }
 
 
-def build_text_encoder(text_model: ml_collections.ConfigDict, tokenizer) -> nn.Module:
+def build_text_encoder(
+  text_model: ml_collections.ConfigDict, tokenizer, kernels: Kernels = REFERENCE, dtype=None
+) -> nn.Module:
   """CLIP's text tower (sec. 2.4): a causal transformer read at the end-of-text token, with no
-  LM head. Causal attention makes padding after the end-of-text token irrelevant."""
+  LM head. Causal attention makes padding after the end-of-text token irrelevant. It computes
+  in `dtype` (the image tower's `model.dtype`: mixed precision covers both towers)."""
   return transformer.Transformer(
     vocab_size=tokenizer.vocab_size,
     causal=True,
@@ -84,13 +87,15 @@ def build_text_encoder(text_model: ml_collections.ConfigDict, tokenizer) -> nn.M
     pool="eos",
     eos_id=tokenizer.eos_id,
     pad_id=tokenizer.pad_id,
-    **text_model.to_dict(),
+    kernels=kernels,
+    **{"dtype": dtype or jnp.float32, **text_model.to_dict()},
   )
 
 
-def _projection(dim: int, name: str) -> Dense:
-  # CLIP's W_i / W_t: linear, no bias. Input is the tower width ('embed').
-  return Dense(
+def _projection(dim: int, name: str) -> nn.Dense:
+  # CLIP's W_i / W_t: linear, no bias, float32 (no backend kernel applies). Input is the
+  # tower width ('embed').
+  return nn.Dense(
     dim,
     use_bias=False,
     param_dtype=jnp.float32,
@@ -145,14 +150,16 @@ class ImageTextMethod:
 
   batch_keys = ("image", "tokens")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
     self.text_fields = tuple(config.image_text.text_fields)
     self.max_len = config.text_model.max_len
     self.tokenizer = tokenizer_lib.get_tokenizer(config.tokenizer)
     self.model = TwoTower(
-      image_encoder=models.build_encoder(config.model),
-      text_encoder=build_text_encoder(config.text_model, self.tokenizer),
+      image_encoder=models.build_encoder(config.model, kernels),
+      text_encoder=build_text_encoder(
+        config.text_model, self.tokenizer, kernels, models.compute_dtype(config.model)
+      ),
       embed_dim=config.image_text.embed_dim,
       scalar_inits=self.initial_scalars(config),
     )

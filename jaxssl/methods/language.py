@@ -10,18 +10,21 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl.methods import common
 from jaxssl.models.transformer import Transformer
 
 
-def build_transformer(config: ml_collections.ConfigDict, *, causal: bool, pool: str) -> Transformer:
+def build_transformer(
+  config: ml_collections.ConfigDict, *, causal: bool, pool: str, kernels: Kernels = REFERENCE
+) -> Transformer:
   fields = dict(config.model)
   name = fields.pop("name", "transformer")
   if name != "transformer":
     raise ValueError(f"Language-model methods need model.name='transformer', got {name!r}.")
   if "dtype" in fields:
     fields["dtype"] = jnp.dtype(fields["dtype"])
-  return Transformer(**fields, causal=causal, pool=pool)
+  return Transformer(**fields, causal=causal, pool=pool, kernels=kernels)
 
 
 def check_info(config: ml_collections.ConfigDict, info) -> None:

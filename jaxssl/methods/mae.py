@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import augment
@@ -48,6 +49,7 @@ class MaskedAutoencoder(nn.Module):
       patch_size=self.patch_size,
       channels=images.shape[-1],
       dtype=self.dtype,
+      kernels=self.encoder.kernels,
       name="decoder",
     )
     # The encoder's final-normed tokens are what MAE's decoder_embed reads.
@@ -58,9 +60,11 @@ class MaskedAutoencoder(nn.Module):
     return self.encoder(images, train=False)[0]
 
 
-def build_model(config: ml_collections.ConfigDict) -> MaskedAutoencoder:
+def build_model(
+  config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE
+) -> MaskedAutoencoder:
   """The MAE model of `config`; the encoder must be a ViT with square patches."""
-  encoder = models.build_encoder(config.model)
+  encoder = models.build_encoder(config.model, kernels)
   if not isinstance(encoder, models.ViT):
     raise ValueError(
       f"MAE needs a ViT encoder (it drops patch tokens), got "
@@ -90,9 +94,9 @@ class Method:
 
   batch_keys = ("image", "keep_indices", "mask", "ids_restore")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
-    self.model = build_model(config)
+    self.model = build_model(config, kernels)
     self.mask_ratio = config.mae.mask_ratio
     self.norm_pix = config.mae.norm_pix
 

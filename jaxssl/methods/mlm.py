@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.data import text_masking
 from jaxssl.methods import common
@@ -21,9 +22,9 @@ from jaxssl.methods import language
 class Method(language.LanguageModelMethod):
   batch_keys = ("tokens", "labels", "mask")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
-    self.model = language.build_transformer(config, causal=False, pool="mean")
+    self.model = language.build_transformer(config, causal=False, pool="mean", kernels=kernels)
 
   def train_transform(self, info):
     language.check_info(self.config, info)

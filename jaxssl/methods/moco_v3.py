@@ -20,6 +20,7 @@ linear-probing script `main_lincls.py` loads the `base_encoder` weights.
 
 from __future__ import annotations
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.methods import byol
 
@@ -32,8 +33,8 @@ class Method(byol.Method):
 
   name = "moco_v3"
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, kernels: Kernels = REFERENCE):
+    super().__init__(config, kernels)
     self.temperature = self.section.temperature
 
   def pair_loss(self, p1, p2, t1, t2):

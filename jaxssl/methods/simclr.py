@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.data import augment
 from jaxssl.methods import common
@@ -18,8 +19,8 @@ from jaxssl.methods import common
 class Method(common.EncoderHeadMethod):
   """SimCLR: encoder + projection MLP, both views in one BatchNorm batch."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
+    super().__init__(config, kernels)
     self.temperature = config.simclr.temperature
 
   def train_transform(self, info):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.methods import byol
 from jaxssl.methods import common
@@ -30,9 +31,9 @@ class Method:
 
   batch_keys = ("view1", "view2")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     self.config = config
-    self.model = byol.build_online_network(config, config.simsiam.predictor)
+    self.model = byol.build_online_network(config, config.simsiam.predictor, kernels)
 
   def train_transform(self, info):
     return byol.two_view_transform(self.config, info)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl import losses
 from jaxssl.methods import byol
 from jaxssl.methods import common
@@ -21,8 +22,8 @@ from jaxssl.methods import common
 class Method(common.EncoderHeadMethod):
   """VICReg: encoder + expander, both views through the same weights."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
+  def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
+    super().__init__(config, kernels)
     self.coeffs = dict(
       sim_coeff=config.vicreg.sim_coeff,
       std_coeff=config.vicreg.std_coeff,

@@ -7,6 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxssl.kernels import REFERENCE, Kernels
+
 from jaxssl.models.dino_head import DINOHead
 from jaxssl.models.heads import PredictionHead, ProjectionHead
 from jaxssl.models.mae_decoder import MAEDecoder
@@ -49,17 +51,22 @@ def compute_dtype(model_config: Mapping[str, Any]):
 
 
 def _module_fields(cls) -> list[str]:
-  # 'parent' and 'name' are Linen bookkeeping, not architecture.
-  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")]
+  # 'parent' and 'name' are Linen bookkeeping and 'kernels' the backend's ops, not architecture.
+  return [
+    f.name
+    for f in dataclasses.fields(cls)
+    if f.init and f.name not in ("parent", "name", "kernels")
+  ]
 
 
-def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
-  """Builds ViT or ResNet from {'name': 'vit'|'resnet', **module fields}.
+def build_encoder(model_config: Mapping[str, Any], kernels: Kernels = REFERENCE) -> nn.Module:
+  """Builds ViT or ResNet from {'name': 'vit'|'resnet', **module fields}, with `kernels`' ops.
 
   E.g. {'name': 'vit', 'variant': 'mu/4', 'pool': 'gap'} or
   {'name': 'resnet', 'depth': 18, 'stem': 'cifar', 'width': 16}. Accepts a dict or an
   ml_collections ConfigDict; unknown names or fields raise ValueError (a typo in a config must
-  not silently fall back to a default).
+  not silently fall back to a default). `kernels` is `jaxssl.kernels.for_mesh(mesh)` of the
+  mesh the model runs on (the reference ops by default).
   """
   config = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
   name = config.pop("name", None)
@@ -74,4 +81,4 @@ def build_encoder(model_config: Mapping[str, Any]) -> nn.Module:
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
   if "dtype" in kwargs:  # Configs name dtypes as strings ('bfloat16').
     kwargs["dtype"] = compute_dtype(kwargs)
-  return cls(**kwargs)
+  return cls(**kwargs, kernels=kernels)

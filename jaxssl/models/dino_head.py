@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxssl.models.matmul import Dense
+from jaxssl.kernels import REFERENCE, Kernels
 
 _NORM_EPS = 1e-12  # F.normalize's eps
 
@@ -56,9 +56,10 @@ class DINOHead(nn.Module):
   num_layers: int = 3
   norm_last_layer: bool = True
   dtype: Any = jnp.float32
+  kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
   def _dense(self, features, axes, name):
-    return Dense(
+    return self.kernels.dense(
       features,
       dtype=self.dtype,
       param_dtype=jnp.float32,
@@ -77,7 +78,7 @@ class DINOHead(nn.Module):
     # ('mlp', None) because a name may appear only once per spec.
     for i in range(self.num_layers - 1):
       axes = ("embed", "mlp") if i == 0 else ("mlp", None)
-      x = nn.gelu(self._dense(self.hidden_dim, axes, f"dense_{i}")(x), approximate=False)
+      x = self.kernels.gelu(self._dense(self.hidden_dim, axes, f"dense_{i}")(x), approximate=False)
     last = self.num_layers - 1
     x = self._dense(
       self.bottleneck_dim, ("mlp", "embed") if last else ("embed", "mlp"), f"dense_{last}"

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxssl.models.matmul import Dense
+from jaxssl.kernels import REFERENCE, Kernels
 
 
 class ProjectionHead(nn.Module):
@@ -35,12 +35,13 @@ class ProjectionHead(nn.Module):
   use_bn: bool = True
   final_bn: bool = False
   dtype: Any = jnp.float32
+  kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
   def _dense(self, features, in_name, out_name, use_bias, name):
     # Logical names of layers inside the MLP: the input side of the first layer is the
     # encoder width ('embed'); hidden units are 'mlp'; the output is treated as 'embed'.
     # Middle layers are ('mlp', None): flax rejects a name used twice in one spec.
-    return Dense(
+    return self.kernels.dense(
       features,
       use_bias=use_bias,
       dtype=self.dtype,

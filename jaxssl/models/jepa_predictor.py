@@ -18,11 +18,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models import vit
-from jaxssl.models.matmul import Dense
+from jaxssl.kernels import REFERENCE, Kernels
 
 
-def _dense(features, in_name, out_name, dtype, name):
-  return Dense(
+def _dense(features, in_name, out_name, dtype, kernels, name):
+  return kernels.dense(
     features,
     dtype=dtype,
     param_dtype=jnp.float32,
@@ -48,6 +48,7 @@ class JEPAPredictor(nn.Module):
   mlp_dim: int
   out_width: int
   dtype: Any = jnp.float32
+  kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
   @nn.compact
   def __call__(self, context_tokens, context_indices, target_indices, patch_grid):
@@ -75,7 +76,7 @@ class JEPAPredictor(nn.Module):
       )
     _, num_blocks, block_len = target_indices.shape
     posemb = vit.posemb_sincos_2d(*patch_grid, self.width)  # [N, width], fixed
-    x = _dense(self.width, "embed", None, self.dtype, "embed")(context_tokens)
+    x = _dense(self.width, "embed", None, self.dtype, self.kernels, "embed")(context_tokens)
     x = x + jnp.take(posemb, context_indices, axis=0).astype(x.dtype)
     mask_token = self.param(
       "mask_token",
@@ -90,8 +91,12 @@ class JEPAPredictor(nn.Module):
     x = jnp.concatenate([x, queries], axis=1)
     for i in range(self.depth):
       x = vit.EncoderBlock(
-        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, name=f"block_{i}"
+        mlp_dim=self.mlp_dim,
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        kernels=self.kernels,
+        name=f"block_{i}",
       )(x)
     x = vit.layer_norm(self.dtype, name="predictor_norm")(x[:, num_context:])
-    x = _dense(self.out_width, None, "embed", self.dtype, "proj")(x)
+    x = _dense(self.out_width, None, "embed", self.dtype, self.kernels, "proj")(x)
     return x.astype(jnp.float32).reshape(batch, num_blocks, block_len, self.out_width)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxssl.models import vit
-from jaxssl.models.matmul import Dense
+from jaxssl.kernels import REFERENCE, Kernels
 
 
 class MAEDecoder(nn.Module):
@@ -44,11 +44,12 @@ class MAEDecoder(nn.Module):
   patch_size: int
   channels: int
   dtype: Any = jnp.float32
+  kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
   def _dense(self, features, logical_names, name):
     # MAE initialises every nn.Linear with xavier-uniform and zero bias. A spec may name a
     # logical axis once only, so the other side of these kernels stays unannotated.
-    return Dense(
+    return self.kernels.dense(
       features,
       dtype=self.dtype,
       param_dtype=jnp.float32,
@@ -112,6 +113,7 @@ class MAEDecoder(nn.Module):
         mlp_dim=self.decoder_mlp_dim,
         num_heads=self.decoder_heads,
         dtype=self.dtype,
+        kernels=self.kernels,
         name=f"decoder_block_{i}",
       )(x)
     # The encoder's LayerNorm (same epsilon and annotations), in float32 like its final norm.

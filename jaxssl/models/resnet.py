@@ -17,8 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxssl.models import conv
-from jaxssl.models import pooling
+from jaxssl.kernels import REFERENCE, Kernels
 
 # depth: (block type, blocks per stage)
 STAGES = {
@@ -32,15 +31,14 @@ STEMS = ("imagenet", "cifar")
 _BOTTLENECK_EXPANSION = 4
 
 
-def _conv(features, kernel, stride, dtype, name, impl):
+def _conv(features, kernel, stride, dtype, name, kernels):
   """Bias-free conv (a BN follows) with symmetric padding kernel // 2, as in torchvision."""
   pad = kernel // 2
-  return conv.Conv2D(
+  return kernels.conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),
     padding=((pad, pad), (pad, pad)),
-    impl=impl,
     dtype=dtype,
     param_dtype=jnp.float32,
     name=name,
@@ -80,7 +78,7 @@ class ResidualBlock(nn.Module):
   block: str
   train: bool
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  kernels: Kernels = REFERENCE
 
   @nn.compact
   def __call__(self, x):
@@ -95,14 +93,14 @@ class ResidualBlock(nn.Module):
     y = x
     for i, (features, kernel, stride) in enumerate(convs):
       last = i == len(convs) - 1
-      y = _conv(features, kernel, stride, self.dtype, f"conv{i}", self.conv_impl)(y)
+      y = _conv(features, kernel, stride, self.dtype, f"conv{i}", self.kernels)(y)
       y = _batch_norm(self.train, self.dtype, f"bn{i}", zero_scale=last)(y)
       if not last:
         y = nn.relu(y)
     out_features = convs[-1][0]
     if self.stride != 1 or x.shape[-1] != out_features:
       # Projection shortcut (option B of He et al. 2016) when the shape changes.
-      x = _conv(out_features, 1, self.stride, self.dtype, "proj_conv", self.conv_impl)(x)
+      x = _conv(out_features, 1, self.stride, self.dtype, "proj_conv", self.kernels)(x)
       x = _batch_norm(self.train, self.dtype, "proj_bn")(x)
     return nn.relu(x + y)
 
@@ -116,20 +114,15 @@ class ResNet(nn.Module):
     width: channels of the stem and the first stage; stage s has width * 2**s (times 4 for
       bottleneck outputs), so C_final is 8 * width (basic) or 32 * width (bottleneck).
     dtype: compute dtype; parameters and BN statistics are float32.
-    conv_impl: how the convolutions and their gradients are computed (jaxssl.models.conv):
-      'xla', 'gemm_grad' (gradients as im2col + GEMM), 'gemm' (forward too) or 'auto' (on CPU:
-      gemm where the kernel is larger than the feature map, gemm_grad for the other strided
-      ones, where each measured faster). The parameters are the same either way.
-    pool_impl: the stem's max-pool (jaxssl.models.pooling): 'reduce_window', 'slices' or
-      'auto' (slices on CPU). Same values; gradients differ only at tied maxima.
+    kernels: the convolution and max-pool ops (`jaxssl.kernels`: `nn.Conv` and `nn.max_pool`
+      on the reference path); the parameters are the same for every choice.
   """
 
   depth: int = 50
   stem: str = "imagenet"
   width: int = 64
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
-  pool_impl: str = "auto"
+  kernels: Kernels = REFERENCE
 
   @nn.compact
   def __call__(self, images, *, train=False):
@@ -149,12 +142,12 @@ class ResNet(nn.Module):
 
     x = images.astype(self.dtype)
     if self.stem == "imagenet":
-      x = _conv(self.width, 7, 2, self.dtype, "stem_conv", self.conv_impl)(x)
+      x = _conv(self.width, 7, 2, self.dtype, "stem_conv", self.kernels)(x)
     else:
-      x = _conv(self.width, 3, 1, self.dtype, "stem_conv", self.conv_impl)(x)
+      x = _conv(self.width, 3, 1, self.dtype, "stem_conv", self.kernels)(x)
     x = nn.relu(_batch_norm(train, self.dtype, "stem_bn")(x))
     if self.stem == "imagenet":
-      x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.pool_impl)
+      x = self.kernels.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):
@@ -166,7 +159,7 @@ class ResNet(nn.Module):
           block,
           train,
           self.dtype,
-          self.conv_impl,
+          self.kernels,
           name=f"stage{stage}_block{i}",
         )(x)
 

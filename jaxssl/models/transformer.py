@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxssl.models.matmul import dot_general_for
+from jaxssl.kernels import REFERENCE, Kernels
 from jaxssl.models.vit import EncoderBlock, decode_variant, layer_norm
 
 POOLS = ("eos", "last", "first", "mean")
@@ -86,6 +86,7 @@ class Transformer(nn.Module):
   pad_id: int | None = None
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
   remat: bool = False
   gelu_approximate: bool = True
 
@@ -173,6 +174,7 @@ class Transformer(nn.Module):
         dtype=self.dtype,
         gelu_approximate=self.gelu_approximate,
         is_causal=self.causal,
+        kernels=self.kernels,
         name=f"block_{i}",
       )(x)
       blocks.append(x)
@@ -198,7 +200,7 @@ class Transformer(nn.Module):
         "btd,vd->btv",
         x.astype(self.dtype),
         head.astype(self.dtype),
-        _dot_general=dot_general_for(self.dtype),
+        _dot_general=self.kernels.dot_general,
       )
       logits = logits.astype(jnp.float32) + head_bias
       aux["logits"] = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -5,6 +5,9 @@ big_vision and MAE: patchify with a strided conv, add a 2-D position embedding, 
 keep only a subset of patch tokens (He et al. 2022, MAE sec. 3) or replace masked patches by a
 learned [mask] token (BEiT / iBOT masked image modelling), optionally prepend a [cls] token, run `depth` blocks of x + MHSA(LN(x)); x + MLP(LN(x)), and finish with a LayerNorm.
 
+The ops (Dense, attention, GELU) come from `kernels` (`jaxssl.kernels.Kernels`, the reference
+Flax / JAX ops unless the builder picks a backend's; every choice has the same parameters).
+
 Parameters carry logical axis names (resolved by jaxssl/parallel.py's rules) and activations are
 constrained at block boundaries to ('batch', 'length', 'embed'); both are no-ops until a mesh and
 logical axis rules are set, so the same module runs on one CPU or a pod.
@@ -17,13 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxssl.models.matmul import (
-  Dense,
-  batched_matmul,
-  dot_general_for,
-  is_materializable,
-  materialized_swapaxes,
-)
+from jaxssl.kernels import REFERENCE, Kernels
 
 # Architecture table, big_vision style. Reference: Table 2 of Zhai et al. 2022 ("Scaling
 # Vision Transformers", arXiv:2106.04560); 'mu' is big_vision's tiny test variant.
@@ -106,35 +103,30 @@ class MlpBlock(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   gelu_approximate: bool = True  # tanh GELU (big_vision); False: exact erf GELU (timm, DINO)
+  kernels: Kernels = REFERENCE
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
     # big_vision init: xavier-uniform kernels, near-zero (not exactly zero) biases.
     bias_init = nn.initializers.normal(stddev=1e-6)
-    x = Dense(
+    x = self.kernels.dense(
       self.mlp_dim,
       dtype=self.dtype,
       param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "mlp")),
       bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)),
     )(x)
-    # In float32 even for bf16 compute: XLA:CPU's bf16 elementwise code is slower than its
-    # float32 code (a bf16 ViT-S/16 MLP's forward + backward, 64 images: 645 ms with a bf16
-    # GELU, 450 ms with this); on accelerators the casts fuse into the neighbouring ops.
-    x = nn.gelu(x.astype(jnp.float32), approximate=self.gelu_approximate).astype(self.dtype)
+    x = self.kernels.gelu(x, approximate=self.gelu_approximate)
     x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
     x = nn.Dropout(rate=self.dropout)(x, deterministic=self.deterministic)
-    return Dense(
+    return self.kernels.dense(
       width,
       dtype=self.dtype,
       param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("mlp", "embed")),
       bias_init=nn.with_logical_partitioning(bias_init, ("embed",)),
     )(x)
-
-
-ATTENTION_IMPLS = ("auto", "heads_first", "dot_product_attention")
 
 
 class SelfAttention(nn.Module):
@@ -144,52 +136,25 @@ class SelfAttention(nn.Module):
   [embed, heads, kv] kernels in a flattened 2-D shape, which breaks the 3-name logical
   partitioning as soon as a mesh and axis rules are active. The key projection has no bias:
   it would add the same q.b to every logit of a query, which softmax ignores (its gradient is
-  identically zero), so it is a dead parameter.
+  identically zero), so it is a dead parameter. The attention itself is `kernels.attention`
+  (`jax.nn.dot_product_attention` on the reference path).
   """
 
   num_heads: int
   dtype: Any = jnp.float32
   # Causal (autoregressive) mask: query t attends to keys <= t only (GPT; CLIP's text tower).
   is_causal: bool = False
-  # 'heads_first', 'dot_product_attention', or 'auto': heads_first on CPU (see below).
-  impl: str = "auto"
+  kernels: Kernels = REFERENCE
 
   @nn.compact
   def __call__(self, x):
-    if self.impl not in ATTENTION_IMPLS:
-      raise ValueError(f"Unknown attention impl {self.impl!r}; choose one of {ATTENTION_IMPLS}.")
     width = x.shape[-1]
     head_dim = width // self.num_heads
     # Xavier-uniform on the [embed, heads * kv] matrix the 3-D kernel stands for (big_vision).
     qkv_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-
-    # On XLA:CPU the projections write [batch, heads, length, kv], so both attention matmuls
-    # batch over leading dimensions with no transpose between them: one ViT-S/16 layer's
-    # forward + backward 544 -> 359 ms (benchmarks/attention_layout.py). Elsewhere
-    # dot_product_attention may pick a fused (cuDNN) kernel. Decided at trace time.
-    heads_first = self.impl == "heads_first" or (
-      self.impl == "auto" and jax.default_backend() == "cpu"
-    )
-    layout = "bhtk" if heads_first else "bthk"
-    names = (
-      ("batch", "heads", "length", "kv") if heads_first else ("batch", "length", "heads", "kv")
-    )
-    dot_general = dot_general_for(self.dtype)
-    # With jaxssl.models.matmul's bf16 GEMM (CPU) the biases go onto the float32 product, for
-    # the reason given in matmul.Dense; elsewhere the product is in the compute dtype.
-    accumulate = jnp.float32 if dot_general is not jax.lax.dot_general else None
-    bias_dtype = accumulate or self.dtype
-    # There, too, heads-first q, k, v are written out as [batch, heads, length, kv] copies:
-    # XLA would fold the transpose into their layouts, and XLA:CPU upcasts a bf16 dot whose
-    # operands are not row-major (the attention dots, then float32 GEMMs). One bf16 ViT-S/16
-    # attention layer at 64 images, forward + backward: 324 ms -> 268 ms (2-core Zen 4).
-    copy_heads = (
-      heads_first
-      and accumulate is not None
-      and is_materializable(x.shape[-2])
-      and is_materializable(self.num_heads)
-    )
+    # None on the reference path: products and bias adds in the compute dtype.
+    accumulate = self.kernels.accumulate_dtype
 
     def project(name, use_bias):
       kernel = self.param(
@@ -199,11 +164,11 @@ class SelfAttention(nn.Module):
         jnp.float32,
       )
       y = jnp.einsum(
-        f"btd,dhk->{'bthk' if copy_heads else layout}",
+        "btd,dhk->bthk",
         x.astype(self.dtype),
         kernel.astype(self.dtype),
         preferred_element_type=accumulate,
-        _dot_general=dot_general,
+        _dot_general=self.kernels.dot_general,
       )
       if use_bias:
         bias = self.param(
@@ -212,28 +177,12 @@ class SelfAttention(nn.Module):
           (self.num_heads, head_dim),
           jnp.float32,
         )
-        y = y + (bias[:, None, :] if heads_first and not copy_heads else bias).astype(bias_dtype)
+        y = y + bias.astype(y.dtype)
       y = y.astype(self.dtype)
-      if copy_heads:
-        y = materialized_swapaxes(y, 1)
-      return nn.with_logical_constraint(y, names)
+      return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
     query, key, value = project("query", True), project("key", False), project("value", True)
-    if heads_first:
-      # Logits and softmax in float32 even for bfloat16 inputs, as dot_product_attention does.
-      logits = batched_matmul(
-        query, key, b_transposed=True, preferred_element_type=jnp.float32
-      ) / np.sqrt(head_dim)
-      if self.is_causal:
-        length = logits.shape[-1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
-      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      y = batched_matmul(weights, value)
-    else:
-      # Logits and softmax are computed in float32 even for bfloat16 inputs; picks a fused
-      # (cuDNN) kernel on GPUs that support it.
-      y = jax.nn.dot_product_attention(query, key, value, is_causal=self.is_causal)
+    y = self.kernels.attention(query, key, value, is_causal=self.is_causal)
     out_kernel = self.param(
       "out_kernel",
       nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
@@ -246,16 +195,14 @@ class SelfAttention(nn.Module):
       (width,),
       jnp.float32,
     )
-    if copy_heads:
-      y, layout = materialized_swapaxes(y, 1), "bthk"
     out = jnp.einsum(
-      f"{layout},hkd->btd",
+      "bthk,hkd->btd",
       y,
       out_kernel.astype(self.dtype),
       preferred_element_type=accumulate,
-      _dot_general=dot_general,
+      _dot_general=self.kernels.dot_general,
     )
-    return (out + out_bias.astype(bias_dtype)).astype(self.dtype)
+    return (out + out_bias.astype(out.dtype)).astype(self.dtype)
 
 
 class EncoderBlock(nn.Module):
@@ -268,12 +215,15 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
   gelu_approximate: bool = True
   is_causal: bool = False  # see SelfAttention
+  kernels: Kernels = REFERENCE
 
   @nn.compact
   def __call__(self, x):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     y = layer_norm(self.dtype)(x)
-    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, is_causal=self.is_causal)(y)
+    y = SelfAttention(
+      num_heads=self.num_heads, dtype=self.dtype, is_causal=self.is_causal, kernels=self.kernels
+    )(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
     y = layer_norm(self.dtype)(x)
@@ -283,6 +233,7 @@ class EncoderBlock(nn.Module):
       deterministic=self.deterministic,
       dtype=self.dtype,
       gelu_approximate=self.gelu_approximate,
+      kernels=self.kernels,
     )(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
     x = x + y
@@ -312,6 +263,8 @@ class ViT(nn.Module):
     remat: rematerialize each block in the backward pass (memory for compute).
     gelu_approximate: tanh-approximated GELU (big_vision's default); False gives the exact erf
       GELU of PyTorch/timm checkpoints (DINO, DINOv2, MAE), needed to reproduce them exactly.
+    kernels: the ops of every block (`jaxssl.kernels`); not architecture: the parameters are
+      the same for every choice.
   """
 
   variant: str | None = None
@@ -329,6 +282,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   gelu_approximate: bool = True
+  kernels: Kernels = REFERENCE
 
   def arch(self) -> dict[str, Any]:
     """The resolved architecture: the variant's table entry with explicit fields on top."""
@@ -482,6 +436,7 @@ class ViT(nn.Module):
         deterministic=not train,
         dtype=self.dtype,
         gelu_approximate=self.gelu_approximate,
+        kernels=self.kernels,
         name=f"block_{i}",
       )(x)
       blocks.append(x)

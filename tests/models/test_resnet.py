@@ -1,12 +1,17 @@
 """Tests for jaxssl.models.resnet: shapes, parameter counts, BatchNorm state, logical axes,
 zero-init residuals and gradients."""
 
+import dataclasses
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxssl import kernels
+from jaxssl.kernels import cpu
 from jaxssl.models import ResNet
 
 PARAM_AXES = {"conv_in", "conv_out", "norm", None}
@@ -179,13 +184,25 @@ def test_bfloat16_compute_keeps_float32_state():
   assert all(p.dtype == jnp.float32 for p in leaves)
 
 
+def _cpu_kernels(conv_impl, max_pool):
+  return dataclasses.replace(
+    cpu.KERNELS, conv=functools.partial(cpu.conv.Conv2D, impl=conv_impl), max_pool=max_pool
+  )
+
+
 @pytest.mark.parametrize(
-  "conv_impl, pool_impl",
-  [("auto", "auto"), ("gemm_grad", "slices"), ("xla", "slices"), ("gemm_grad", "reduce_window")],
+  "ops",
+  [
+    cpu.KERNELS,
+    _cpu_kernels("gemm_grad", cpu.pooling.max_pool),
+    _cpu_kernels("xla", cpu.pooling.max_pool),
+    _cpu_kernels("gemm_grad", kernels.REFERENCE.max_pool),
+  ],
+  ids=["cpu", "gemm_grad+slices", "xla+slices", "gemm_grad+reduce_window"],
 )
-def test_gradients_agree_between_conv_and_pool_impls(conv_impl, pool_impl):
-  # XLA's convolution gradients and reduce-window max-pool are the reference; the pool
-  # follows a ReLU, so its tied maxima are zeros whose gradient is 0 under either impl.
+def test_cpu_kernels_gradients_agree_with_the_reference(ops):
+  # The reference ops (XLA's convolution gradients, reduce-window max-pool); the pool follows
+  # a ReLU, so its tied maxima are zeros whose gradient is 0 under either max-pool.
   # Float64: at 32px the last stages see 2x2 and 1x1 maps ('auto' computes those convolutions
   # as GEMMs), and train-mode BatchNorm over 2 images x 1x1 amplifies float32 rounding
   # differences between two correct lowerings to ~1e-2.
@@ -196,8 +213,6 @@ def test_gradients_agree_between_conv_and_pool_impls(conv_impl, pool_impl):
       stem="imagenet",
       width=8,
       dtype=jnp.float64,
-      conv_impl="xla",
-      pool_impl="reduce_window",
     )
     variables = reference.init(jax.random.key(0), images)
 
@@ -220,8 +235,7 @@ def test_gradients_agree_between_conv_and_pool_impls(conv_impl, pool_impl):
         stem="imagenet",
         width=8,
         dtype=jnp.float64,
-        conv_impl=conv_impl,
-        pool_impl=pool_impl,
+        kernels=ops,
       )
     )
   scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(want))

@@ -8,6 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxssl import kernels
+from jaxssl.kernels import cpu
 from jaxssl.models import ViT, build_encoder, decode_variant
 from jaxssl.models.vit import SelfAttention, posemb_sincos_2d
 
@@ -85,11 +87,11 @@ def test_shapes_and_aux(pool):
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("impl", ["heads_first", "dot_product_attention"])
-def test_self_attention_matches_numpy(impl, is_causal):
+@pytest.mark.parametrize("ops", [kernels.REFERENCE, cpu.KERNELS], ids=lambda k: k.name)
+def test_self_attention_matches_numpy(ops, is_causal):
   num_heads, head_dim = 2, 4
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
-  attention = SelfAttention(num_heads=num_heads, impl=impl, is_causal=is_causal)
+  attention = SelfAttention(num_heads=num_heads, kernels=ops, is_causal=is_causal)
   params = nn.unbox(attention.init(jax.random.key(1), x))["params"]
   assert set(params) == {
     "query_kernel",
@@ -122,21 +124,24 @@ def test_self_attention_matches_numpy(impl, is_causal):
   np.testing.assert_allclose(np.var(kernel), 2 / 512, rtol=0.05)
 
 
-def test_self_attention_impls_have_the_same_gradients():
+def test_self_attention_kernels_have_the_same_parameters_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  shapes = [
+    jax.tree.map(jnp.shape, SelfAttention(num_heads=2, kernels=ops).init(jax.random.key(1), x))
+    for ops in (kernels.REFERENCE, cpu.KERNELS)
+  ]
+  assert shapes[0] == shapes[1]
   params = nn.unbox(SelfAttention(num_heads=2).init(jax.random.key(1), x))["params"]
   grads = [
     jax.grad(
-      lambda p, x, impl=impl: jnp.sum(
-        jnp.sin(SelfAttention(num_heads=2, impl=impl).apply({"params": p}, x))
+      lambda p, x, ops=ops: jnp.sum(
+        jnp.sin(SelfAttention(num_heads=2, kernels=ops).apply({"params": p}, x))
       ),
       argnums=(0, 1),
     )(params, x)
-    for impl in ("heads_first", "dot_product_attention")
+    for ops in (kernels.REFERENCE, cpu.KERNELS)
   ]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
-  with pytest.raises(ValueError, match="Unknown attention impl 'flash'"):
-    SelfAttention(num_heads=2, impl="flash").init(jax.random.key(1), x)
 
 
 def test_sincos_matches_numpy_formula():

@@ -1,20 +1,18 @@
 """Which allocator serves this process's host memory, and how to run under tcmalloc.
 
 On CPU the allocator matters for speed. XLA:CPU asks for each executable's temporary buffer (all
-the activations a train step keeps: 2 GB for SimCLR ViT-S/16 at 16 images, ~8 GB at 64) afresh on
+the activations a train step keeps, gigabytes for a ViT-S/16 step) afresh on
 every call, with posix_memalign from one of its worker threads. glibc serves a request that size
 from the thread's arena by a new mmap (a non-main arena falls back to mmap whatever
 M_MMAP_MAX says) and unmaps it on free, so every step page-faults the whole buffer back in and the
-kernel zeroes it: measured as 35-40% of the step's CPU time in system time on a 2-core VM
-(benchmarks/vs_pytorch.py --malloc=glibc). tcmalloc keeps freed spans mapped and hands them out
-again, which removes that cost (docs/performance_cpu.md has the figures). Nothing here changes
-what is computed. Not understood: in about half the runs of tests/test_host_malloc.py's function,
-tcmalloc still faults about half a buffer per call (with or without JAX's persistent compilation
-cache); the train step did not show it.
+kernel zeroes it. tcmalloc keeps freed spans mapped and hands them out again, which removes that
+cost (docs/performance_cpu.md, "Host allocator", has the figures and the one thing not
+understood). Nothing here changes what is computed.
 
 The allocator has to be chosen before the process starts (LD_PRELOAD), so this module only says
 which one is loaded, finds tcmalloc on the machine, and re-executes a script under it
-(`exec_with`, for benchmarks and launchers); `jaxssl.train` logs `advice()` on CPU.
+(`exec_with`, for benchmarks and launchers); `jaxssl.train` logs `advice()` for a CPU mesh
+(`jaxssl.kernels.Kernels.host_advice`).
 """
 
 from __future__ import annotations
@@ -80,9 +78,9 @@ def find(name: str = "tcmalloc") -> str | None:
   return None
 
 
-def advice(backend: str) -> str | None:
+def advice() -> str | None:
   """One line for the log when a CPU run would be faster under tcmalloc, else None."""
-  if backend != "cpu" or loaded() != "glibc":
+  if loaded() != "glibc":
     return None
   path = find("tcmalloc")
   how = (
@@ -93,7 +91,7 @@ def advice(backend: str) -> str | None:
   return (
     "Host memory comes from glibc malloc, which maps and unmaps XLA:CPU's per-step "
     f"buffers (page faults, often a third of the step on CPU); for speed, {how}. "
-    "See jaxssl/host_malloc.py."
+    "See jaxssl/kernels/cpu/host_malloc.py."
   )
 
 
@@ -111,8 +109,8 @@ def environment_for(name: str, env: dict[str, str] | None = None) -> dict[str, s
 
   'glibc' drops any tcmalloc / jemalloc from LD_PRELOAD; the others put theirs first. tcmalloc
   also gets TCMALLOC_RELEASE_RATE=0 unless set: by default it hands idle pages back to the
-  kernel a little at a time, and the next step faults them in again (measured: system time 7.2
-  -> 1.5 s over a 5-step benchmark); a training process reuses its peak every step anyway, but
+  kernel a little at a time, and the next step faults them in again (docs/performance_cpu.md,
+  "Host allocator"); a training process reuses its peak every step anyway, but
   it keeps that peak until it exits, so run other memory-hungry work in another process
   (benchmarks/vs_pytorch.py does: the peer once ran out of memory beside our finished side).
   """

@@ -22,14 +22,13 @@ is `nn.Dense` with the same parameters that uses it and adds its bias in float32
 
 Anything else (float32 operands, batch dimensions in `dot_general`, mixed dtypes, an output
 dtype other than the operands' or float32, an odd row count) goes to `lax.dot_general`
-unchanged. `dot_general_for(dtype)` picks this function on CPU for bf16 compute and
-`lax.dot_general` otherwise: on GPUs and TPUs a bf16 dot already accumulates in float32 in the
-matrix unit, and an extra transpose would cost memory bandwidth there.
+unchanged. These are XLA:CPU kernels (`jaxssl.kernels.cpu`): on GPUs and TPUs a bf16 dot already
+accumulates in float32 in the matrix unit, and the extra transposes would cost memory bandwidth.
 """
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -39,12 +38,9 @@ from jax import lax
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def dot_general_for(dtype, backend: str | None = None) -> Callable[..., jax.Array]:
-  """The `dot_general` Dense layers of compute dtype `dtype` use on `backend` (default: jax's)."""
-  backend = backend or jax.default_backend()
-  if backend == "cpu" and jnp.dtype(dtype) in LOW_PRECISION:
-    return dot_general
-  return lax.dot_general
+def is_low_precision(dtype) -> bool:
+  """Whether `dtype` is a compute dtype these GEMMs handle (bfloat16, float16)."""
+  return jnp.dtype(dtype) in LOW_PRECISION
 
 
 def is_materializable(rows: int) -> bool:
@@ -158,15 +154,11 @@ def batched_matmul(
   """a @ b over leading batch dims (b [..., K, N], or [..., N, K] when b_transposed).
 
   Attention's two products ([batch, heads, q, k] x [batch, heads, s, k]^T and weights x
-  values). On CPU with low-precision operands and an even row count M it is
-  `matmul_f32_accumulate` (forward and gradients as float32-accumulating bf16 dots); anywhere
-  else `lax.dot_general`, so float32 and accelerators compute exactly what an einsum would.
+  values). With low-precision operands and an even row count M it is `matmul_f32_accumulate`
+  (forward and gradients as float32-accumulating bf16 dots); otherwise `lax.dot_general`, so
+  float32 computes exactly what an einsum would.
   """
-  if (
-    dot_general_for(jnp.result_type(a)) is dot_general
-    and is_materializable(a.shape[-2])
-    and _accumulates_in_float32(a, b, preferred_element_type)
-  ):
+  if is_materializable(a.shape[-2]) and _accumulates_in_float32(a, b, preferred_element_type):
     return matmul_f32_accumulate(a, b, b_transposed, preferred_element_type)
   return _batched_dot(a, b, _k_dim(b, b_transposed), preferred_element_type)
 
@@ -275,13 +267,13 @@ def _as_gemm(a, b, a_contract, b_contract, out_dtype):
 
 
 class Dense(nn.Dense):
-  """`nn.Dense` with the same parameters, whose CPU bf16 form runs through `dot_general`.
+  """`nn.Dense` with the same parameters (and class name, so the same module names), whose
+  bf16 form runs through `dot_general`.
 
   There the bias is added to the float32 product before its one rounding to bf16: XLA:CPU's
   bf16 elementwise code (the bias add and its gradient's reduction) is slower than its float32
-  code (a ViT-S/16 MLP at 64 images, forward + backward: 967 ms with bf16 bias adds, 787 ms
-  so). Other dtypes and backends, and a `dot_general` / `dot_general_cls` given to the layer,
-  compute exactly what `nn.Dense` does.
+  code (docs/performance_cpu.md, "bfloat16"). Other dtypes, and a `dot_general` /
+  `dot_general_cls` given to the layer, compute exactly what `nn.Dense` does.
   """
 
   @nn.compact
@@ -299,7 +291,7 @@ class Dense(nn.Dense):
     dtype = inputs.dtype
     # A dot the caller chose (nn.Dense's dot_general / dot_general_cls) is used as nn.Dense would.
     chosen = self.dot_general_cls() if self.dot_general_cls is not None else self.dot_general
-    if chosen is not None or dot_general_for(dtype) is not dot_general:
+    if chosen is not None or not is_low_precision(dtype):
       out = (chosen or lax.dot_general)(inputs, kernel, dims, precision=self.precision)
       return out if bias is None else out + bias
     out = dot_general(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxssl.models import conv
+from jaxssl.kernels.cpu import conv
 
 # (kernel, stride, C_in, C_out, side): ResNet's 3x3/1, 3x3/2, 7x7/2 stem, 1x1/2 projection,
 # plus an odd side so the last window of a strided conv is partial.
@@ -145,9 +145,8 @@ def test_kernel_grad_of_a_batch_sharded_over_devices_equals_autodiff():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
-def test_auto_picks_gemm_grad_for_strided_convs_on_cpu_and_unknown_impl_fails():
-  cpu = jax.default_backend() == "cpu"
-  assert conv.resolve_impl("auto", (2, 2)) == ("gemm_grad" if cpu else "xla")
+def test_auto_picks_gemm_grad_for_strided_convs_and_unknown_impl_fails():
+  assert conv.resolve_impl("auto", (2, 2)) == "gemm_grad"
   assert conv.resolve_impl("auto", (1, 1)) == "xla"
   assert conv.resolve_impl("gemm_grad", (1, 1)) == "gemm_grad"
   assert conv.resolve_impl("gemm", (1, 1)) == "gemm"
@@ -197,20 +196,18 @@ def test_gemm_in_bfloat16_returns_bfloat16_close_to_float32():
   np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.05)
 
 
-def test_auto_computes_a_kernel_larger_than_its_input_as_a_gemm_on_cpu():
-  cpu = jax.default_backend() == "cpu"
-  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 2)) == ("gemm" if cpu else "xla")
-  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 5)) == ("gemm" if cpu else "xla")
-  assert conv.resolve_impl("auto", (2, 2), (7, 7), (6, 6)) == ("gemm" if cpu else "xla")
+def test_auto_computes_a_kernel_larger_than_its_input_as_a_gemm():
+  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 2)) == "gemm"
+  assert conv.resolve_impl("auto", (1, 1), (3, 3), (2, 5)) == "gemm"
+  assert conv.resolve_impl("auto", (2, 2), (7, 7), (6, 6)) == "gemm"
   assert conv.resolve_impl("auto", (1, 1), (3, 3), (3, 3)) == "xla"  # equal size: XLA's
-  assert conv.resolve_impl("auto", (2, 2), (3, 3), (3, 3)) == ("gemm_grad" if cpu else "xla")
+  assert conv.resolve_impl("auto", (2, 2), (3, 3), (3, 3)) == "gemm_grad"
   assert conv.resolve_impl("xla", (1, 1), (3, 3), (2, 2)) == "xla"  # an explicit choice stands
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' picks 'gemm' on CPU only")
 def test_auto_module_on_a_small_input_compiles_without_a_convolution():
   """The compiled forward + backward of Conv2D('auto') on 2x2 maps holds no convolution op (the
-  7-80x slow path of XLA:CPU's emitter); on 4x4 maps it is XLA's convolution."""
+  slow path of XLA:CPU's emitter); on 4x4 maps it is XLA's convolution."""
 
   def compiled_text(side):
     x = jnp.ones((4, side, side, 8), jnp.float32)

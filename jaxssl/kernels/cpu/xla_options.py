@@ -1,17 +1,15 @@
 """XLA:CPU compiler options for jaxssl's jitted steps: convolutions kept out of YNNPACK.
 
 jaxlib 0.10 hands dots, reductions and convolutions to YNNPACK by default (the DebugOptions
-field `xla_cpu_experimental_ynn_fusion_type`). For convolutions that measured slower than
-XLA:CPU's own convolution emitter on every ResNet-18 layer (benchmarks/conv_lowering.py, 2-core
-Xeon VM, batch 64): forward 1.1-2.1x, the kernel gradient up to 4x (38 -> 146 GFLOP/s at
-56x56x64); the whole ResNet-18 forward + backward ran 7.7 s with YNNPACK's convolutions and
-3.5 s without (with XLA's own gradients). Its dots and reductions stay in YNNPACK, where they
-are fast (dropping the reductions too doubled the step time).
+field `xla_cpu_experimental_ynn_fusion_type`). Its convolutions measured slower than XLA:CPU's
+own convolution emitter on every ResNet-18 layer, forward and both gradients, about 2x on the
+whole ResNet-18 step (benchmarks/conv_lowering.py; docs/performance_cpu.md, "ResNet on CPU").
+Its dots and reductions stay in YNNPACK, where they are fast.
 
-`compiler_options(platform)` (`for_mesh(mesh)`) is what `jax.jit(..., compiler_options=...)`
-gets in `jaxssl.step.make_train_step` and the eval job's encoders: the option on CPU, nothing
-on other platforms, nothing when the user's XLA_FLAGS already set the field (their choice wins), and
-nothing (with a warning logged once) when the installed jaxlib does not know the option.
+`compiler_options()` is `jaxssl.kernels.cpu.KERNELS.compiler_options`, what `jax.jit` gets for a
+CPU mesh through `jaxssl.kernels.compiler_options(mesh)`: the option, or nothing when the user's
+XLA_FLAGS already set the field (their choice wins) or the installed jaxlib does not know the
+option (a warning is logged once).
 """
 
 import functools
@@ -50,24 +48,18 @@ def supported() -> bool:
   return True
 
 
-def compiler_options(platform: str | None = None) -> dict[str, str]:
-  """`jax.jit` compiler options for computations on `platform` (default: jax's backend)."""
-  platform = platform or jax.default_backend()
-  if platform != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
+def compiler_options() -> dict[str, str]:
+  """`jax.jit` compiler options for computations on XLA:CPU."""
+  if YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
     return {}
   return dict(CPU_OPTIONS) if supported() else {}
-
-
-def for_mesh(mesh: jax.sharding.Mesh) -> dict[str, str]:
-  """`compiler_options` for a computation on `mesh`'s devices."""
-  return compiler_options(mesh.devices.flat[0].platform)
 
 
 def dot_operand_types(hlo_text: str) -> list[tuple[str, str]]:
   """(lhs, rhs) element types ('bf16', 'f32', ...) of every dot in compiled HLO text.
 
   Dots inside fusions count too; their operands are the fused computation's parameters. Shows
-  whether a bf16 dot kept bf16 operands or XLA upcast it to a float32 GEMM (jaxssl.models.matmul).
+  whether a bf16 dot kept bf16 operands or XLA upcast it to a float32 GEMM (jaxssl.kernels.cpu.matmul).
   """
   types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
   for name, dtype in re.findall(r"\(?%?([\w.\-]+): (\w+)\[", hlo_text):  # computation params

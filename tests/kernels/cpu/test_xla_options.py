@@ -1,12 +1,11 @@
-"""xla_cpu: the compiler options take convolutions out of YNNPACK and leave its dots there, only
-on CPU and only when the user's XLA_FLAGS do not choose for themselves; the train step and the
-eval encoder compile with them."""
+"""xla_options: the compiler options take convolutions out of YNNPACK and leave its dots there,
+only for a CPU mesh and only when the user's XLA_FLAGS do not choose for themselves."""
 
 import jax
 import jax.numpy as jnp
-import pytest
 
-from jaxssl import xla_cpu
+from jaxssl import kernels
+from jaxssl.kernels.cpu import xla_options
 
 
 def _conv_then_dot(x, kernel, weights):
@@ -41,11 +40,10 @@ def _ynn_fusions(hlo):
   return {name: "convolution(" in computations[name] for name in names}
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
 def test_options_keep_convolutions_out_of_ynnpack_and_dots_in_it(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  options = xla_cpu.compiler_options("cpu")
-  assert options == {xla_cpu.YNN_FUSION_TYPE: xla_cpu.YNN_WITHOUT_CONVOLUTIONS}
+  options = xla_options.compiler_options()
+  assert options == {xla_options.YNN_FUSION_TYPE: xla_options.YNN_WITHOUT_CONVOLUTIONS}
   with_options = _optimized_hlo(options)
   assert "convolution(" in with_options  # XLA's own convolution, outside any YNN fusion
   fusions = _ynn_fusions(with_options)
@@ -57,28 +55,27 @@ def test_options_keep_convolutions_out_of_ynnpack_and_dots_in_it(monkeypatch):
 
 def test_options_only_on_cpu_and_never_over_the_users_xla_flags(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  assert xla_cpu.compiler_options("gpu") == {}
-  assert xla_cpu.compiler_options("tpu") == {}
+  for platform in ("gpu", "cuda", "rocm", "tpu"):
+    assert kernels.for_platform(platform).compiler_options() == {}
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  assert kernels.compiler_options(mesh) == xla_options.CPU_OPTIONS
   monkeypatch.setenv(
     "XLA_FLAGS",
-    f"--xla_force_host_platform_device_count=8 --{xla_cpu.YNN_FUSION_TYPE}=+individual_convolution",
+    f"--xla_force_host_platform_device_count=8 --{xla_options.YNN_FUSION_TYPE}=+individual_convolution",
   )
-  assert xla_cpu.compiler_options("cpu") == {}
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  assert xla_cpu.for_mesh(mesh) == {}
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-  assert xla_cpu.for_mesh(mesh) == xla_cpu.compiler_options(jax.default_backend())
+  assert xla_options.compiler_options() == {}
+  assert kernels.compiler_options(mesh) == {}
 
 
 def test_an_option_the_jaxlib_rejects_falls_back_to_none(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  monkeypatch.setattr(xla_cpu, "CPU_OPTIONS", {xla_cpu.YNN_FUSION_TYPE: "NO_SUCH_TYPE"})
-  xla_cpu.supported.cache_clear()
+  monkeypatch.setattr(xla_options, "CPU_OPTIONS", {xla_options.YNN_FUSION_TYPE: "NO_SUCH_TYPE"})
+  xla_options.supported.cache_clear()
   try:
-    assert not xla_cpu.supported()
-    assert xla_cpu.compiler_options("cpu") == {}
+    assert not xla_options.supported()
+    assert xla_options.compiler_options() == {}
   finally:
-    xla_cpu.supported.cache_clear()
+    xla_options.supported.cache_clear()
 
 
 def test_dot_operand_types_reads_fused_and_top_level_dots():
@@ -96,4 +93,4 @@ ENTRY %main (x.1: bf16[12544,384], w.1: bf16[384,1536]) -> f32[12544,1536] {
   ROOT %dot.3 = f32[12544,1536]{1,0} dot(%x.1, %w.1), lhs_contracting_dims={1}
 }
 """
-  assert xla_cpu.dot_operand_types(text) == [("f32", "f32"), ("bf16", "bf16")]
+  assert xla_options.dot_operand_types(text) == [("f32", "f32"), ("bf16", "bf16")]

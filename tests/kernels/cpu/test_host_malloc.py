@@ -1,4 +1,4 @@
-"""jaxssl.host_malloc: which allocator is loaded, LD_PRELOAD handling, the page faults it saves."""
+"""jaxssl.kernels.cpu.host_malloc: which allocator is loaded, LD_PRELOAD handling, the page faults it saves."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import packaged_data
-from jaxssl import host_malloc
+from jaxssl.kernels.cpu import host_malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TCMALLOC = host_malloc.find("tcmalloc")
@@ -72,12 +72,11 @@ def test_missing_or_unknown_allocator_is_a_clear_error(monkeypatch):
 def test_advice_only_for_cpu_under_glibc(monkeypatch):
   monkeypatch.setattr(host_malloc, "loaded", lambda: "glibc")
   monkeypatch.setattr(host_malloc, "find", lambda name: "/lib/libtcmalloc_minimal.so.4")
-  assert "LD_PRELOAD=/lib/libtcmalloc_minimal.so.4" in host_malloc.advice("cpu")
-  assert host_malloc.advice("tpu") is None and host_malloc.advice("gpu") is None
+  assert "LD_PRELOAD=/lib/libtcmalloc_minimal.so.4" in host_malloc.advice()
   monkeypatch.setattr(host_malloc, "find", lambda name: None)
-  assert "libtcmalloc-minimal4" in host_malloc.advice("cpu")
+  assert "libtcmalloc-minimal4" in host_malloc.advice()
   monkeypatch.setattr(host_malloc, "loaded", lambda: "tcmalloc")
-  assert host_malloc.advice("cpu") is None
+  assert host_malloc.advice() is None
 
 
 # One process, one jitted function whose 128 MB intermediate XLA:CPU allocates on every call;
@@ -85,7 +84,7 @@ def test_advice_only_for_cpu_under_glibc(monkeypatch):
 FAULTS_PER_CALL = """
     import json, resource
     import jax, jax.numpy as jnp
-    from jaxssl import host_malloc
+    from jaxssl.kernels.cpu import host_malloc
     x = jnp.ones((32768, 1024), jnp.float32)
     f = jax.jit(lambda x: jnp.sum(jnp.tanh(jnp.cumsum(x, axis=0)) * x[::-1]))
     for _ in range(3):
@@ -125,7 +124,7 @@ def test_exec_with_reexecutes_a_script_under_tcmalloc(tmp_path):
   script.write_text(
     textwrap.dedent("""
       import json, os, sys
-      from jaxssl import host_malloc
+      from jaxssl.kernels.cpu import host_malloc
       print('before', flush=True)
       name = host_malloc.exec_with('auto')
       print(json.dumps(dict(name=name, loaded=host_malloc.loaded(), argv=sys.argv[1:],

@@ -1,4 +1,4 @@
-"""jaxssl.models.matmul: float32-accumulating bf16 dots against float64, their gradients, HLO."""
+"""jaxssl.kernels.cpu.matmul: float32-accumulating bf16 dots against float64, their gradients, HLO."""
 
 import flax.linen as nn
 import jax
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxssl import xla_cpu
-from jaxssl.models import matmul
+import dataclasses
+
+from jaxssl.kernels import cpu
+from jaxssl.kernels.cpu import attention, matmul, xla_options
 from jaxssl.models.vit import MlpBlock, SelfAttention
 
 # bf16 keeps 8 significant bits: rounding one result to it is off by at most 2^-9 relative.
@@ -129,8 +131,7 @@ def test_batched_matmul_value_and_gradients_match_float64(
 ):
   a, b = _bf16_operands(a_shape, b_shape, seed=5)
   product = lambda a, b: matmul.batched_matmul(a, b, b_transposed, preferred_element_type=out_dtype)
-  if jax.default_backend() == "cpu":
-    assert "custom_vjp_call" in str(jax.make_jaxpr(product)(a, b))
+  assert "custom_vjp_call" in str(jax.make_jaxpr(product)(a, b))
   b_spec = "...nk" if b_transposed else "...kn"
   a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
   want = np.einsum(f"...mk,{b_spec}->...mn", a64, b64)
@@ -186,44 +187,32 @@ def test_everything_else_is_lax_dot_general():
     matmul.dot_general(x, w[:5], dims)  # lax.dot_general's own shape error
 
 
-def test_dot_general_for_picks_it_for_bf16_on_cpu_only():
-  assert matmul.dot_general_for(jnp.bfloat16, backend="cpu") is matmul.dot_general
-  assert matmul.dot_general_for(jnp.float32, backend="cpu") is lax.dot_general
-  assert matmul.dot_general_for(jnp.bfloat16, backend="gpu") is lax.dot_general
-  assert matmul.dot_general_for(jnp.bfloat16, backend="tpu") is lax.dot_general
-
-
 def _grad_dot_types(loss, params):
   """Dot operand types of the compiled gradient of loss at params."""
-  return xla_cpu.dot_operand_types(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  return xla_options.dot_operand_types(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
 
 
-def _mlp_grad_dots(dot_general):
-  """Dot operand types of one compiled bf16 MLP block's forward + backward on this backend."""
-  block = MlpBlock(mlp_dim=64, dtype=jnp.bfloat16)
+def _mlp_grad_dots(ops):
+  """Dot operand types of one compiled bf16 MLP block's forward + backward with `ops`."""
+  block = MlpBlock(mlp_dim=64, dtype=jnp.bfloat16, kernels=ops)
   x = jnp.ones((4, 48, 32), jnp.float32)
   params = block.init(jax.random.key(0), x)
-  # Force the implementation under test whatever the backend picks.
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr("jaxssl.models.matmul.dot_general_for", lambda dtype: dot_general)
-    return _grad_dot_types(lambda p: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2), params)
+  return _grad_dot_types(lambda p: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2), params)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU kernel selection")
-def test_bf16_mlp_gradient_keeps_every_dot_in_bf16_on_cpu():
+def test_bf16_mlp_gradient_keeps_every_dot_in_bf16():
   # Two layers: forward, input gradient and weight gradient each (the first layer's input
   # gradient is not needed and not computed: x is not differentiated).
-  ours = _mlp_grad_dots(matmul.dot_general)
+  ours = _mlp_grad_dots(cpu.KERNELS)
   assert len(ours) == 5 and all(d == ("bf16", "bf16") for d in ours), ours
-  # What the check catches: autodiff of plain bf16 dots leaves XLA float32 dots.
-  plain = _mlp_grad_dots(lax.dot_general)
+  # What the check catches: autodiff of plain bf16 dots (nn.Dense) leaves XLA float32 dots.
+  plain = _mlp_grad_dots(dataclasses.replace(cpu.KERNELS, dense=nn.Dense))
   assert any(d != ("bf16", "bf16") for d in plain), plain
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU kernel selection")
-def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
+def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16():
   # 4 heads and 16 tokens: both copies between [b, t, h, k] and [b, h, t, k] can be written out.
-  layer = SelfAttention(num_heads=4, dtype=jnp.bfloat16, impl="heads_first")
+  layer = SelfAttention(num_heads=4, dtype=jnp.bfloat16, kernels=cpu.KERNELS)
   x = jnp.ones((2, 16, 32), jnp.float32)
   params = layer.init(jax.random.key(0), x)
   loss = lambda p: jnp.sum(layer.apply(p, x).astype(jnp.float32) ** 2)
@@ -235,7 +224,7 @@ def test_bf16_heads_first_attention_gradient_keeps_every_dot_in_bf16_on_cpu():
   # What the check catches: without the heads-first copies XLA folds the transposes into the
   # batched dots' operand layouts and upcasts those dots to float32.
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr("jaxssl.models.vit.is_materializable", lambda rows: False)
+    patch.setattr(attention, "_swap_heads", lambda x, copy: jnp.swapaxes(x, 1, 2))
     uncopied = _grad_dot_types(loss, params)
   assert any(d == ("f32", "f32") for d in uncopied), uncopied
 
@@ -245,7 +234,7 @@ def test_bf16_attention_matches_float32_attention():
   # parameters in float32: differences of bf16 rounding only, in the output and every gradient.
   x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 16, 32)), jnp.float32)
   layers = [
-    SelfAttention(num_heads=4, dtype=dt, impl="heads_first") for dt in (jnp.bfloat16, jnp.float32)
+    SelfAttention(num_heads=4, dtype=dt, kernels=cpu.KERNELS) for dt in (jnp.bfloat16, jnp.float32)
   ]
   params = layers[1].init(jax.random.key(0), x)
   outs, grads = [], []

@@ -18,24 +18,25 @@ computed:
                (`kernel_grad`).
   'gemm'       the forward too as that GEMM, conv = P W (its gradients are autodiff's: the
                GEMM's two products and the slices' transpose).
-  'auto'       on CPU: 'gemm' where the kernel is larger than the unpadded input in a
-               spatial dimension, 'gemm_grad' for other strided convolutions, 'xla' for the
-               rest; 'xla' on other backends (decided at trace time from the shapes).
+  'auto'       'gemm' where the kernel is larger than the unpadded input in a spatial
+               dimension, 'gemm_grad' for other strided convolutions, 'xla' for the rest
+               (decided at trace time from the shapes).
 
-Why (benchmarks/conv_lowering.py prints each per ResNet-18 layer): with XLA:CPU's convolutions
-kept out of YNNPACK (`jaxssl.xla_cpu`), its forward and both gradients of stride-1
-convolutions run at 150-350 GFLOP/s, at or above the GEMMs, but its input gradient of a
-strided convolution lags col2im by 1.2-1.8x and its kernel gradient of the 1x1/2 projections
-by 2x. The forward and its residuals (x and the kernel) are unchanged, so activation memory is
-too.
+These are XLA:CPU kernels (`jaxssl.kernels.cpu`); TPU and GPU run the reference `nn.Conv`.
+
+Why (docs/performance_cpu.md, "ResNet on CPU" and "Figures behind the CPU kernels' design
+choices"): with XLA:CPU's convolutions kept out of YNNPACK (`jaxssl.kernels.cpu.xla_options`),
+its stride-1 convolutions and their gradients are as fast as the GEMMs, but the input gradient of
+a strided convolution and the kernel gradient of the 1x1/2 projections are slower than col2im
+and the GEMM (benchmarks/conv_lowering.py prints each per ResNet-18 layer). The forward and its
+residuals (x and the kernel) are unchanged, so activation memory is too.
 
 A kernel larger than its input (a 3x3 conv on 2x2 or 1x1 feature maps: ResNet's last stage at
 64px or 32px images with the ImageNet stem; a 7x7 stem on inputs under 7px) drops XLA:CPU's
-convolution emitter to a path 7-70x slower than the same arithmetic as a GEMM
-(benchmarks/conv_small_input.py: a 3x3 conv, 512 -> 512 channels on 2x2 maps, batch 64, 536 ms
-forward against 7.7 ms), so 'auto' computes those as 'gemm'. The unfolded input there is at most
-kh * kw times a feature map that is tiny, and the boundary is sharp: at input side = kernel
-side XLA's emitter is as fast as or faster than the GEMM again.
+convolution emitter to a path far slower than the same arithmetic as a GEMM
+(benchmarks/conv_small_input.py), so 'auto' computes those as 'gemm'. The unfolded input there
+is at most kh * kw times a feature map that is tiny, and the boundary is sharp: at input side =
+kernel side XLA's emitter is as fast as the GEMM again.
 """
 
 import functools
@@ -45,14 +46,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxssl.models import matmul
+from jaxssl.kernels.cpu import matmul
 
 CONV_IMPLS = ("auto", "xla", "gemm_grad", "gemm")
 
 # Bytes of input per chunk of `kernel_grad`: the chunk's P^T is kh * kw times that, built and
-# consumed by one GEMM while it is still in cache. 2 MiB (a core's L2 on the 2-core VM it was
-# measured on) was the best chunk or within 10% of it on every ResNet-18 layer at batch 64;
-# one GEMM over the whole batch's unfolded input (the earlier gemm_grad) ran 1.0-2.7x slower.
+# consumed by one GEMM while it is still in cache (2 MiB: a core's L2 on the VM it was tuned on;
+# docs/performance_cpu.md has the sweep).
 KERNEL_GRAD_CHUNK_BYTES = 2 << 20
 
 
@@ -65,8 +65,6 @@ def resolve_impl(impl: str, strides=(1, 1), kernel_size=(1, 1), input_hw=None) -
     raise ValueError(f"Unknown conv_impl {impl!r}; use one of {CONV_IMPLS}.")
   if impl != "auto":
     return impl
-  if jax.default_backend() != "cpu":
-    return "xla"
   if input_hw is not None and any(k > size for k, size in zip(kernel_size, input_hw)):
     return "gemm"
   return "gemm_grad" if max(strides) > 1 else "xla"
@@ -118,8 +116,8 @@ def unfold_transposed(x, kernel_size, strides, padding):
 
   Built from the channels-first input, windows along W stacked and then along H (measured
   faster than one stack of kh * kw windows or than `unfold`'s channel concatenation), so that
-  the GEMM P^T dY reads both operands in the layout a matmul wants (1.3-1.6x faster than
-  contracting `unfold`'s P over its leading axes).
+  the GEMM P^T dY reads both operands in the layout a matmul wants (faster than contracting
+  `unfold`'s P over its leading axes; docs/performance_cpu.md).
   """
   (kh, kw), (sh, sw) = kernel_size, strides
   x = jnp.pad(
@@ -154,8 +152,8 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
     raise ValueError(f"kernel_grad chunk {chunk} does not divide the batch {batch}.")
   steps = batch // chunk
   accumulator = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 under x64
-  # The transposition to channels first happens per chunk, in cache: doing it once for the
-  # whole batch before the loop measured 1.2-2.5x slower.
+  # The transposition to channels first happens per chunk, in cache (once for the whole batch
+  # before the loop measured slower; docs/performance_cpu.md).
   xs = x.reshape(chunk, steps, *x.shape[1:])
   grads = grad_out.reshape(chunk, steps, *grad_out.shape[1:])
 
@@ -173,14 +171,14 @@ def kernel_grad(x, grad_out, kernel_size, strides, padding, chunk=None):
 
 
 def conv_gemm(x, kernel, strides, padding):
-  """`conv_xla` as one GEMM over the unfolded input, P W, in x's dtype (a bf16 product on CPU
-  accumulates in float32: `matmul.dot_general_for`).
+  """`conv_xla` as one GEMM over the unfolded input, P W, in x's dtype (a bf16 product
+  accumulates in float32: `matmul.dot_general`).
 
   Differentiated by autodiff: dW = P^T dY and dP = dY W^T, folded back by the slices' transpose.
   """
   kh, kw, c_in, c_out = kernel.shape
   patches = unfold(x, (kh, kw), strides, padding)
-  return matmul.dot_general_for(x.dtype)(
+  return matmul.dot_general(
     patches, kernel.reshape(kh * kw * c_in, c_out), (((3,), (0,)), ((), ()))
   )
 
@@ -218,7 +216,8 @@ conv_gemm_grad.defvjp(_conv_gemm_grad_fwd, _conv_gemm_grad_bwd)
 
 
 class Conv2D(nn.Module):
-  """Bias-free 2-D convolution, NHWC, with the parameter of `flax.linen.Conv`.
+  """Bias-free 2-D convolution, NHWC, with the parameter of `flax.linen.Conv` and the fields
+  the models give `Kernels.conv` (a drop-in for `nn.Conv(use_bias=False)`).
 
   Attributes:
     features: C_out.
