@@ -57,6 +57,7 @@ from jaxssl import parallel  # pylint: disable=g-import-not-at-top,wrong-import-
 from jaxssl import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxssl.data import device_augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxssl.kernels.cpu.matmul import LOW_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
 from timing import median_seconds  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -89,6 +90,13 @@ _MALLOC = flags.DEFINE_enum(
   "Host allocator; auto: tcmalloc where installed "
   "(jaxssl/kernels/cpu/host_malloc.py: glibc's maps and unmaps XLA:CPU's per-step "
   "buffers). The script re-executes itself under it.",
+)
+_PLACEMENT = flags.DEFINE_enum(
+  "placement",
+  "auto",
+  ["auto", "host", "device"],
+  "config.augment.placement of the two-view cases (jaxssl/data/device_augment.py); auto: "
+  "as the trainer, device on GPU/TPU, host on CPU.",
 )
 _JSON = flags.DEFINE_string("json", "/tmp/jaxssl_throughput.json", "Where to write results.")
 
@@ -156,6 +164,8 @@ def build_config(case: str) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({**model, "dtype": _DTYPE.value})
   config.total_epochs = None
   config.total_steps = 1000
+  if "placement" in config.get("augment", {}):
+    config.augment.placement = _PLACEMENT.value
   return config
 
 
@@ -208,7 +218,11 @@ class StepRunner:
     self.mesh = parallel.make_mesh(config.mesh)
     # The trainer's kernels: picked from the mesh's platform (jaxssl.kernels).
     self.method = methods.build(config, kernels.for_mesh(self.mesh))
-    self.transform = transform = self.method.train_transform(info)
+    # The trainer's placement of the augmentation: crops on the host, the rest maybe in the step.
+    self.transform, self.device_views = device_augment.place(
+      self.method.train_transform(info), self.mesh.devices.flat[0].platform
+    )
+    transform = self.transform
     self.batch_size = config.batch_size
     rules = parallel.get_rules(config.sharding_rules)
     self.batch_sharding = parallel.batch_sharding(self.mesh, rules)
@@ -219,6 +233,8 @@ class StepRunner:
     )
     self.batch = self.device_batch(first)
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.batch.items()}
+    if self.device_views is not None:
+      spec = self.device_views.output_spec(spec)
     tx = optim.make_optimizer(
       config.optim, optim.make_schedule(config.optim, config.batch_size, 1000)
     )
@@ -226,7 +242,9 @@ class StepRunner:
       self.state, shardings = state_lib.create_train_state(
         self.method, tx, spec, self.mesh, rules, 0
       )
-      self.train_step = step_lib.make_train_step(self.method, tx, shardings, self.mesh, rules)
+      self.train_step = step_lib.make_train_step(
+        self.method, tx, shardings, self.mesh, rules, device_views=self.device_views
+      )
       start = time.perf_counter()
       compiled = self.train_step.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start
@@ -293,6 +311,7 @@ def run_case(case: str) -> dict:
   flops = runner.flops_per_step
   return dict(
     case=case,
+    placement="device" if runner.device_views else "host",
     batch_size=_BATCH.value,
     image_size=_IMAGE.value,
     dtype=_DTYPE.value,

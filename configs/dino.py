@@ -55,6 +55,8 @@ def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
       jitter_strength=1.0,
     )
   )
+  # Where the crops' flip, colour, blur and solarize run (config_lib.simclr_augment).
+  c.augment = ml_collections.ConfigDict(dict(placement="auto"))
   c.optim.name = "adamw"
   c.optim.base_lr = 5e-4  # x B/256
   c.optim.lr_scaling = "linear"

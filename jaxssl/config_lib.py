@@ -179,7 +179,11 @@ def backbone(name: str, *, image_size: int) -> ml_collections.ConfigDict:
 def simclr_augment(
   *, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5, jitter_strength=0.5, jitter_prob=0.8
 ) -> ml_collections.ConfigDict:
-  """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate."""
+  """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate.
+
+  `placement` ('auto' | 'host' | 'device'): where flip, colour, grayscale, blur and solarize
+  run (jaxssl/data/device_augment.py); 'auto' is 'device' on GPU/TPU, 'host' on CPU.
+  """
   return ml_collections.ConfigDict(
     dict(
       crop_scale=tuple(crop_scale),
@@ -187,6 +191,7 @@ def simclr_augment(
       blur_prob=blur_prob,
       jitter_strength=jitter_strength,
       jitter_prob=jitter_prob,
+      placement="auto",
     )
   )
 
@@ -220,6 +225,7 @@ def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.Conf
       jitter_prob=0.8,
       blur_prob=(1.0, 0.1),
       solarize_prob=(0.0, 0.2),
+      placement="auto",  # as simclr_augment
     )
   )
 

@@ -2,6 +2,7 @@
 
 `train_step(state, batch)`:
   rng   = fold_in(state.rng, state.step)           # exact on resume: no RNG state to save
+  batch = device_views(batch, rng)                  # augment.placement='device' only
   loss, grads = value_and_grad(method.loss_fn)      # the method's maths, nothing else
   params, opt_state = optax update
   state = method.post_update(state)                 # EMA teacher, centers, by step
@@ -45,17 +46,21 @@ def train_step(
   tx: optax.GradientTransformation,
   lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
   nan_policy: str = "stop",
+  device_views: Callable[..., dict[str, jax.Array]] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step. Pure; see the module docstring for the order of operations.
 
   `metrics['train/nonfinite']` is 1.0 when the loss or a gradient is NaN/inf. With
   nan_policy='skip' such a step leaves params, optimizer state and aux unchanged (only the
   step advances), decided on device so nothing waits for the host; with 'stop' the update is
-  applied and the trainer raises when it reads the flag.
+  applied and the trainer raises when it reads the flag. `device_views`
+  (`data.device_augment.DeviceViews`) turns the batch's uint8 crops into the method's views.
   """
   if nan_policy not in NAN_POLICIES:
     raise ValueError(f"nan_policy={nan_policy!r}; use one of {NAN_POLICIES}.")
   rng = jax.random.fold_in(state.rng, state.step)
+  if device_views is not None:
+    batch = device_views(batch, rng)
   grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
   (loss, (metrics, new_aux)), grads = grad_fn(state.params, state.aux, batch, rng, state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -89,6 +94,7 @@ def make_train_step(
   *,
   lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
   nan_policy: str = "stop",
+  device_views: Callable[..., dict[str, jax.Array]] | None = None,
 ):
   """Returns `step(state, batch) -> (state, metrics)`, jitted with shardings and donation.
 
@@ -101,7 +107,13 @@ def make_train_step(
     # Rules are read at trace time by the models' activation constraints.
     with nn.logical_axis_rules(rules):
       return train_step(
-        state, batch, method=method, tx=tx, lr_schedule=lr_schedule, nan_policy=nan_policy
+        state,
+        batch,
+        method=method,
+        tx=tx,
+        lr_schedule=lr_schedule,
+        nan_policy=nan_policy,
+        device_views=device_views,
       )
 
   return jax.jit(

@@ -41,6 +41,7 @@ from jaxssl import state as state_lib
 from jaxssl import step as step_lib
 from jaxssl import workdir as workdir_lib
 from jaxssl.data import datasets
+from jaxssl.data import device_augment
 from jaxssl.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -95,6 +96,8 @@ def check_config(config: ml_collections.ConfigDict):
     mesh = parallel.make_mesh(config.mesh)
     method = methods.build(config, kernels.for_mesh(mesh))
     rules = parallel.get_rules(config.sharding_rules)
+    if "placement" in config.get("augment", {}):
+      device_augment.resolve(config.augment.placement, mesh.devices.flat[0].platform)
     _check_batch(config, mesh, rules)
     config_lib.total_steps(config, 1)  # exactly one duration is set, and it is positive
     if config.nan_policy not in step_lib.NAN_POLICIES:
@@ -127,17 +130,22 @@ def train(
   info = datasets.get_info(config.data.name, data_dir)
   num_steps = config_lib.total_steps(config, info.split_sizes[config.data.split])
   source = datasets.get_source(config.data.name, config.data.split, data_dir)
+  platform = mesh.devices.flat[0].platform
+  transform, device_views = device_augment.place(method.train_transform(info), platform)
+  if device_views is not None:
+    logging.info("Augmenting %s on the %s devices", [k for k, _ in device_views.views], platform)
   dataset = pipeline.make_train_dataset(
-    source, method.train_transform(info), global_batch_size=config.batch_size, seed=config.seed
+    source, transform, global_batch_size=config.batch_size, seed=config.seed
   )
-  batch_spec = _batch_spec(dataset, method)
+  batch_spec = _batch_spec(dataset, method)  # what the pipeline feeds (uint8 crops, ...)
+  model_spec = device_views.output_spec(batch_spec) if device_views else batch_spec
   data_iter = pipeline.make_train_iterator(dataset, worker_count=config.data.worker_count)
 
   # ---------------------------------------------------------------- state
   schedule = optim.make_schedule(config.optim, config.batch_size, num_steps)
   tx = optim.make_optimizer(config.optim, schedule)
   _, abstract, shardings = state_lib.abstract_and_shardings(
-    method, tx, batch_spec, mesh, rules, config.seed
+    method, tx, model_spec, mesh, rules, config.seed
   )
   ckpt = checkpoint.Checkpointer(
     workdir,
@@ -151,9 +159,9 @@ def train(
     ckpt.close()
     raise
   workdir_lib.record(workdir, config, config_changes)
-  checkpoint.write_input_spec(workdir, batch_spec)
+  checkpoint.write_input_spec(workdir, model_spec)
   if state is None:
-    state, _ = state_lib.create_train_state(method, tx, batch_spec, mesh, rules, config.seed)
+    state, _ = state_lib.create_train_state(method, tx, model_spec, mesh, rules, config.seed)
     start_step = 0
     logging.info("Starting from scratch: %s params", f"{state_lib.count_params(state.params):,}")
   else:
@@ -161,7 +169,14 @@ def train(
 
   # ---------------------------------------------------------------- loop
   train_step = step_lib.make_train_step(
-    method, tx, shardings, mesh, rules, lr_schedule=schedule, nan_policy=config.nan_policy
+    method,
+    tx,
+    shardings,
+    mesh,
+    rules,
+    lr_schedule=schedule,
+    nan_policy=config.nan_policy,
+    device_views=device_views,
   )
   batch_sharding = parallel.batch_sharding(mesh, rules)
   writer = metrics_lib.MetricWriter(workdir)

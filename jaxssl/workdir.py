@@ -3,13 +3,16 @@
 A workdir holds one run. Re-running the trainer there resumes that run, so before anything in
 the workdir is written the new config is compared with the recorded one (`check`):
 - keys that may change on resume (RESUMABLE: duration, logging and checkpoint cadence, data
-  workers and directory, mesh and sharding rules, NaN policy) are allowed; once training starts
+  workers and directory, mesh and sharding rules, NaN policy, augmentation placement) are
+  allowed; once training starts
   they are logged, appended to `config_changes.jsonl` and written to `config.json` (`record`),
   so the record always describes what the checkpoints were trained with;
 - any other difference (method, model, optimizer, data, augmentations, batch size, seed, ...)
   stops the run with one line naming the keys and both values, and nothing is written.
 The mesh and sharding rules are layout, not maths (tests/test_sharding_invariance.py), and
-checkpoints restore onto any mesh, so a run may resume on another slice. Duration changes move
+checkpoints restore onto any mesh, so a run may resume on another slice; `augment.placement`
+says where the same augmentation distributions are drawn (tests/data/test_device_augment.py),
+and its 'auto' follows the mesh's platform, so it moves with the mesh. Duration changes move
 the end of the learning-rate schedule; that is what a user extending a run asks for.
 """
 
@@ -44,6 +47,7 @@ RESUMABLE = (
   "mesh",
   "sharding_rules",
   "nan_policy",
+  "augment.placement",
 )
 _SHOWN_KEYS = 4  # differing keys named in the refusal before "and N more"
 
@@ -138,8 +142,8 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[An
     raise errors.WorkdirError(
       f"{workdir} holds a run with another config ({config_path(workdir)}): {shown}{more}. "
       "Nothing was changed. Use a new --workdir, or repeat the recorded values; only "
-      "duration, logging/checkpoint cadence, data workers/dir, mesh, sharding rules and "
-      "nan_policy may change on resume (jaxssl/workdir.py RESUMABLE)."
+      "duration, logging/checkpoint cadence, data workers/dir, mesh, sharding rules, "
+      "nan_policy and augment.placement may change on resume (jaxssl/workdir.py RESUMABLE)."
     )
   return changes
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import compiles
 from jaxssl import checkpoint
 from jaxssl import config_lib
 from jaxssl import train as train_lib
@@ -57,17 +58,8 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, data_dir):
 
 def test_workdir_files_and_progress(tmp_path, data_dir):
   workdir = str(tmp_path / "run")
-  step_compiles = []
-
-  def on_duration(event, _, fun_name=None, **__):
-    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(step_fn)":
-      step_compiles.append(fun_name)
-
-  jax.monitoring.register_event_duration_secs_listener(on_duration)
-  try:
+  with compiles.step_compiles() as step_compiles:
     logged = train_lib.train(_config(data_dir), workdir)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(on_duration)
   # Compiled once, ahead of the loop (before the processes' barrier), and reused by step 1:
   # lowering against other shapes/shardings than the loop's would compile a second time.
   assert len(step_compiles) == 1

@@ -20,6 +20,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from jaxssl.data import device_augment
+
 # ITU-R BT.601 luma weights, as in tf.image.rgb_to_grayscale.
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 # RGB <-> YIQ. A hue shift by a fraction d of a turn is a rotation of the (I, Q) chroma plane
@@ -188,6 +190,11 @@ class SimCLRAugment:
   (0.2, 1) (MoCo v2's, also common on CIFAR; the paper's ImageNet value is (0.08, 1)) and
   jitter strength 0.5 (the paper's CIFAR-10 value; 1.0 on ImageNet).
   BYOL's views: blur_prob 1.0 / 0.1 and solarize_prob 0.0 / 0.2.
+
+  `placement` says where the steps after the crop run: 'host' (here), 'device' (here only
+  the crop, returned as uint8 [S, S, C]; the train step runs `photometric()`, the same
+  recipe in JAX: jaxssl/data/device_augment.py) or 'auto' (resolved per platform by
+  `device_augment.place`; called directly, it stays on the host).
   """
 
   mean: tuple[float, ...]
@@ -203,8 +210,13 @@ class SimCLRAugment:
   blur_sigma: tuple[float, float] = (0.1, 2.0)
   blur_kernel_fraction: float = 0.1
   solarize_prob: float = 0.0
+  placement: str = "auto"
 
   def __post_init__(self):
+    if self.placement not in device_augment.PLACEMENTS:
+      raise ValueError(
+        f"augment.placement={self.placement!r}; use one of {device_augment.PLACEMENTS}."
+      )
     if len(self.mean) != len(self.std) or min(self.std) <= 0:
       raise ValueError(
         f"mean {self.mean} and std {self.std} need one entry per channel, "
@@ -229,7 +241,10 @@ class SimCLRAugment:
     height, width = image.shape[:2]
     size = (self.output_size or height, self.output_size or width)
     box = sample_crop_box(rng, height, width, self.crop_scale, self.crop_ratio)
-    x = resized_crop(image, box, size).astype(np.float32) / 255.0
+    crop = resized_crop(image, box, size)
+    if self.placement == "device":
+      return crop
+    x = crop.astype(np.float32) / 255.0
     if rng.random() < self.flip_prob:
       x = x[:, ::-1]
     if rng.random() < self.jitter_prob:
@@ -243,6 +258,13 @@ class SimCLRAugment:
     if rng.random() < self.solarize_prob:
       x = solarize(x)
     return normalize(x, self.mean, self.std)
+
+  def photometric(self) -> device_augment.Photometric:
+    """This view's steps after the crop, as the device recipe."""
+    fields = {f.name for f in dataclasses.fields(device_augment.Photometric)}
+    return device_augment.Photometric(
+      **{k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+    )
 
 
 @dataclasses.dataclass(frozen=True)

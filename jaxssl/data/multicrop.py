@@ -162,6 +162,7 @@ def dino_multicrop(
   jitter_strength=0.5,
   jitter_prob=0.8,
   masking: BlockMasking | None = None,
+  placement: str = "auto",
 ) -> MultiCrop:
   """DINO's `DataAugmentationDINO`: global 1 blur p=1.0, global 2 blur 0.1 + solarize 0.2,
   locals blur 0.5; all with flip, colour jitter (p=0.8) and grayscale (p=0.2)."""
@@ -171,6 +172,7 @@ def dino_multicrop(
     flip_prob=flip_prob,
     jitter_strength=jitter_strength,
     jitter_prob=jitter_prob,
+    placement=placement,
   )
   global_augments = tuple(
     augment_lib.SimCLRAugment(

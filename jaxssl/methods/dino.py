@@ -194,6 +194,7 @@ class Method:
       flip_prob=crops.flip_prob,
       jitter_strength=crops.jitter_strength,
       masking=self.mask_policy(grid),
+      placement=self.config.augment.placement,
     )
 
   init_patches = False  # iBOT: also create the patch head at init
