@@ -220,7 +220,7 @@ class StepRunner:
     self.method = methods.build(config, kernels.for_mesh(self.mesh))
     # The trainer's placement of the augmentation: crops on the host, the rest maybe in the step.
     self.transform, self.device_views = device_augment.place(
-      self.method.train_transform(info), self.mesh.devices.flat[0].platform
+      self.method.train_transform(info), kernels.platform(self.mesh)
     )
     transform = self.transform
     self.batch_size = config.batch_size

@@ -97,7 +97,7 @@ def check_config(config: ml_collections.ConfigDict):
     method = methods.build(config, kernels.for_mesh(mesh))
     rules = parallel.get_rules(config.sharding_rules)
     if "placement" in config.get("augment", {}):
-      device_augment.resolve(config.augment.placement, mesh.devices.flat[0].platform)
+      device_augment.resolve(config.augment.placement, kernels.platform(mesh))
     _check_batch(config, mesh, rules)
     config_lib.total_steps(config, 1)  # exactly one duration is set, and it is positive
     if config.nan_policy not in step_lib.NAN_POLICIES:
@@ -130,7 +130,7 @@ def train(
   info = datasets.get_info(config.data.name, data_dir)
   num_steps = config_lib.total_steps(config, info.split_sizes[config.data.split])
   source = datasets.get_source(config.data.name, config.data.split, data_dir)
-  platform = mesh.devices.flat[0].platform
+  platform = kernels.platform(mesh)
   transform, device_views = device_augment.place(method.train_transform(info), platform)
   if device_views is not None:
     logging.info("Augmenting %s on the %s devices", [k for k, _ in device_views.views], platform)

@@ -77,9 +77,14 @@ def for_platform(platform: str) -> Kernels:
   return REFERENCE
 
 
+def platform(mesh: jax.sharding.Mesh) -> str:
+  """The platform ('cpu', 'gpu', 'tpu', ...) of `mesh`'s devices (all of one platform)."""
+  return mesh.devices.flat[0].platform
+
+
 def for_mesh(mesh: jax.sharding.Mesh) -> Kernels:
-  """The kernels for a computation on `mesh`'s devices (all of one platform)."""
-  return for_platform(mesh.devices.flat[0].platform)
+  """The kernels for a computation on `mesh`'s devices."""
+  return for_platform(platform(mesh))
 
 
 def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str]:

@@ -187,15 +187,18 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     and not kwargs.get("out_sharding")
     and [lhs.shape[i] for i in lhs_contract] == [rhs.shape[j] for j in rhs_contract]
   )
+  # Anything this GEMM form does not cover goes to lax.dot_general unchanged.
+  unchanged = functools.partial(
+    lax.dot_general,
+    lhs,
+    rhs,
+    dimension_numbers,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    **kwargs,
+  )
   if not eligible:  # including shape errors, which lax.dot_general reports
-    return lax.dot_general(
-      lhs,
-      rhs,
-      dimension_numbers,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-      **kwargs,
-    )
+    return unchanged()
   # The GEMM's [M, K] side should be an operand that contracts its trailing dims (no
   # transpose); if both or neither do, the larger one (the activations), so the weight
   # gradient is the one computed through a transpose and the input gradient comes out directly.
@@ -209,14 +212,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     (rhs, lhs, rhs_contract, lhs_contract) if swap else (lhs, rhs, lhs_contract, rhs_contract)
   )
   if not _transposes_are_materializable(a, a_contract):
-    return lax.dot_general(
-      lhs,
-      rhs,
-      dimension_numbers,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-      **kwargs,
-    )
+    return unchanged()
   out = _as_gemm(a, b, a_contract, b_contract, preferred_element_type)
   if not swap:
     return out
