@@ -1,6 +1,6 @@
 #!/bin/bash
 # The accelerator check: one script, under 8 minutes on one GPU host (e.g. an H100), one table
-# (the steps are capped at 120 + 200 + 120 s).
+# (the steps are capped at 90 + 180 + 120 + 90 s).
 #
 #   bash benchmarks/accelerator_check.sh [OUT_DIR]
 #
@@ -9,7 +9,9 @@
 # 2. benchmarks/throughput.py in bfloat16: MFU of MAE ViT-B/16 and SimCLR ViT-S/16 against the
 #    bf16 matmul peak measured in the same run, and the Grain pipeline's rate against what the
 #    step consumes;
-# 3. benchmarks/vs_pytorch.py with the peer on the same GPU (torch CUDA, the same recipe).
+# 3. benchmarks/vs_pytorch.py with the peer on the same GPU (torch CUDA, the same recipe);
+# 4. benchmarks/input_pipeline.py: host CPU per example with the augmentation on the host vs in
+#    the step, what it adds to the GPU step, and the host cores each mode needs to feed the step.
 # A GPU host without network (the device tool's machines): `python benchmarks/accelerator_wheels.py`
 # here puts the wheels of the packages it lacks in .whl/; carried there, they are installed to
 # /tmp/site first.
@@ -29,12 +31,12 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$out/devices.txt" 2>/dev/null
 
 echo "== tests on the accelerator"
-JAX_PLATFORMS=cuda timeout 120 "$python" -m pytest -q -p no:cacheprovider \
+JAX_PLATFORMS=cuda timeout 90 "$python" -m pytest -q -p no:cacheprovider \
   tests/models tests/losses tests/kernels/test_kernels.py::test_cpu_dense_and_gelu_compute_the_reference_function \
   2>&1 | tail -5 | tee "$out/tests.txt"
 
 echo "== throughput, bfloat16"
-timeout 200 "$python" benchmarks/throughput.py --dtype=bfloat16 --cases=mae_vit_b16,simclr_vit_s16 \
+timeout 180 "$python" benchmarks/throughput.py --dtype=bfloat16 --cases=mae_vit_b16,simclr_vit_s16 \
   --batch_size=256 --steps=10 --warmup=3 --matmul_size=8192 --workers=0,8 --loop_workers=8 \
   --json="$out/throughput.json" 2>&1 | grep -v "^I[0-9]" | tee "$out/throughput.txt"
 
@@ -43,6 +45,11 @@ timeout 120 "$python" benchmarks/vs_pytorch.py --backbone=vit_s16 --dtype=bfloat
   --batch_size=256 --steps=10 --warmup=3 --workers=8 --torch_python="$python" \
   --json="$out/vs_pytorch.json" 2>&1 | grep -v "^I[0-9]" | tail -20 | tee "$out/vs_pytorch.txt"
 
+echo "== input pipeline: augmentation on the host vs in the step (SimCLR ViT-S/16, bfloat16)"
+timeout 90 "$python" benchmarks/input_pipeline.py --case=simclr_vit_s16 --dtype=bfloat16 \
+  --batch_size=256 --steps=5 --warmup=2 --workers=0,8 --pipeline_batches=4 \
+  --out_json="$out/input_pipeline.json" 2>&1 | grep -v "^I[0-9]" | tail -12 | tee "$out/input_pipeline.txt"
+
 echo "== one table"
 "$python" - "$out" <<'PY' | tee "$out/table.md"
 import json, os, sys
@@ -50,7 +57,7 @@ out = sys.argv[1]
 def load(name):
   path = os.path.join(out, name)
   return json.load(open(path)) if os.path.exists(path) else None
-tp, vs = load("throughput.json"), load("vs_pytorch.json")
+tp, vs, ip = load("throughput.json"), load("vs_pytorch.json"), load("input_pipeline.json")
 device = open(os.path.join(out, "devices.txt")).read().strip().replace("\n", "; ")
 print(f"{device}\n")
 print("| case | batch | step (s) | examples/s | MFU (bf16 peak) | pipeline ex/s, 0 / 8 workers"
@@ -70,4 +77,13 @@ if vs:
           f"{b / r['step_s']:.0f} | | | | {100 * r['data_wait_fraction']:.0f}% |")
   print(f"\nours / peer examples/s: step alone {vs['ratio_step']:.2f}x, data-fed "
         f"{vs['ratio_loop']:.2f}x")
+if ip:
+  print("\n| placement | host CPU ms/example (0 workers) | augmentation in the step (ms) | "
+        "step (s) | host cores to feed the step |")
+  print("|---|---|---|---|---|")
+  for r in ip.get("rows", []):
+    host = next(iter(r["host"].values()))
+    aug = r["device"]["ms"] if r.get("device") else 0.0
+    print(f"| {r['placement']} | {1e3 * host['cpu_s_per_example']:.2f} | {aug:.1f} | "
+          f"{r['step_s']:.3f} | {r['cores_for_step']:.1f} |")
 PY

@@ -210,6 +210,13 @@ def pipeline_rate(source, transform, workers: int) -> float:
       it.close()
 
 
+def compiled_cost(compiled) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a compiled program, from XLA's cost analysis."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
+
+
 class StepRunner:
   """The trainer's own state and jitted step (jaxssl.state / jaxssl.step) for `config`, with
   one real augmented batch placed on the device once, so the step alone can be timed."""
@@ -248,11 +255,17 @@ class StepRunner:
       start = time.perf_counter()
       compiled = self.train_step.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops_per_step = float(cost.get("flops", float("nan")))
     # Bytes XLA expects the step to move: flops / bytes is its arithmetic intensity.
-    self.bytes_per_step = float(cost.get("bytes accessed", float("nan")))
+    self.flops_per_step, self.bytes_per_step = compiled_cost(compiled)
+    # The step's share spent augmenting (device placement): the jitted DeviceViews alone, on
+    # the same global batch, so its cost can be reported beside the model's.
+    self.augment = None
+    self.augment_flops = self.augment_bytes = 0.0
+    if self.device_views is not None:
+      self.augment = jax.jit(self.device_views)
+      with jax.set_mesh(self.mesh):
+        augment = self.augment.lower(self.batch, jax.random.key(0)).compile()
+      self.augment_flops, self.augment_bytes = compiled_cost(augment)
 
   def device_batch(self, local):
     return pipeline.global_batch({k: local[k] for k in self.method.batch_keys}, self.batch_sharding)
@@ -321,6 +334,7 @@ def run_case(case: str) -> dict:
     steps_per_s=1 / step_s,
     examples_per_s=step_rate,
     flops_per_step=flops,
+    augment_flops_per_step=runner.augment_flops,
     achieved_flops_per_s=flops / step_s,
     bytes_per_step=runner.bytes_per_step,
     flops_per_byte=flops / runner.bytes_per_step,
@@ -359,9 +373,10 @@ def main(_):
     f"{_STEPS.value} steps; pipeline on random {_SOURCE.value}^2 uint8 sources\n"
   )
   header = (
-    "| case | params | s/step | steps/s | examples/s | GFLOP/step | peak GFLOP/s | MFU | "
+    "| case | placement | params | s/step | steps/s | examples/s | GFLOP/step | of which "
+    "augmentation | peak GFLOP/s | MFU | "
     + " | ".join(f"pipeline ex/s ({w} workers)" for w in workers)
-    + f" | data wait ({_LOOP_WORKERS.value} workers) |"
+    + f" | fed s/step ({_LOOP_WORKERS.value} workers) | data wait |"
   )
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
@@ -370,10 +385,11 @@ def main(_):
       f"{r['pipeline_examples_per_s'][w]:.1f} ({r['pipeline_over_step'][w]:.1f}x)" for w in workers
     )
     print(
-      f"| {r['case']} | {r['params'] / 1e6:.1f}M | {r['step_s']:.2f} | "
+      f"| {r['case']} | {r['placement']} | {r['params'] / 1e6:.1f}M | {r['step_s']:.2f} | "
       f"{r['steps_per_s']:.2f} | {r['examples_per_s']:.1f} | "
-      f"{r['flops_per_step'] / 1e9:.0f} | {r['peak_flops_per_s'] / 1e9:.1f} | "
-      f"{100 * r['mfu']:.0f}% | {pipe} | "
+      f"{r['flops_per_step'] / 1e9:.0f} | {r['augment_flops_per_step'] / 1e9:.2f} | "
+      f"{r['peak_flops_per_s'] / 1e9:.1f} | "
+      f"{100 * r['mfu']:.0f}% | {pipe} | {r['loop_s_per_step']:.2f} | "
       f"{100 * r['data_wait_fraction']:.0f}% |"
     )
   print("\n(pipeline ex/s: Grain alone; in brackets its rate over the step's consumption)")

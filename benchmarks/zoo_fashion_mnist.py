@@ -2,13 +2,14 @@ r"""The method zoo on Fashion-MNIST: every method for the same budget, eval tabl
 
   python benchmarks/zoo_fashion_mnist.py --steps=500 --workdir=/tmp/zoo
   python benchmarks/zoo_fashion_mnist.py --methods=simclr --steps=1500   # one method, longer
+  python benchmarks/zoo_fashion_mnist.py --methods=simclr,byol --steps=1500 --placement=device
 
 For each method, pretrains `configs/<method>.py:fashion_mnist` for the same number of steps at
 the same global batch (so the same number of epochs; the cosine schedules fit in that budget,
 and schedules the preset sized for its own 10 epochs are rescaled: see `shrink_schedules`),
 then runs the eval job (linear probe, kNN, 10-shot) on the final checkpoint and on the
 random-init encoder of the same run (step 0). Prints one Markdown table and writes it to
-`<workdir>/zoo.md`, with each method's pretraining wall time (methods differ in cost per step:
+`<workdir>/zoo.md` (`zoo_<placement>.md` with --placement), with each method's pretraining wall time (methods differ in cost per step:
 multi-crop and EMA teachers cost more forwards). Restartable: a finished run or evaluation is
 not redone. A method that fails is a row saying so, not a missing row.
 
@@ -66,6 +67,14 @@ _BACKBONE = flags.DEFINE_string(
 _WORKERS = flags.DEFINE_integer("workers", 1, "Grain worker processes for augmentation.")
 _EVAL = flags.DEFINE_string("eval_config", "default", "Preset of configs/eval.py.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/zoo_fashion_mnist", "Parent run directory.")
+_PLACEMENT = flags.DEFINE_enum(
+  "placement",
+  "auto",
+  ["auto", "host", "device"],
+  "config.augment.placement of the methods that have it (jaxssl/data/device_augment.py); "
+  "runs of 'host' or 'device' go to <workdir>/<method>_<placement>, so they never resume "
+  "each other.",
+)
 
 
 FASHION_MNIST_TRAIN = 60_000
@@ -115,6 +124,8 @@ def _config(method: str):
   config.total_steps = _STEPS.value
   config.batch_size = _BATCH.value
   config.data.worker_count = _WORKERS.value
+  if "placement" in config.get("augment", {}):
+    config.augment.placement = _PLACEMENT.value
   config.checkpoint.every_steps = _STEPS.value  # only the final checkpoint is evaluated
   # The presets warm up over 200 steps of a 10-epoch run; keep warm-up a fifth of a short one.
   config.optim.warmup_steps = min(config.optim.warmup_steps, _STEPS.value // 5)
@@ -133,7 +144,8 @@ def _headline(workdir: str) -> dict[int, dict[str, float]]:
 
 
 def _run(method: str, eval_config) -> dict:
-  workdir = os.path.join(_WORKDIR.value, method)
+  suffix = "" if _PLACEMENT.value == "auto" else f"_{_PLACEMENT.value}"
+  workdir = os.path.join(_WORKDIR.value, method + suffix)
   timing_path = os.path.join(workdir, "zoo_timing.json")
   config = _config(method)
   if os.path.exists(timing_path):
@@ -221,11 +233,13 @@ def main(_):
   summary = (
     f"Fashion-MNIST, {_STEPS.value} steps x batch {_BATCH.value} "
     f"({_STEPS.value * _BATCH.value / 60000:.1f} epochs) per method; test accuracy % of "
-    f"frozen features, random init → pretrained; {platform.machine()}, "
+    f"frozen features, random init → pretrained; augment.placement={_PLACEMENT.value}; "
+    f"{platform.machine()}, "
     f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n\n"
   )
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, "zoo.md"), "w") as f:
+  name = "zoo.md" if _PLACEMENT.value == "auto" else f"zoo_{_PLACEMENT.value}.md"
+  with open(os.path.join(_WORKDIR.value, name), "w") as f:
     f.write(summary + table)
   print("\n" + summary + table)
 

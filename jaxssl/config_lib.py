@@ -51,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.momentum = 0.9
   c.optim.grad_clip_norm = 0.0
+  c.optim.grad_clip_mode = "global"  # or 'per_tensor' (DINO, iBOT), 'per_module' (DINOv2)
+  c.optim.grad_clip_depth = 2  # per_module: a module is the first N parts of a parameter path
+  c.optim.weight_decay_end = config_dict.placeholder(float)  # cosine wd -> this over the run
+  c.optim.layer_decay = 1.0  # LR x layer_decay^(L+1 - layer) inside layer_decay_scope
+  c.optim.layer_decay_scope = "encoder"  # regex of the parameter paths layer decay applies to
+  c.optim.lr_multipliers = ()  # (regex, factor) pairs, e.g. ((r"encoder/embedding/", 0.2),)
+  c.optim.frozen_until = ()  # (regex, epochs) pairs: no update, state untouched until then
   c.optim.norm_bias_lr_factor = 1.0  # lr of biases / norm params relative to the weights'
   c.optim.frozen = ()  # regexes of parameter paths never updated, e.g. ('embedding',)
 

@@ -49,6 +49,18 @@ RESUMABLE = (
   "nan_policy",
   "augment.placement",
 )
+# Keys added to the config after runs were recorded without them, with the value that gives
+# the behaviour those runs had: a record that lacks one is read as holding that value, so
+# upgrading jaxssl neither blocks resuming an old run nor changes what it computes.
+ADDED_KEYS = {
+  "optim.grad_clip_mode": "global",
+  "optim.grad_clip_depth": 2,
+  "optim.weight_decay_end": None,
+  "optim.layer_decay": 1.0,
+  "optim.layer_decay_scope": "encoder",
+  "optim.lr_multipliers": [],
+  "optim.frozen_until": [],
+}
 _SHOWN_KEYS = 4  # differing keys named in the refusal before "and N more"
 
 
@@ -82,15 +94,28 @@ def _read_plain(workdir: str) -> dict[str, Any] | None:
   return data
 
 
+def _with_added_keys(data: dict[str, Any]) -> dict[str, Any]:
+  """The record with every ADDED_KEYS key it lacks set to its old-behaviour value."""
+  data = json.loads(json.dumps(data))
+  for key, value in ADDED_KEYS.items():
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+  return data
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The recorded config of the run in `workdir`, as a ConfigDict."""
+  """The recorded config of the run in `workdir`, as a ConfigDict (ADDED_KEYS filled in)."""
   data = _read_plain(workdir)
   if data is None:
     raise errors.WorkdirError(
       f"No {CONFIG_FILE} in {workdir!r}: is this a jaxssl training workdir? "
       "(`jaxssl-train --workdir=...` writes it when training starts.)"
     )
-  return ml_collections.ConfigDict(data)
+  return ml_collections.ConfigDict(_with_added_keys(data))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -127,7 +152,7 @@ def check(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple[An
   recorded = _read_plain(workdir)
   if recorded is None:
     return {}
-  changes = differences(recorded, _as_plain(config))
+  changes = differences(_with_added_keys(recorded), _as_plain(config))
   # The method first: when it differs, it explains every other difference.
   refused = dict(
     sorted(

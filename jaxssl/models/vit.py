@@ -211,11 +211,21 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
+  drop_path: float = 0.0  # stochastic depth: each residual branch dropped per example
   deterministic: bool = True
   dtype: Any = jnp.float32
   gelu_approximate: bool = True
   is_causal: bool = False  # see SelfAttention
   kernels: Kernels = REFERENCE
+
+  def _drop_path(self, y):
+    # timm's DropPath: a whole example's branch is zeroed with probability p, kept ones scaled
+    # by 1 / (1 - p); one draw per example, broadcast over tokens and channels.
+    if not self.drop_path:
+      return y
+    return nn.Dropout(rate=self.drop_path, broadcast_dims=(1, 2))(
+      y, deterministic=self.deterministic
+    )
 
   @nn.compact
   def __call__(self, x):
@@ -225,7 +235,7 @@ class EncoderBlock(nn.Module):
       num_heads=self.num_heads, dtype=self.dtype, is_causal=self.is_causal, kernels=self.kernels
     )(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
-    x = x + y
+    x = x + self._drop_path(y)
     y = layer_norm(self.dtype)(x)
     y = MlpBlock(
       mlp_dim=self.mlp_dim,
@@ -236,7 +246,7 @@ class EncoderBlock(nn.Module):
       kernels=self.kernels,
     )(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=self.deterministic)
-    x = x + y
+    x = x + self._drop_path(y)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -258,6 +268,9 @@ class ViT(nn.Module):
     mask_token: create a learned [mask] embedding (zeros at init, as iBOT's `masked_embed`) so
       that `token_mask` can be passed; off by default so plain encoders carry no dead parameter.
     dropout: dropout rate after the position embedding and inside every block.
+    drop_path: stochastic depth rate of the last block; block i of L drops its residual branches
+      with rate drop_path * i / (L - 1), as timm's `VisionTransformer(drop_path_rate=...)`
+      (DINO, iBOT, MAE fine-tuning). Needs a 'dropout' rng when training.
     dtype: compute dtype; parameters are always float32. The final LayerNorm runs in float32
       so `out` and aux['tokens'] are float32.
     remat: rematerialize each block in the backward pass (memory for compute).
@@ -279,6 +292,7 @@ class ViT(nn.Module):
   posemb_resize: str = "bilinear"
   mask_token: bool = False
   dropout: float = 0.0
+  drop_path: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
   gelu_approximate: bool = True
@@ -433,6 +447,7 @@ class ViT(nn.Module):
         mlp_dim=arch["mlp_dim"],
         num_heads=arch["num_heads"],
         dropout=self.dropout,
+        drop_path=self.drop_path * i / max(arch["depth"] - 1, 1),
         deterministic=not train,
         dtype=self.dtype,
         gelu_approximate=self.gelu_approximate,

@@ -440,3 +440,24 @@ def test_multicrop_local_crops_share_weights_and_bicubic_resize():
   np.testing.assert_allclose(aux["tokens"][0], normed, atol=1e-4)
   with pytest.raises(ValueError, match="posemb_resize"):
     ViT(**TINY, posemb_resize="nearest").arch()
+
+
+def test_drop_path_drops_whole_residual_branches_per_example_at_timms_rates():
+  # Depth 2: block 0 has rate 0, block 1 the full rate p (timm's linspace(0, p, depth)). Block
+  # 1's output equals its input exactly when both of its branches are dropped, which happens
+  # for a fraction p^2 of the examples; eval mode is the model without drop path.
+  p, n = 0.6, 400
+  model = ViT(**TINY, drop_path=p)
+  images = _images(shape=(n, 28, 28, 1))
+  variables = _init(model, images)
+  plain, _ = ViT(**TINY).apply(variables, images)
+  evaluated, _ = model.apply(variables, images)
+  np.testing.assert_array_equal(evaluated, plain)
+  _, aux = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(7)})
+  first, second = (np.asarray(b) for b in aux["blocks"])
+  same = np.all(first == second, axis=(1, 2))
+  assert abs(same.mean() - p**2) < 0.08, same.mean()
+  _, plain_aux = ViT(**TINY).apply(
+    variables, images, train=True, rngs={"dropout": jax.random.key(7)}
+  )
+  np.testing.assert_array_equal(aux["blocks"][0], plain_aux["blocks"][0])  # rate 0 in block 0

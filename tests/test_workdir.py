@@ -1,0 +1,50 @@
+"""jaxssl.workdir: a record written before a config key existed still resumes and evaluates."""
+
+import json
+
+import pytest
+
+from jaxssl import config_lib
+from jaxssl import errors
+from jaxssl import workdir as workdir_lib
+
+
+def _old_record(tmp_path, config):
+  """config.json as a jaxssl without the ADDED_KEYS wrote it."""
+  data = json.loads(config.to_json_best_effort(sort_keys=True))
+  for key in workdir_lib.ADDED_KEYS:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+      node = node[part]
+    del node[leaf]
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(data))
+
+
+def test_added_keys_exist_in_the_base_config_with_their_old_behaviour_values():
+  plain = json.loads(config_lib.base_config().to_json_best_effort())
+  for key, value in workdir_lib.ADDED_KEYS.items():
+    node = plain
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
+
+
+def test_a_record_without_the_added_keys_resumes_and_reads_them_as_old_behaviour(tmp_path):
+  config = config_lib.load_config_file("configs/simclr.py:test")
+  _old_record(tmp_path, config)
+  assert workdir_lib.check(str(tmp_path), config) == {}
+  recorded = workdir_lib.read_config(str(tmp_path))
+  assert recorded.optim.grad_clip_mode == "global" and recorded.optim.layer_decay == 1.0
+  assert recorded.optim.weight_decay_end is None and list(recorded.optim.frozen_until) == []
+
+
+def test_a_record_without_the_added_keys_still_refuses_a_new_value(tmp_path):
+  config = config_lib.load_config_file("configs/simclr.py:test")
+  _old_record(tmp_path, config)
+  config.unlock()
+  config.optim.grad_clip_mode = "per_tensor"
+  with pytest.raises(
+    errors.WorkdirError, match=r"optim.grad_clip_mode: 'global' there, 'per_tensor' now"
+  ):
+    workdir_lib.check(str(tmp_path), config)
