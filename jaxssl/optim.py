@@ -93,12 +93,10 @@ def clip_per_module(max_norm: float, depth: int) -> optax.GradientTransformation
 
   def update(updates, state, params=None):
     del params
-    names = _path_names(updates)
-    groups = sorted({module_of(n, depth) for n in jax.tree.leaves(names)})
+    modules = [module_of(n, depth) for n in jax.tree.leaves(_path_names(updates))]
     leaves = jax.tree.leaves(updates)
-    modules = [module_of(n, depth) for n in jax.tree.leaves(names)]
     coef = {}
-    for group in groups:
+    for group in sorted(set(modules)):
       squares = [
         jnp.sum(jnp.square(g.astype(jnp.float32))) for g, m in zip(leaves, modules) if m == group
       ]

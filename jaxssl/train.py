@@ -142,8 +142,7 @@ def train(
   data_iter = pipeline.make_train_iterator(dataset, worker_count=config.data.worker_count)
 
   # ---------------------------------------------------------------- state
-  schedule = optim.make_schedule(config.optim, config.batch_size, num_steps)
-  tx = optim.make_optimizer(config.optim, schedule)
+  schedule, tx = optim.build(config, num_steps, info.split_sizes[config.data.split])
   _, abstract, shardings = state_lib.abstract_and_shardings(
     method, tx, model_spec, mesh, rules, config.seed
   )
