@@ -88,7 +88,8 @@ def parse_args(argv=None):
     "--jitter_strength",
     type=float,
     default=None,
-    help="default: configs/simclr.py:imagenet's augment.jitter_strength",
+    help="SimCLR colour-distortion strength s (jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s)); "
+    "default: configs/simclr.py:imagenet's",
   )
   p.add_argument(
     "--torch_python",
@@ -126,7 +127,7 @@ def run_ours(args):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jaxssl import config_lib  # pylint: disable=g-import-not-at-top
-  from jaxssl.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  from jaxssl.data import augment, datasets, pipeline  # pylint: disable=g-import-not-at-top
   import throughput  # pylint: disable=g-import-not-at-top  (StepRunner: the real trainer step)
 
   flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
@@ -139,7 +140,7 @@ def run_ours(args):
   config.optim.name, config.optim.weight_decay = "lars", WEIGHT_DECAY
   config.total_epochs, config.total_steps = None, 1000
   if args.jitter_strength is not None:
-    config.augment.jitter_strength = args.jitter_strength
+    config.augment.jitter = augment.simclr_jitter(args.jitter_strength)
   images = source_images(4 * args.batch_size, args.source_size)
   source = [{"image": im, "label": np.int32(0)} for im in images]
   info = datasets.DatasetInfo(
@@ -328,7 +329,7 @@ def main():
     f"ours: {ours['step_s']:.2f} s/step (step alone), {ours['loop_s']:.2f} s/step fed", flush=True
   )
   if args.jitter_strength is None:
-    args.jitter_strength = ours["augment"]["jitter_strength"]
+    args.jitter_strength = ours["augment"]["jitter"][0] / 0.8  # simclr_jitter's brightness
   command = [args.torch_python] + side_args("peer")
   try:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -28,7 +28,7 @@ def get_config(arg: str = "fashion_mnist"):
   # Paper defaults: tau_base 0.996; predictor Linear(4096)-BN-ReLU-Linear(256).
   c.byol = dict(base_momentum=0.996, predictor=dict(hidden_dim=4096, num_layers=2))
   c.head = dict(hidden_dim=4096, out_dim=256, num_layers=2, use_bn=True)  # the projector
-  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
+  c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0, brightness_mode="add")
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -42,7 +42,9 @@ def get_config(arg: str = "fashion_mnist"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = config_lib.byol_augment(crop_scale=(0.08, 1.0), flip_prob=0.5)
+    c.augment = config_lib.byol_augment(
+      crop_scale=(0.08, 1.0), flip_prob=0.5, brightness_mode="add"
+    )
     c.batch_size = 4096
     c.total_epochs = 300.0
     c.optim.name = "lars"
@@ -56,7 +58,7 @@ def get_config(arg: str = "fashion_mnist"):
     backbone = backbone or "resnet50"
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)
-    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0)
+    c.augment = config_lib.byol_augment(crop_scale=(0.5, 1.0), flip_prob=0.0, brightness_mode="add")
     c.head = dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=True)
     c.byol.predictor.hidden_dim = 32
   else:

@@ -52,7 +52,8 @@ def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
       global_scale=(0.4, 1.0),
       local_scale=(0.05, 0.4),
       flip_prob=0.5,
-      jitter_strength=1.0,
+      # torchvision ColorJitter(0.4, 0.4, 0.2, 0.1), main_dino.py DataAugmentationDINO.
+      jitter=(0.4, 0.4, 0.2, 0.1),
     )
   )
   # Where the crops' flip, colour, blur and solarize run (config_lib.simclr_augment).
@@ -72,7 +73,11 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbon
     c.head.update(out_dim=1024, hidden_dim=512, bottleneck_dim=128)
     # 28px images: locals of 5% of the area would be ~6px, so the local scale starts at 0.1.
     c.crops.update(
-      global_size=28, local_size=14, num_local=4, local_scale=(0.1, 0.4), jitter_strength=0.5
+      global_size=28,
+      local_size=14,
+      num_local=4,
+      local_scale=(0.1, 0.4),
+      jitter=(0.4, 0.4, 0.4, 0.1),
     )
     # DINO's own default (main_dino.py: 0.04, no warmup; "increase this slightly if needed").
     # The paper's 0.04 -> 0.07 warmup, shrunk to a short run, reached 0.07 while the features
@@ -99,7 +104,7 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbon
       num_local=2,
       global_scale=(0.5, 1.0),
       local_scale=(0.2, 0.5),
-      jitter_strength=0.5,
+      jitter=(0.4, 0.4, 0.4, 0.1),
     )
     # digits: 88 steps per epoch at batch 16, so these put both phases inside the 6 steps:
     # temperature warmup over 5 steps, last layer frozen for 3.

@@ -52,7 +52,9 @@ def get_config(arg: str = "mnist5k"):
     c.data.name = "imagenet2012"
     c.data.image_size = 224
     c.data.worker_count = 16
-    c.augment = config_lib.simclr_augment(crop_scale=(0.08, 1.0), flip_prob=0.5, blur_prob=0.5)
+    c.augment = config_lib.simclr_augment(
+      crop_scale=(0.08, 1.0), flip_prob=0.5, blur_prob=0.5, jitter_strength=1.0
+    )
     c.batch_size = 4096
     c.total_epochs = 100.0
     c.head = dict(hidden_dim=2048, out_dim=128, num_layers=2, use_bn=True)

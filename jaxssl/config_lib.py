@@ -49,6 +49,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.05
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.eps = 1e-8  # AdamW epsilon (BERT, CLIP: 1e-6)
+  c.optim.schedule = "cosine"  # or 'linear' (BERT): decay after warmup to end_lr_factor x peak
+  c.optim.warmup_start_factor = 0.0  # warmup starts at this x peak (I-JEPA: 0.2)
+  c.optim.decay_mask = "rank"  # or 'rank_no_bias' (timm / DINO groups), 'all' (MoCo v3, SimSiam)
+  c.optim.no_decay = ()  # regexes of parameter paths never decayed, e.g. (r"pos_embedding",)
+  c.optim.constant_lr = ()  # regexes of groups kept at the peak LR (SimSiam --fix-pred-lr)
   c.optim.momentum = 0.9
   c.optim.grad_clip_norm = 0.0
   c.optim.grad_clip_mode = "global"  # or 'per_tensor' (DINO, iBOT), 'per_module' (DINOv2)
@@ -183,10 +189,18 @@ def backbone(name: str, *, image_size: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(spec)
 
 
+def _simclr_jitter(strength):
+  from jaxssl.data import device_augment  # pylint: disable=g-import-not-at-top
+
+  return device_augment.simclr_jitter(strength)
+
+
 def simclr_augment(
   *, crop_scale=(0.2, 1.0), flip_prob=0.5, blur_prob=0.5, jitter_strength=0.5, jitter_prob=0.8
 ) -> ml_collections.ConfigDict:
-  """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate.
+  """SimCLR augmentation settings (Chen et al. 2020, appendix A), grayscale-appropriate; colour
+  distortion strength s gives `jitter` = (0.8 s, 0.8 s, 0.8 s, 0.2 s) (brightness, contrast,
+  saturation, hue maxima; `augment.color_jitter`).
 
   `placement` ('auto' | 'host' | 'device'): where flip, colour, grayscale, blur and solarize
   run (jaxssl/data/device_augment.py); 'auto' is 'device' on GPU/TPU, 'host' on CPU.
@@ -196,7 +210,8 @@ def simclr_augment(
       crop_scale=tuple(crop_scale),
       flip_prob=flip_prob,
       blur_prob=blur_prob,
-      jitter_strength=jitter_strength,
+      jitter=_simclr_jitter(jitter_strength),
+      brightness_mode="scale",
       jitter_prob=jitter_prob,
       placement="auto",
     )
@@ -221,14 +236,20 @@ def run_app(main, define_flags) -> None:
     sys.exit(f"{e.kind}: {e}")
 
 
-def byol_augment(*, crop_scale=(0.2, 1.0), flip_prob=0.5) -> ml_collections.ConfigDict:
+def byol_augment(
+  *, crop_scale=(0.2, 1.0), flip_prob=0.5, brightness_mode="scale"
+) -> ml_collections.ConfigDict:
   """BYOL's asymmetric view pair (Grill et al. 2020, table 6), also used by MoCo v3, VICReg and
-  Barlow Twins: blur and solarize probabilities are (view 1, view 2) = (1.0, 0.1), (0.0, 0.2)."""
+  Barlow Twins: blur and solarize probabilities are (view 1, view 2) = (1.0, 0.1), (0.0, 0.2);
+  colour jitter (0.4, 0.4, 0.2, 0.1) in all four official codes (BYOL `augmentations.py`,
+  MoCo v3 `main_moco.py`, VICReg `augmentations.py`, Barlow Twins `main.py`). BYOL's brightness
+  is additive (`brightness_mode='add'`), the torchvision ones multiplicative ('scale')."""
   return ml_collections.ConfigDict(
     dict(
       crop_scale=tuple(crop_scale),
       flip_prob=flip_prob,
-      jitter_strength=0.5,
+      jitter=(0.4, 0.4, 0.2, 0.1),
+      brightness_mode=brightness_mode,
       jitter_prob=0.8,
       blur_prob=(1.0, 0.1),
       solarize_prob=(0.0, 0.2),

@@ -7,7 +7,13 @@ Besides AdamW / LARS / SGD and warmup + cosine, the paper recipes need (docs/rec
 - layer-wise LR decay (BEiT / MAE fine-tuning, DINOv2) and per-group LR multipliers,
   `layer_decay` and `lr_multipliers`;
 - parameters frozen for the first epochs the way PyTorch freezes them (`frozen_until`: DINO's
-  last layer): no update, no weight decay, and optimizer state untouched until released.
+  last layer): no update, no weight decay, and optimizer state untouched until released;
+- a linear decay schedule (BERT), warmup from a non-zero LR (I-JEPA's start LR), Adam's
+  epsilon (`schedule`, `warmup_start_factor`, `eps`);
+- which parameters are decayed (`decay_mask`: by rank, by rank and name as timm's
+  `param_groups_weight_decay`, or all as MoCo v3 / SimSiam; `no_decay` regexes on top);
+- groups whose LR stays at its peak while the rest decays (SimSiam's `--fix-pred-lr`,
+  `constant_lr`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import optax
 
 OPTIMIZERS = ("adamw", "lars", "sgd")
 SCALINGS = ("linear", "sqrt", "none")
+SCHEDULES = ("cosine", "linear")
+DECAY_MASKS = ("rank", "rank_no_bias", "all")
 
 
 def decay_mask(params: Any) -> Any:
@@ -32,6 +40,31 @@ def decay_mask(params: Any) -> Any:
   SimCLR (Chen et al. 2020, appendix B.1) and most ViT recipes.
   """
   return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def decay_mask_fn(optim_config: ml_collections.ConfigDict):
+  """The `mask` callable for `optim.decay_mask` and `optim.no_decay`.
+
+  'rank' (default): `decay_mask`. 'rank_no_bias': also exempts every leaf whose name ends in
+  'bias' whatever its rank (timm `param_groups_weight_decay`, DINO `get_params_groups`: our
+  fused attention biases are [heads, head_dim]). 'all': every parameter (MoCo v3's AdamW,
+  SimSiam's SGD). Leaves matching a `no_decay` regex are exempt in every mode.
+  """
+  mode = optim_config.get("decay_mask", "rank")
+  if mode not in DECAY_MASKS:
+    raise ValueError(f"optim.decay_mask={mode!r}; choose one of {DECAY_MASKS}.")
+  exempt = _compile_patterns(optim_config.get("no_decay", ()), "optim.no_decay")
+  if mode == "rank" and not exempt:
+    return decay_mask
+
+  def decayed(name: str, p) -> bool:
+    if any(c.search(name) for c in exempt):
+      return False
+    if mode == "all":
+      return True
+    return p.ndim > 1 and not (mode == "rank_no_bias" and name.rsplit("/", 1)[-1].endswith("bias"))
+
+  return lambda params: jax.tree.map(decayed, _path_names(params), params)
 
 
 def _path_names(params: Any) -> Any:
@@ -208,16 +241,31 @@ def peak_learning_rate(optim_config: ml_collections.ConfigDict, global_batch_siz
 def make_schedule(
   optim_config: ml_collections.ConfigDict, global_batch_size: int, total_steps: int
 ) -> optax.Schedule:
-  """Linear warmup from 0 to the peak, then cosine decay to `end_lr_factor` x peak."""
+  """Linear warmup from `warmup_start_factor` x peak to the peak, then decay to
+  `end_lr_factor` x peak at `total_steps`: cosine, or linear (BERT's polynomial decay of
+  power 1, `schedule='linear'`)."""
   peak = peak_learning_rate(optim_config, global_batch_size)
   warmup = min(int(optim_config.warmup_steps), max(total_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=peak,
-    warmup_steps=warmup,
-    decay_steps=max(total_steps, warmup + 1),
-    end_value=peak * optim_config.end_lr_factor,
-  )
+  start = peak * optim_config.get("warmup_start_factor", 0.0)
+  end = peak * optim_config.end_lr_factor
+  kind = optim_config.get("schedule", "cosine")
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+      init_value=start,
+      peak_value=peak,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=end,
+    )
+  if kind == "linear":
+    return optax.join_schedules(
+      [
+        optax.linear_schedule(start, peak, warmup),
+        optax.linear_schedule(peak, end, max(total_steps - warmup, 1)),
+      ],
+      [warmup],
+    )
+  raise ValueError(f"optim.schedule={kind!r}; choose one of {SCHEDULES}.")
 
 
 def weight_decay_schedule(optim_config: ml_collections.ConfigDict, total_steps: int | None):
@@ -244,26 +292,29 @@ def _shifted(schedule, steps: int):
 def _optimizer(optim_config, learning_rate, weight_decay) -> optax.GradientTransformation:
   """AdamW, LARS or SGD with momentum at `learning_rate` / `weight_decay` (floats or schedules)."""
   name = optim_config.name
+  decayed = decay_mask_fn(optim_config)
   if name == "adamw":
     tx = optax.adamw(
       learning_rate,
       b1=optim_config.b1,
       b2=optim_config.b2,
+      eps=optim_config.get("eps", 1e-8),
       weight_decay=weight_decay,
-      mask=decay_mask,
+      mask=decayed,
     )
   elif name == "lars":
-    # You et al. 2017; optax applies decay then the trust ratio ||w|| / ||g + wd w||.
+    # You et al. 2017; optax applies decay then the trust ratio ||w|| / ||g + wd w||, both on
+    # the decayed parameters (SimCLR / BYOL `exclude_from_weight_decay` and from adaptation).
     tx = optax.lars(
       learning_rate,
       weight_decay=weight_decay,
-      weight_decay_mask=decay_mask,
-      trust_ratio_mask=decay_mask,
+      weight_decay_mask=decayed,
+      trust_ratio_mask=decayed,
       momentum=optim_config.momentum,
     )
   elif name == "sgd":
     tx = optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(weight_decay, mask=decayed),
       optax.sgd(learning_rate, momentum=optim_config.momentum),
     )
   else:
@@ -305,6 +356,7 @@ def make_optimizer(
   *,
   total_steps: int | None = None,
   steps_per_epoch: float | None = None,
+  peak_lr: float | None = None,
 ) -> optax.GradientTransformation:
   """AdamW, LARS or SGD with momentum, and the recipe features of the module docstring.
 
@@ -312,23 +364,32 @@ def make_optimizer(
   (rank <= 1); `optim.frozen` lists regexes of parameter paths ('encoder/embedding/kernel') that
   are never updated, `optim.frozen_until` (regex, epochs) pairs frozen for their first epochs.
   `total_steps` (the run's length) is needed by `weight_decay_end`, `steps_per_epoch` by
-  `frozen_until`.
+  `frozen_until`, `peak_lr` by `constant_lr`.
   """
+  if optim_config.get("constant_lr", ()) and peak_lr is None:
+    raise ValueError("optim.constant_lr holds groups at the peak LR: pass peak_lr.")
   weight_decay = weight_decay_schedule(optim_config, total_steps)
   held = frozen_until_steps(optim_config, steps_per_epoch)
-  if held:
+  constant = _compile_patterns(optim_config.get("constant_lr", ()), "optim.constant_lr")
+  if held or constant:
     # A group per entry with its own optimizer state, held until its step: PyTorch keeps Adam's
     # step count per parameter, so a released group starts its bias correction from 1, while
     # the learning-rate and weight-decay schedules stay those of the global step.
     patterns = [re.compile(p) for p, _ in held]
 
     def label(name):
-      return next((f"until_{i}" for i, c in enumerate(patterns) if c.search(name)), "trained")
+      held_at = next((f"until_{i}" for i, c in enumerate(patterns) if c.search(name)), None)
+      if held_at:
+        return held_at
+      return "constant" if any(c.search(name) for c in constant) else "trained"
 
     transforms = {"trained": _optimizer(optim_config, schedule, weight_decay)}
     for i, (_, steps) in enumerate(held):
       inner = _optimizer(optim_config, _shifted(schedule, steps), _shifted(weight_decay, steps))
       transforms[f"until_{i}"] = hold_until(inner, steps)
+    if constant:
+      # SimSiam `--fix-pred-lr`: the predictor keeps the initial (peak) LR the whole run.
+      transforms["constant"] = _optimizer(optim_config, peak_lr, weight_decay)
     tx = optax.multi_transform(transforms, lambda p: jax.tree.map(label, _path_names(p)))
   else:
     tx = _optimizer(optim_config, schedule, weight_decay)
@@ -364,5 +425,11 @@ def build(
   `num_train_examples` (needed only for epoch-counted settings such as `frozen_until`)."""
   schedule = make_schedule(config.optim, config.batch_size, total_steps)
   per_epoch = num_train_examples / config.batch_size if num_train_examples else None
-  tx = make_optimizer(config.optim, schedule, total_steps=total_steps, steps_per_epoch=per_epoch)
+  tx = make_optimizer(
+    config.optim,
+    schedule,
+    total_steps=total_steps,
+    steps_per_epoch=per_epoch,
+    peak_lr=peak_learning_rate(config.optim, config.batch_size),
+  )
   return schedule, tx

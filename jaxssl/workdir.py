@@ -28,6 +28,7 @@ import jax
 import ml_collections
 
 from jaxssl import errors
+from jaxssl.data import device_augment
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
@@ -60,6 +61,22 @@ ADDED_KEYS = {
   "optim.layer_decay_scope": "encoder",
   "optim.lr_multipliers": [],
   "optim.frozen_until": [],
+  "optim.eps": 1e-8,
+  "optim.schedule": "cosine",
+  "optim.warmup_start_factor": 0.0,
+  "optim.decay_mask": "rank",
+  "optim.no_decay": [],
+  "optim.constant_lr": [],
+}
+# Keys replaced by others: (section, old key) -> the new entries computed from the old value.
+# A colour-distortion strength s became the four maxima SimCLR derives from it (and, where the
+# view pair had a strength, the brightness form it always used).
+RENAMED_KEYS = {
+  ("augment", "jitter_strength"): lambda s: {
+    "jitter": list(device_augment.simclr_jitter(s)),
+    "brightness_mode": "scale",
+  },
+  ("crops", "jitter_strength"): lambda s: {"jitter": list(device_augment.simclr_jitter(s))},
 }
 _SHOWN_KEYS = 4  # differing keys named in the refusal before "and N more"
 
@@ -95,8 +112,13 @@ def _read_plain(workdir: str) -> dict[str, Any] | None:
 
 
 def _with_added_keys(data: dict[str, Any]) -> dict[str, Any]:
-  """The record with every ADDED_KEYS key it lacks set to its old-behaviour value."""
+  """The record with RENAMED_KEYS rewritten and every ADDED_KEYS key it lacks set to its
+  old-behaviour value."""
   data = json.loads(json.dumps(data))
+  for (section, old), new_entries in RENAMED_KEYS.items():
+    node = data.get(section)
+    if isinstance(node, dict) and old in node:
+      node.update(new_entries(node.pop(old)))
   for key, value in ADDED_KEYS.items():
     *parents, leaf = key.split(".")
     node = data

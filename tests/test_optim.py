@@ -305,3 +305,86 @@ def test_build_reads_epochs_from_the_split_size():
     updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
     moved = float(jnp.abs(updates["head"]["w"]).max()) > 0
     assert moved == (step >= 3), step  # ceil(250 / 100) = 3 steps per epoch
+
+
+def test_linear_schedule_and_warmup_start_factor_follow_their_closed_forms():
+  # BERT: linear warmup then polynomial decay of power 1 to end; I-JEPA warms up from start_lr.
+  total, warmup, peak = 20, 4, 0.1
+  for kind in ("linear", "cosine"):
+    c = _optim(
+      base_lr=peak, warmup_steps=warmup, schedule=kind, warmup_start_factor=0.2, end_lr_factor=0.1
+    )
+    sched = optim.make_schedule(c, 256, total)
+    for t in range(total + 1):
+      if t < warmup:
+        want = 0.2 * peak + (peak - 0.2 * peak) * t / warmup
+      else:
+        frac = (t - warmup) / (total - warmup)
+        shape = 1 - frac if kind == "linear" else 0.5 * (1 + np.cos(np.pi * frac))
+        want = 0.1 * peak + (peak - 0.1 * peak) * shape
+      assert float(sched(t)) == pytest.approx(want, rel=1e-5), (kind, t)
+  with pytest.raises(ValueError, match="optim.schedule='step'"):
+    optim.make_schedule(_optim(schedule="step"), 256, total)
+
+
+def test_adam_epsilon_reaches_the_update():
+  # With tiny gradients eps dominates the denominator: step 1 moves lr * g / (|g| + eps).
+  params, grads = {"w": jnp.zeros((2, 2))}, {"w": jnp.full((2, 2), 1e-6)}
+  for eps in (1e-8, 1e-6):
+    c = _optim(name="adamw", base_lr=1.0, warmup_steps=0, weight_decay=0.0, eps=eps)
+    tx = optim.make_optimizer(c, lambda _: 1.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-6 / (1e-6 + eps), rtol=1e-5)
+
+
+def test_decay_mask_modes():
+  params = {
+    "attn": {"qkv_bias": jnp.ones((2, 3)), "kernel": jnp.ones((3, 3))},
+    "norm": {"scale": jnp.ones(3), "bias": jnp.ones(3)},
+    "pos_embedding": jnp.ones((1, 4, 3)),
+  }
+  rank = {
+    "attn": {"qkv_bias": True, "kernel": True},
+    "norm": {"scale": False, "bias": False},
+    "pos_embedding": True,
+  }
+  assert optim.decay_mask_fn(_optim())(params) == rank
+  no_bias = optim.decay_mask_fn(_optim(decay_mask="rank_no_bias", no_decay=("pos_embedding",)))
+  assert no_bias(params) == {
+    "attn": {"qkv_bias": False, "kernel": True},
+    "norm": {"scale": False, "bias": False},
+    "pos_embedding": False,
+  }
+  every = optim.decay_mask_fn(_optim(decay_mask="all"))(params)
+  assert all(jax.tree.leaves(every))
+  with pytest.raises(ValueError, match="optim.decay_mask='some'"):
+    optim.decay_mask_fn(_optim(decay_mask="some"))
+  # And the optimizer applies it: zero gradients, only decay moves the decayed leaves.
+  c = _optim(name="sgd", base_lr=0.1, weight_decay=0.5, warmup_steps=0, decay_mask="all")
+  tx = optim.make_optimizer(c, optim.make_schedule(c, 256, 10))
+  grads = jax.tree.map(jnp.zeros_like, params)
+  new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  assert all(float(x.max()) < 1.0 for x in jax.tree.leaves(new))
+
+
+def test_constant_lr_group_keeps_the_peak_while_the_rest_decays():
+  # SimSiam --fix-pred-lr: plain SGD, so each step is -lr(t) * g exactly.
+  params = {"encoder": {"w": jnp.zeros(3)}, "predictor": {"w": jnp.zeros(3)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  c = config_lib.base_config()
+  c.optim.update(
+    name="sgd",
+    base_lr=0.05,
+    momentum=0.0,
+    weight_decay=0.0,
+    warmup_steps=0,
+    constant_lr=("predictor/",),
+  )
+  sched, tx = optim.build(c, 10)
+  state = tx.init(params)
+  for t in range(10):
+    updates, state = tx.update(grads, state, params)
+    np.testing.assert_allclose(updates["encoder"]["w"], -float(sched(t)), rtol=1e-6)
+    np.testing.assert_allclose(updates["predictor"]["w"], -0.05, rtol=1e-6)
+  with pytest.raises(ValueError, match="pass peak_lr"):
+    optim.make_optimizer(c.optim, sched)

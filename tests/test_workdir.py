@@ -48,3 +48,29 @@ def test_a_record_without_the_added_keys_still_refuses_a_new_value(tmp_path):
     errors.WorkdirError, match=r"optim.grad_clip_mode: 'global' there, 'per_tensor' now"
   ):
     workdir_lib.check(str(tmp_path), config)
+
+
+@pytest.mark.parametrize(
+  "spec,section,strength",
+  [("configs/simsiam.py:test", "augment", 0.5), ("configs/dino.py:test", "crops", 0.5)],
+)
+def test_a_record_with_a_jitter_strength_reads_as_its_four_maxima(
+  tmp_path, spec, section, strength
+):
+  """Records from before per-component jitter hold `jitter_strength`; SimCLR's (0.8 s, 0.8 s,
+  0.8 s, 0.2 s) with multiplicative brightness is what they computed."""
+  config = config_lib.load_config_file(spec)
+  data = json.loads(config.to_json_best_effort(sort_keys=True))
+  node = data[section]
+  assert node.pop("jitter") == [0.4, 0.4, 0.4, 0.1]
+  node.pop("brightness_mode", None)
+  node["jitter_strength"] = strength
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(data))
+  assert workdir_lib.check(str(tmp_path), config) == {}
+  recorded = workdir_lib.read_config(str(tmp_path))
+  assert list(recorded[section].jitter) == [0.4, 0.4, 0.4, 0.1]
+  assert "jitter_strength" not in recorded[section]
+  config.unlock()
+  config[section].jitter = (0.4, 0.4, 0.2, 0.1)
+  with pytest.raises(errors.WorkdirError, match=rf"{section}.jitter"):
+    workdir_lib.check(str(tmp_path), config)

@@ -120,25 +120,46 @@ def adjust_hue(x: np.ndarray, delta: float) -> np.ndarray:
   return np.clip(x @ matrix.T, 0.0, 1.0)
 
 
-def color_jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-  """SimCLR colour distortion of strength s: the four adjustments in random order.
+def add_brightness(x: np.ndarray, delta: float) -> np.ndarray:
+  """x + delta on every channel (tf.image.adjust_brightness, BYOL's form), clipped to [0, 1]."""
+  return np.clip(x + delta, 0.0, 1.0)
 
-  Brightness, contrast and saturation factors ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s], hue shift
-  ~ U[-0.2 s, 0.2 s] (Chen et al. 2020, appendix A, `color_jitter`).
+
+def color_jitter(
+  x: np.ndarray,
+  rng: np.random.Generator,
+  jitter: tuple[float, float, float, float],
+  brightness_mode: str = "scale",
+) -> np.ndarray:
+  """Colour jitter with maxima `jitter` = (brightness b, contrast c, saturation s, hue h), the
+  four adjustments in random order (torchvision `ColorJitter`; SimCLR's `color_jitter`).
+
+  Contrast and saturation factors ~ U[max(0, 1 - v), 1 + v], hue shift ~ U[-h, h]; brightness
+  is a factor ~ U[max(0, 1 - b), 1 + b] ('scale': torchvision, SimCLR v2 code) or a shift
+  ~ U[-b, b] ('add': BYOL's `augmentations.py`). SimCLR's strength s is
+  `simclr_jitter(s)` = (0.8 s, 0.8 s, 0.8 s, 0.2 s) (Chen et al. 2020, appendix A).
   """
+  bright, contrast, saturation, hue = jitter
 
-  def factor():
-    return rng.uniform(max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
+  def factor(v):
+    return rng.uniform(max(0.0, 1.0 - v), 1.0 + v)
 
+  if brightness_mode == "add":
+    brighten = lambda y: add_brightness(y, rng.uniform(-bright, bright))  # noqa: E731
+  else:
+    brighten = lambda y: adjust_brightness(y, factor(bright))  # noqa: E731
   ops = [
-    lambda y: adjust_brightness(y, factor()),
-    lambda y: adjust_contrast(y, factor()),
-    lambda y: adjust_saturation(y, factor()),
-    lambda y: adjust_hue(y, rng.uniform(-0.2 * strength, 0.2 * strength)),
+    brighten,
+    lambda y: adjust_contrast(y, factor(contrast)),
+    lambda y: adjust_saturation(y, factor(saturation)),
+    lambda y: adjust_hue(y, rng.uniform(-hue, hue)),
   ]
   for index in rng.permutation(len(ops)):
     x = ops[index](x)
   return x
+
+
+simclr_jitter = device_augment.simclr_jitter
 
 
 def gaussian_blur(x: np.ndarray, sigma: float, radius: int) -> np.ndarray:
@@ -188,7 +209,8 @@ class SimCLRAugment:
 
   Defaults follow SimCLR's ImageNet recipe except two choices for small images: crop scale
   (0.2, 1) (MoCo v2's, also common on CIFAR; the paper's ImageNet value is (0.08, 1)) and
-  jitter strength 0.5 (the paper's CIFAR-10 value; 1.0 on ImageNet).
+  jitter strength 0.5 (the paper's CIFAR-10 value; 1.0 on ImageNet): `jitter` holds the
+  (brightness, contrast, saturation, hue) maxima, `simclr_jitter(0.5)` by default.
   BYOL's views: blur_prob 1.0 / 0.1 and solarize_prob 0.0 / 0.2.
 
   `placement` says where the steps after the crop run: 'host' (here), 'device' (here only
@@ -203,7 +225,8 @@ class SimCLRAugment:
   crop_scale: tuple[float, float] = (0.2, 1.0)
   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip_prob: float = 0.5
-  jitter_strength: float = 0.5
+  jitter: tuple[float, float, float, float] = device_augment.simclr_jitter(0.5)
+  brightness_mode: str = "scale"  # 'scale' (torchvision, SimCLR) | 'add' (BYOL)
   jitter_prob: float = 0.8
   grayscale_prob: float = 0.2
   blur_prob: float = 0.5
@@ -228,6 +251,7 @@ class SimCLRAugment:
       raise ValueError(f"crop_ratio={self.crop_ratio} must satisfy 0 < low <= high.")
     if self.output_size is not None and self.output_size <= 0:
       raise ValueError(f"output_size={self.output_size} must be positive (or None).")
+    device_augment.check_jitter(self.jitter, self.brightness_mode)
     for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
       _check_probability(name, getattr(self, name))
 
@@ -248,7 +272,7 @@ class SimCLRAugment:
     if rng.random() < self.flip_prob:
       x = x[:, ::-1]
     if rng.random() < self.jitter_prob:
-      x = color_jitter(x, rng, self.jitter_strength)
+      x = color_jitter(x, rng, self.jitter, self.brightness_mode)
     if x.shape[-1] == 3 and rng.random() < self.grayscale_prob:
       x = np.repeat(_grayscale(x), 3, axis=-1)
     if rng.random() < self.blur_prob:

@@ -53,6 +53,11 @@ def adjust_brightness(x: jax.Array, factor) -> jax.Array:
   return jnp.clip(x * factor, 0.0, 1.0)
 
 
+def add_brightness(x: jax.Array, delta) -> jax.Array:
+  """clip(x + delta, 0, 1), as `augment.add_brightness` (BYOL)."""
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
 def adjust_contrast(x: jax.Array, factor) -> jax.Array:
   """Deviations from the image's mean luma scaled by `factor`, clipped to [0, 1]."""
   mean = grayscale(x).mean()
@@ -100,6 +105,25 @@ def solarize(x: jax.Array, threshold: float = 0.5) -> jax.Array:
 
 # ------------------------------------------------------------------ one view's recipe
 
+BRIGHTNESS_MODES = ("scale", "add")
+
+
+def simclr_jitter(strength: float) -> tuple[float, float, float, float]:
+  """SimCLR's colour distortion of strength s as (brightness, contrast, saturation, hue) maxima:
+  (0.8 s, 0.8 s, 0.8 s, 0.2 s) (Chen et al. 2020, appendix A; TF2 `color_jitter`)."""
+  return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
+def check_jitter(jitter, brightness_mode: str) -> None:
+  """Raises ValueError unless `jitter` is four maxima >= 0 (hue <= 0.5) and the mode known."""
+  if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+    raise ValueError(
+      f"jitter={tuple(jitter)} must be (brightness, contrast, saturation, hue) maxima >= 0 "
+      "with hue <= 0.5, e.g. (0.4, 0.4, 0.2, 0.1)."
+    )
+  if brightness_mode not in BRIGHTNESS_MODES:
+    raise ValueError(f"brightness_mode={brightness_mode!r}; use one of {BRIGHTNESS_MODES}.")
+
 
 @dataclasses.dataclass(frozen=True)
 class Photometric:
@@ -109,7 +133,8 @@ class Photometric:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   flip_prob: float
-  jitter_strength: float
+  jitter: tuple[float, float, float, float]
+  brightness_mode: str
   jitter_prob: float
   grayscale_prob: float
   blur_prob: float
@@ -118,23 +143,30 @@ class Photometric:
   solarize_prob: float
 
   def sample(self, key: jax.Array, n: int) -> dict[str, jax.Array]:
-    """Per-example parameters [n] (`order` [n, 4]), drawn as the host code draws them:
-    factors ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s], hue ~ U[-0.2 s, 0.2 s], the four jitter ops
-    in a uniformly random order, blur sigma ~ U[blur_sigma]."""
-    s = self.jitter_strength
+    """Per-example parameters [n] (`order` [n, 4]), drawn as the host code draws them
+    (`augment.color_jitter`): factors ~ U[max(0, 1 - v), 1 + v] for the `jitter` maxima v
+    (brightness a shift ~ U[-b, b] in 'add' mode), hue ~ U[-h, h], the four jitter ops in a
+    uniformly random order, blur sigma ~ U[blur_sigma]."""
+    bright, contrast, saturation, hue = self.jitter
     keys = dict(zip(PARAMS, jax.random.split(key, len(PARAMS))))
-    low = max(0.0, 1.0 - 0.8 * s)
 
     def uniform(name, lo=0.0, hi=1.0):
       return jax.random.uniform(keys[name], (n,), jnp.float32, lo, hi)
 
+    def factor(name, v):
+      return uniform(name, max(0.0, 1.0 - v), 1.0 + v)
+
     return dict(
       flip=uniform("flip") < self.flip_prob,
       jitter=uniform("jitter") < self.jitter_prob,
-      brightness=uniform("brightness", low, 1.0 + 0.8 * s),
-      contrast=uniform("contrast", low, 1.0 + 0.8 * s),
-      saturation=uniform("saturation", low, 1.0 + 0.8 * s),
-      hue=uniform("hue", -0.2 * s, 0.2 * s),
+      brightness=(
+        uniform("brightness", -bright, bright)
+        if self.brightness_mode == "add"
+        else factor("brightness", bright)
+      ),
+      contrast=factor("contrast", contrast),
+      saturation=factor("saturation", saturation),
+      hue=uniform("hue", -hue, hue),
       # argsort of i.i.d. uniforms is a uniformly random permutation.
       order=jnp.argsort(jax.random.uniform(keys["order"], (n, 4)), axis=-1),
       grayscale=uniform("grayscale") < self.grayscale_prob,
@@ -148,8 +180,9 @@ class Photometric:
     x = image.astype(jnp.float32) / 255.0
     x = jnp.where(p["flip"], x[:, ::-1], x)
     jittered = x
+    brighten = add_brightness if self.brightness_mode == "add" else adjust_brightness
     ops = (
-      lambda y: adjust_brightness(y, p["brightness"]),
+      lambda y: brighten(y, p["brightness"]),
       lambda y: adjust_contrast(y, p["contrast"]),
       lambda y: adjust_saturation(y, p["saturation"]),
       lambda y: adjust_hue(y, p["hue"]),

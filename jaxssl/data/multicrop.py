@@ -159,7 +159,7 @@ def dino_multicrop(
   global_scale=(0.4, 1.0),
   local_scale=(0.05, 0.4),
   flip_prob=0.5,
-  jitter_strength=0.5,
+  jitter=augment_lib.simclr_jitter(0.5),
   jitter_prob=0.8,
   masking: BlockMasking | None = None,
   placement: str = "auto",
@@ -170,7 +170,7 @@ def dino_multicrop(
     mean=tuple(mean),
     std=tuple(std),
     flip_prob=flip_prob,
-    jitter_strength=jitter_strength,
+    jitter=tuple(jitter),
     jitter_prob=jitter_prob,
     placement=placement,
   )

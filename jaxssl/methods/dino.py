@@ -192,7 +192,7 @@ class Method:
       global_scale=crops.global_scale,
       local_scale=crops.local_scale,
       flip_prob=crops.flip_prob,
-      jitter_strength=crops.jitter_strength,
+      jitter=tuple(crops.jitter),
       masking=self.mask_policy(grid),
       placement=self.config.augment.placement,
     )

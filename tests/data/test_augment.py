@@ -100,8 +100,26 @@ def test_color_adjustments():
   g = x[..., :1]
   np.testing.assert_array_equal(augment.adjust_saturation(g, 0.0), g)
   np.testing.assert_array_equal(augment.adjust_hue(g, 0.3), g)
-  jittered = augment.color_jitter(g, rng, strength=1.0)
+  jittered = augment.color_jitter(g, rng, augment.simclr_jitter(1.0))
   assert jittered.min() >= 0 and jittered.max() <= 1 and not np.allclose(jittered, g)
+  np.testing.assert_allclose(augment.add_brightness(x, 0.25), np.clip(x + 0.25, 0, 1))
+
+
+@pytest.mark.parametrize("mode", ["scale", "add"])
+def test_color_jitter_brightness_follows_its_mode(mode):
+  """A uniform grey image under brightness-only jitter (0.4, 0, 0, 0): torchvision/SimCLR scale
+  it by f ~ U[0.6, 1.4] (values in [0.3, 0.7] for 0.5), BYOL adds d ~ U[-0.4, 0.4] (values in
+  [0.1, 0.9]), both with mean 0.5; black stays black only under the factor."""
+  rng = np.random.default_rng(0)
+  grey = np.full((2, 2, 3), 0.5, np.float32)
+  values = np.array(
+    [augment.color_jitter(grey, rng, (0.4, 0, 0, 0), mode)[0, 0, 0] for _ in range(4000)]
+  )
+  lo, hi = (0.3, 0.7) if mode == "scale" else (0.1, 0.9)
+  assert lo <= values.min() < lo + 0.01 and hi - 0.01 < values.max() <= hi
+  assert abs(values.mean() - 0.5) < 0.01
+  black = [augment.color_jitter(np.zeros_like(grey), rng, (0.4, 0, 0, 0), mode) for _ in range(20)]
+  assert (max(b.max() for b in black) == 0.0) == (mode == "scale")
 
 
 def test_solarize_and_normalize():
@@ -128,7 +146,7 @@ def test_identity_settings_only_normalize():
 
 def test_simclr_augment_is_seeded_and_shaped():
   image = _image(np.random.default_rng(8), (28, 28, 1))
-  aug = augment.SimCLRAugment(MEAN, STD, jitter_strength=1.0)
+  aug = augment.SimCLRAugment(MEAN, STD, jitter=augment.simclr_jitter(1.0))
   a = aug(image, np.random.default_rng(42))
   np.testing.assert_array_equal(a, aug(image, np.random.default_rng(42)))
   assert not np.allclose(a, aug(image, np.random.default_rng(43)))
@@ -186,6 +204,9 @@ def test_deterministic_transform():
     (dict(blur_prob=1.5), "blur_prob"),
     (dict(output_size=0), "output_size"),
     (dict(std=(0.0,)), "std"),
+    (dict(jitter=(0.4, 0.4, 0.4)), "jitter"),
+    (dict(jitter=(0.4, 0.4, 0.4, 0.6)), "jitter"),
+    (dict(brightness_mode="multiply"), "brightness_mode"),
   ],
 )
 def test_bad_config_raises(kwargs, message):

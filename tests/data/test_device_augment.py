@@ -62,8 +62,11 @@ def _host_recipe(crop_uint8, p, recipe):
   if p["flip"]:
     x = x[:, ::-1]
   if p["jitter"]:
+    brighten = (
+      augment.add_brightness if recipe.brightness_mode == "add" else augment.adjust_brightness
+    )
     ops = (
-      lambda y: augment.adjust_brightness(y, p["brightness"]),
+      lambda y: brighten(y, p["brightness"]),
       lambda y: augment.adjust_contrast(y, p["contrast"]),
       lambda y: augment.adjust_saturation(y, p["saturation"]),
       lambda y: augment.adjust_hue(y, p["hue"]),
@@ -79,8 +82,14 @@ def _host_recipe(crop_uint8, p, recipe):
   return augment.normalize(x, recipe.mean, recipe.std)
 
 
-def test_the_composed_recipe_matches_the_host_on_the_same_parameters():
-  recipe = augment.SimCLRAugment(MEAN, STD, jitter_strength=1.0, solarize_prob=0.5).photometric()
+@pytest.mark.parametrize(
+  "jitter,brightness_mode",
+  [(augment.simclr_jitter(1.0), "scale"), ((0.4, 0.4, 0.2, 0.1), "add")],
+)
+def test_the_composed_recipe_matches_the_host_on_the_same_parameters(jitter, brightness_mode):
+  recipe = augment.SimCLRAugment(
+    MEAN, STD, jitter=jitter, brightness_mode=brightness_mode, solarize_prob=0.5
+  ).photometric()
   crops = (np.random.default_rng(0).uniform(0, 255, (12, 20, 20, 3))).astype(np.uint8)
   params = jax.device_get(recipe.sample(jax.random.key(3), 12))
   # Every branch both ways across the 12 examples.
@@ -92,10 +101,14 @@ def test_the_composed_recipe_matches_the_host_on_the_same_parameters():
     np.testing.assert_allclose(got[i], want, atol=3e-5, err_msg=f"example {i}")
 
 
-def test_parameters_follow_the_host_distributions():
-  s, n = 0.5, 20_000
+@pytest.mark.parametrize(
+  "jitter,brightness_mode",
+  [(augment.simclr_jitter(0.5), "scale"), ((0.3, 0.6, 0.2, 0.05), "add")],
+)
+def test_parameters_follow_the_host_distributions(jitter, brightness_mode):
+  n = 20_000
   recipe = augment.SimCLRAugment(
-    MEAN, STD, jitter_strength=s, blur_prob=0.3, solarize_prob=0.2
+    MEAN, STD, jitter=jitter, brightness_mode=brightness_mode, blur_prob=0.3, solarize_prob=0.2
   ).photometric()
   p = jax.device_get(recipe.sample(jax.random.key(0), n))
   tol = 4 * np.sqrt(0.25 / n)
@@ -107,11 +120,12 @@ def test_parameters_follow_the_host_distributions():
     ("solarize", 0.2),
   ]:
     assert abs(p[flag].mean() - rate) < tol, flag
-  for name in ("brightness", "contrast", "saturation"):
-    lo, hi = 1 - 0.8 * s, 1 + 0.8 * s
+  centre = {"brightness": 0.0 if brightness_mode == "add" else 1.0}
+  for name, v in zip(("brightness", "contrast", "saturation", "hue"), jitter):
+    mid = centre.get(name, 0.0 if name == "hue" else 1.0)
+    lo, hi = mid - v, mid + v
     assert lo <= p[name].min() < lo + 0.01 and hi - 0.01 < p[name].max() <= hi, name
-    assert abs(p[name].mean() - 1.0) < 0.01, name
-  assert -0.1 <= p["hue"].min() < -0.099 and 0.099 < p["hue"].max() <= 0.1
+    assert abs(p[name].mean() - mid) < 0.01, name
   assert 0.1 <= p["sigma"].min() and p["sigma"].max() <= 2.0
   orders = {tuple(o) for o in p["order"]}
   assert orders == set(itertools.permutations(range(4)))  # all 24 orders occur
@@ -142,7 +156,14 @@ def _device_views(aug, image, n):
     # A uniform grey image: only brightness changes it, so its value is the factor x 0.5.
     (
       "brightness",
-      dict(jitter_prob=1.0, jitter_strength=0.5),
+      dict(jitter_prob=1.0, jitter=augment.simclr_jitter(0.5)),
+      np.full((8, 8), 128, np.uint8),
+      lambda v: v.mean((1, 2, 3)),
+    ),
+    # The same image under BYOL's additive brightness: its value is 0.5 + the shift.
+    (
+      "additive brightness",
+      dict(jitter_prob=1.0, jitter=(0.4, 0.0, 0.0, 0.0), brightness_mode="add"),
       np.full((8, 8), 128, np.uint8),
       lambda v: v.mean((1, 2, 3)),
     ),
@@ -318,12 +339,12 @@ def test_placement_may_change_on_resume_and_older_records_resume(tmp_path, data_
   assert workdir_lib.check(workdir, _config(data_dir, "auto")) == {
     "augment.placement": ("<absent>", "auto")
   }
-  with pytest.raises(Exception, match="augment.jitter_strength"):  # the recipe itself may not
+  with pytest.raises(Exception, match="augment.jitter"):  # the recipe itself may not
     workdir_lib.check(
       workdir,
       _config(
         data_dir,
         "auto",
-        augment=dict(older.augment.to_dict(), jitter_strength=0.9, placement="auto"),
+        augment=dict(older.augment.to_dict(), jitter=(0.9, 0.9, 0.9, 0.2), placement="auto"),
       ),
     )
