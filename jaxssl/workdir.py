@@ -68,6 +68,28 @@ ADDED_KEYS = {
   "optim.no_decay": [],
   "optim.constant_lr": [],
 }
+# The same, for keys only some methods' configs have (a shared section such as `head` differs
+# between methods): applied to a record whose `method` is the key here.
+METHOD_ADDED_KEYS = {
+  "simclr": {
+    "simclr.directions": "mean",
+    "head.final_bn": False,
+    "head.final_bn_scale": False,
+  },
+  "byol": {
+    "byol.directions": "mean",
+    "head.final_bias": None,
+    "byol.predictor.final_bias": None,
+  },
+  "moco_v3": {"moco_v3.predictor.final_bn": False},
+  "data2vec": {
+    "data2vec.masking": "random",
+    "data2vec.num_masked": None,
+    "data2vec.min_block": 16,
+    "data2vec.target_norm": "instance",
+    "data2vec.loss_reduction": "sqrt_dim",
+  },
+}
 # Keys replaced by others: (section, old key) -> the new entries computed from the old value.
 # A colour-distortion strength s became the four maxima SimCLR derives from it (and, where the
 # view pair had a strength, the brightness form it always used).
@@ -112,14 +134,15 @@ def _read_plain(workdir: str) -> dict[str, Any] | None:
 
 
 def _with_added_keys(data: dict[str, Any]) -> dict[str, Any]:
-  """The record with RENAMED_KEYS rewritten and every ADDED_KEYS key it lacks set to its
-  old-behaviour value."""
+  """The record with RENAMED_KEYS rewritten and every ADDED_KEYS (and its method's
+  METHOD_ADDED_KEYS) key it lacks set to its old-behaviour value."""
   data = json.loads(json.dumps(data))
   for (section, old), new_entries in RENAMED_KEYS.items():
     node = data.get(section)
     if isinstance(node, dict) and old in node:
       node.update(new_entries(node.pop(old)))
-  for key, value in ADDED_KEYS.items():
+  added = {**ADDED_KEYS, **METHOD_ADDED_KEYS.get(data.get("method"), {})}
+  for key, value in added.items():
     *parents, leaf = key.split(".")
     node = data
     for part in parents:

@@ -74,3 +74,40 @@ def test_a_record_with_a_jitter_strength_reads_as_its_four_maxima(
   config[section].jitter = (0.4, 0.4, 0.2, 0.1)
   with pytest.raises(errors.WorkdirError, match=rf"{section}.jitter"):
     workdir_lib.check(str(tmp_path), config)
+
+
+@pytest.mark.parametrize("method", sorted(workdir_lib.METHOD_ADDED_KEYS))
+def test_method_added_keys_read_an_old_record_as_its_old_behaviour(tmp_path, method):
+  """A record of `method` without its METHOD_ADDED_KEYS resumes under a config holding their
+  old-behaviour values; under the preset's new values the refusal names them. Other methods'
+  records are not touched (a shared section such as `head` differs between methods)."""
+  added = workdir_lib.METHOD_ADDED_KEYS[method]
+  config = config_lib.load_config_file(f"configs/{method}.py:test")
+  config.unlock()
+  new_values = {}
+  for key, old in added.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    assert leaf in node, f"{key} is not in configs/{method}.py:test"
+    new_values[key] = node[leaf]
+    node[leaf] = old
+  data = json.loads(config.to_json_best_effort(sort_keys=True))
+  for key in added:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+      node = node[part]
+    del node[leaf]
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(data))
+  assert workdir_lib.check(str(tmp_path), config) == {}
+  changed = [k for k, v in new_values.items() if v != added[k]]
+  if changed:
+    fresh = config_lib.load_config_file(f"configs/{method}.py:test")
+    with pytest.raises(errors.WorkdirError, match=changed[0].replace(".", r"\.")):
+      workdir_lib.check(str(tmp_path), fresh)
+  other = config_lib.load_config_file("configs/vicreg.py:test")
+  assert workdir_lib._with_added_keys(  # pylint: disable=protected-access
+    json.loads(other.to_json_best_effort())
+  ) == json.loads(other.to_json_best_effort())

@@ -5,11 +5,19 @@ table 6 of the paper: view 1 always blurred and never solarized, view 2 blurred 
 solarized with p=0.2). Online network: encoder f -> projector g -> predictor q (`params`).
 Target network: an exponential moving average of f and g (`aux['teacher']`, initialised as a
 copy), updated after every step with the cosine momentum of sec. 3.2 (`post_update`). Loss:
-`losses.byol`, the symmetrised 2 - 2 cos(q(z), stop_gradient(z')) of eq. 2.
+`losses.byol`, the symmetrised 2 - 2 cos(q(z), stop_gradient(z')) of eq. 2, times 2 when
+`config.byol.directions='sum'`: the official `byol_experiment.py` sums the two directions
+(`repr_loss = l(p1, t2) + l(p2, t1)`, then the batch mean), which is not neutral under LARS
+(the trust ratio fixes the weights' step size, not the ratio of gradient to weight decay;
+biases and BN parameters step by lr x gradient). 'mean' (runs recorded before the key existed)
+keeps `losses.byol`'s average.
 
-Config: `config.head` is the projector, `config.byol` holds base_momentum and the predictor
-(its output size is the projector's). Evaluation uses the online encoder f, as the paper does
-(sec. 3.3: "the representation y ... of the online network").
+Config: `config.head` is the projector, `config.byol` holds base_momentum, directions and the
+predictor (hidden_dim, num_layers and optionally final_bn, final_bias, final_bn_scale of
+models.ProjectionHead; its output size is the projector's). BYOL's MLPs end in a Dense without
+bias (`networks.py` MLP: `hk.Linear(output_size, with_bias=False)`): `final_bias=False` on
+both. Evaluation uses the online encoder f, as the paper does (sec. 3.3: "the representation
+y ... of the online network").
 
 `OnlineNetwork`, the teacher machinery in `Method` and `two_view_transform` are reused by
 MoCo v3 (same architecture, contrastive loss); VICReg and Barlow Twins reuse the views.
@@ -33,6 +41,8 @@ from jaxssl.methods import ema
 
 # The parts of the online network that the target network copies (not the predictor).
 TARGET_PARTS = ("encoder", "projector")
+# How the two directions combine: `losses.byol` averages them, the official code sums them.
+DIRECTION_FACTORS = {"mean": 1.0, "sum": 2.0}
 
 
 def two_view_transform(config: ml_collections.ConfigDict, info) -> augment.TwoViews:
@@ -92,16 +102,17 @@ def build_online_network(
   kernels: Kernels = REFERENCE,
 ) -> OnlineNetwork:
   """Projector from `config.head` (fields of models.ProjectionHead), predictor from
-  `predictor` (hidden_dim, num_layers) mapping back to the projector's output size."""
+  `predictor` (hidden_dim, num_layers, optionally final_bn, final_bias, final_bn_scale; BN on
+  its hidden layers) mapping back to the projector's output size. Head fields a config lacks
+  take ProjectionHead's defaults, the heads of runs recorded before those keys existed."""
   return OnlineNetwork(
     encoder=models.build_encoder(config.model, kernels),
     projector=models.ProjectionHead(
       **config.head.to_dict(), dtype=models.compute_dtype(config.model), kernels=kernels
     ),
     predictor=models.PredictionHead(
-      hidden_dim=predictor.hidden_dim,
+      **predictor.to_dict(),
       out_dim=config.head.out_dim,
-      num_layers=predictor.num_layers,
       use_bn=True,
       dtype=models.compute_dtype(config.model),
       kernels=kernels,
@@ -129,6 +140,12 @@ class Method:
     self.section = config[self.name]
     self.model = build_online_network(config, self.section.predictor, kernels)
     self.base_momentum = self.section.base_momentum
+    directions = self.section.get("directions", "mean")
+    if directions not in DIRECTION_FACTORS:
+      raise ValueError(
+        f"config.{self.name}.directions={directions!r}; choose one of {sorted(DIRECTION_FACTORS)}."
+      )
+    self.loss_factor = DIRECTION_FACTORS[directions]
 
   @functools.cached_property
   def schedule_steps(self) -> int:
@@ -156,7 +173,8 @@ class Method:
 
   def pair_loss(self, p1, p2, t1, t2):
     """The loss between online predictions p and target projections t of the two views."""
-    return losses.byol(p1, p2, t1, t2)
+    loss, metrics = losses.byol(p1, p2, t1, t2)
+    return self.loss_factor * loss, metrics
 
   def loss_fn(self, params, aux, batch, rng, step):
     rngs = [{"dropout": r} for r in jax.random.split(rng, 4)]

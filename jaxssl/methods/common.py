@@ -28,16 +28,14 @@ class EncoderWithHead(nn.Module):
 
 
 def build_encoder_with_head(config, kernels: Kernels = REFERENCE) -> EncoderWithHead:
-  head = config.head
+  """Encoder from `config.model`, head from `config.head`: every key of it is a
+  models.ProjectionHead field (hidden_dim, out_dim, num_layers, use_bn and optionally final_bn,
+  final_bias, final_bn_scale); an unknown key raises TypeError. A key a config lacks takes the
+  field's default, which is the head runs recorded before that key existed had."""
   return EncoderWithHead(
     encoder=models.build_encoder(config.model, kernels),
     head=models.ProjectionHead(
-      hidden_dim=head.hidden_dim,
-      out_dim=head.out_dim,
-      num_layers=head.num_layers,
-      use_bn=head.use_bn,
-      dtype=models.compute_dtype(config.model),
-      kernels=kernels,
+      **config.head.to_dict(), dtype=models.compute_dtype(config.model), kernels=kernels
     ),
   )
 

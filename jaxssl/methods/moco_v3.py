@@ -4,9 +4,11 @@ momentum encoder, InfoNCE against the other in-batch keys.
 Batch: {'view1', 'view2': [B, H, W, C] float32}, BYOL's asymmetric views (the paper follows
 BYOL's augmentation, sec. 4). Architecture (alg. 1 and the official `moco/builder.py`):
 base encoder f_q -> projector (3 layers for ViT, BN on hidden layers and a final BN without
-affine) -> predictor (2 layers) gives the queries q; the momentum encoder f_k, an EMA of
-encoder + projector whose momentum rises from m = 0.99 to 1 on a cosine (`adjust_moco_momentum`,
-the same rule as BYOL's), gives the keys k. Loss (alg. 1):
+affine) -> predictor (2 layers, for ViT also ending in a bias-free Dense and a BN without
+affine: `_build_mlp(2, dim, mlp_dim, dim)` with its default `last_bn=True`) gives the queries
+q; the momentum encoder f_k, an EMA of encoder + projector whose momentum rises from m = 0.99
+to 1 on a cosine (`adjust_moco_momentum`, the same rule as BYOL's), gives the keys k. Loss
+(alg. 1):
 
   L = ctr(q1, k2) + ctr(q2, k1),   ctr = `losses.info_nce` (2T x cross-entropy, T = 0.2),
 
@@ -14,8 +16,9 @@ with the keys stop-gradiented. This is BYOL's network with a contrastive loss, s
 extends `byol.Method` and changes only the config section and the loss.
 
 Config: `config.head` is the projector (final_bn=True), `config.moco_v3` holds base_momentum,
-temperature and the predictor. Evaluation uses the base (online) encoder f_q: the official
-linear-probing script `main_lincls.py` loads the `base_encoder` weights.
+temperature and the predictor (final_bn=True for the ViT recipe). Evaluation uses the base
+(online) encoder f_q: the official linear-probing script `main_lincls.py` loads the
+`base_encoder` weights.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """SimCLR (Chen et al. 2020): two augmented views, encoder + projection MLP, NT-Xent.
 
 Batch: {'view1': [B, H, W, C], 'view2': [B, H, W, C]} float32, made by `train_transform`.
-Config section `config.simclr`: temperature. Evaluation uses the encoder's pre-projection
-features, as the paper does (section 4.2).
+Config section `config.simclr`: temperature, directions ('sum': the loss is the sum of the two
+views' mean cross-entropies, `reduce_mean(loss_a + loss_b)` of the official TF2
+`objective.add_contrastive_loss`, i.e. 2 x `losses.nt_xent`; 'mean': `nt_xent` itself, the
+form of runs recorded before the key existed). The factor is not neutral under LARS: the
+trust ratio normalises the weights' step but not the ratio of gradient to weight decay, and
+biases / BN parameters (no trust ratio) step by lr x gradient. Evaluation uses the encoder's
+pre-projection features, as the paper does (section 4.2).
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from jaxssl import losses
 from jaxssl.data import augment
 from jaxssl.methods import common
 
+# How the two directions (view 1 -> 2 and 2 -> 1) combine: nt_xent averages them over the 2N
+# anchors; the official code sums the two per-view means.
+DIRECTION_FACTORS = {"mean": 1.0, "sum": 2.0}
+
 
 class Method(common.EncoderHeadMethod):
   """SimCLR: encoder + projection MLP, both views in one BatchNorm batch."""
@@ -22,6 +31,12 @@ class Method(common.EncoderHeadMethod):
   def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     super().__init__(config, kernels)
     self.temperature = config.simclr.temperature
+    directions = config.simclr.get("directions", "mean")
+    if directions not in DIRECTION_FACTORS:
+      raise ValueError(
+        f"config.simclr.directions={directions!r}; choose one of {sorted(DIRECTION_FACTORS)}."
+      )
+    self.loss_factor = DIRECTION_FACTORS[directions]
 
   def train_transform(self, info):
     """Per-example transform making the two views (seeded by Grain per element)."""
@@ -43,5 +58,6 @@ class Method(common.EncoderHeadMethod):
       self.model, params, aux["model_state"], images, train=True
     )
     loss, metrics = losses.nt_xent(z[:n], z[n:], temperature=self.temperature)
+    loss = self.loss_factor * loss
     metrics.update(common.collapse_metrics(z[:n]))
     return loss, (metrics, {**aux, "model_state": model_state})

@@ -4,7 +4,9 @@ SimCLR (Chen et al. 2020, sec. 2.1) maps representations h to z = g(h) with an M
 contrastive loss; SimCLR v2 uses 3 layers, BYOL (Grill et al. 2020, sec. 3.3) and MoCo v3 use
 Linear-BN-ReLU hidden layers, and BYOL's predictor q is the same MLP shape applied to the
 projection. Hidden layers are Dense -> BN -> ReLU; the last layer is linear, optionally
-followed by a BN without affine parameters (MoCo v3 / SimCLR's final BN).
+followed by a BN without offset: without scale either in MoCo v3 and SimSiam
+(`BatchNorm1d(affine=False)`), with a learned scale in SimCLR's TF2 code (`model.py`
+`LinearLayer(use_bias=False, use_bn=True)` -> `BatchNormRelu(center=False, scale=True)`).
 """
 
 from typing import Any
@@ -21,9 +23,13 @@ class ProjectionHead(nn.Module):
   Attributes:
     hidden_dim: width of the hidden layers.
     out_dim: output width.
-    num_layers: number of Dense layers (1 = linear projection; SimCLR 2, SimCLR v2 3).
+    num_layers: number of Dense layers (1 = linear projection; SimCLR v1 2, SimCLR v2 3).
     use_bn: BatchNorm on hidden layers (their Dense then has no bias: BN's beta replaces it).
-    final_bn: BatchNorm without scale/bias on the output (MoCo v3, SimCLR).
+    final_bn: BatchNorm without offset on the output (MoCo v3, SimSiam, SimCLR).
+    final_bias: bias of the last Dense; None (the default) means "only without final_bn".
+      BYOL's projector and predictor have none (`networks.py` MLP, `with_bias=False`).
+    final_bn_scale: the final BN has a learned scale (SimCLR's TF2 head); False: no affine
+      parameters at all (MoCo v3, SimSiam).
     dtype: compute dtype; parameters, BN statistics and the output are float32.
 
   BN statistics are in 'batch_stats' (apply with mutable=['batch_stats'] when train=True).
@@ -34,6 +40,8 @@ class ProjectionHead(nn.Module):
   num_layers: int = 2
   use_bn: bool = True
   final_bn: bool = False
+  final_bias: bool | None = None
+  final_bn_scale: bool = False
   dtype: Any = jnp.float32
   kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
@@ -51,15 +59,15 @@ class ProjectionHead(nn.Module):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_name,)),
     )
 
-  def _batch_norm(self, train, affine, name):
+  def _batch_norm(self, train, name, *, scale, offset):
     return nn.BatchNorm(
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,
       dtype=self.dtype,
       param_dtype=jnp.float32,
-      use_scale=affine,
-      use_bias=affine,
+      use_scale=scale,
+      use_bias=offset,
       name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
@@ -70,6 +78,8 @@ class ProjectionHead(nn.Module):
     """Maps x [..., D] to [..., out_dim] (BN statistics over all leading axes)."""
     if self.num_layers < 1:
       raise ValueError(f"ProjectionHead needs num_layers >= 1, got {self.num_layers}.")
+    if self.final_bn_scale and not self.final_bn:
+      raise ValueError("ProjectionHead: final_bn_scale=True needs final_bn=True.")
     x = x.astype(self.dtype)
     for i in range(self.num_layers - 1):
       x = self._dense(
@@ -80,15 +90,14 @@ class ProjectionHead(nn.Module):
         name=f"dense_{i}",
       )(x)
       if self.use_bn:
-        x = self._batch_norm(train, affine=True, name=f"bn_{i}")(x)
+        x = self._batch_norm(train, f"bn_{i}", scale=True, offset=True)(x)
       x = nn.relu(x)
     last = self.num_layers - 1
     in_name, out_name = ("mlp", "embed") if last else ("embed", "mlp")
-    x = self._dense(
-      self.out_dim, in_name, out_name, use_bias=not self.final_bn, name=f"dense_{last}"
-    )(x)
+    final_bias = not self.final_bn if self.final_bias is None else self.final_bias
+    x = self._dense(self.out_dim, in_name, out_name, use_bias=final_bias, name=f"dense_{last}")(x)
     if self.final_bn:
-      x = self._batch_norm(train, affine=False, name=f"bn_{last}")(x)
+      x = self._batch_norm(train, f"bn_{last}", scale=self.final_bn_scale, offset=False)(x)
     # float32 out, like the encoders: losses on normalized embeddings need the precision.
     return x.astype(jnp.float32)
 

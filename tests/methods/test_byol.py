@@ -3,6 +3,7 @@ asymmetric views, encode, one train run with the eval handoff."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,13 +33,18 @@ def setup():
 
 
 def _byol_loss64(p1, p2, t1, t2):
-  """Independent float64 eq. 2, both directions averaged (the jaxssl convention)."""
+  """Independent float64 byol_experiment.py loss: repr_loss = regression_loss(p1, t2) +
+  regression_loss(p2, t1), averaged over the batch, with helpers.py's regression_loss
+  ||x/||x|| - y/||y||||^2 (each norm sqrt(max(||.||^2, 1e-12)))."""
 
-  def cos(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+  def normalize(x):
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.maximum(np.sum(x * x, -1, keepdims=True), 1e-12))
 
-  return np.mean(2 - 2 * cos(p1, t2) + 2 - 2 * cos(p2, t1)) / 2
+  def regression_loss(x, y):
+    return np.sum((normalize(x) - normalize(y)) ** 2, -1)
+
+  return np.mean(regression_loss(p1, t2) + regression_loss(p2, t1))
 
 
 def test_registry_and_init_copies_encoder_and_projector_into_the_target(setup):
@@ -79,6 +85,49 @@ def test_loss_is_byol_of_online_predictions_and_target_projections(setup):
     jax.tree.leaves(new_aux["teacher_state"])[0], jax.tree.leaves(aux["teacher_state"])[0]
   )
   assert new_aux["teacher"] is teacher  # only post_update moves the target's weights
+
+
+def test_directions_mean_halves_the_loss_and_unknown_values_fail(setup):
+  """'mean' (runs recorded before the key existed) is losses.byol itself: half the official."""
+  method, batch, params, aux = setup
+  config = _config()
+  config.byol.directions = "mean"
+  args = (params, aux, batch, jax.random.PRNGKey(1), 0)
+  np.testing.assert_allclose(
+    float(methods.build(config).loss_fn(*args)[0]),
+    0.5 * float(method.loss_fn(*args)[0]),
+    rtol=1e-6,
+  )
+  config.byol.directions = "average"
+  with pytest.raises(ValueError, match="directions='average'"):
+    methods.build(config)
+
+
+@pytest.mark.parametrize("arg", ["test", "fashion_mnist", "imagenet"])
+def test_projector_and_predictor_outputs_have_no_bias(arg):
+  # utils/networks.py MLP: Linear(hidden, bias) -> BN -> ReLU -> Linear(out, with_bias=False),
+  # no final BN, for both the projector and the predictor.
+  config = _config(arg)
+  model = byol.build_online_network(config, config.byol.predictor)
+  size = config.data.image_size
+  images = jnp.zeros((2, size, size, 3 if arg == "imagenet" else 1))
+  # Shapes only: initialising a ResNet-50 would be slow.
+  variables = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images))
+  for part in ("projector", "predictor"):
+    params = variables["params"][part]
+    assert set(params) == {"dense_0", "bn_0", "dense_1"}, (arg, part)
+    assert set(params["dense_1"]) == {"kernel"}, (arg, part)
+    assert set(variables["batch_stats"][part]) == {"bn_0"}, (arg, part)
+
+
+def test_imagenet_preset_is_the_official_1000_epoch_run():
+  recipe = _config("imagenet")
+  # main_loop.py pretrain_epochs=1000, batch 4096; configs/byol.py 1000-epoch presets.
+  assert recipe.total_epochs == 1000.0 and recipe.batch_size == 4096
+  assert recipe.optim.base_lr == 0.2 and recipe.optim.weight_decay == 1.5e-6
+  assert recipe.byol.base_momentum == 0.996
+  assert recipe.optim.warmup_steps == 10 * 1281167 // 4096 == 3127  # schedules.py
+  assert recipe.byol.directions == "sum"
 
 
 def test_target_branch_is_stop_gradiented(setup):

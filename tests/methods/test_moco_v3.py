@@ -3,6 +3,7 @@ momentum schedule, encode, one train run with the eval handoff."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,8 +50,13 @@ def test_heads_follow_the_paper(setup):
   assert set(params["projector"]) == {"dense_0", "bn_0", "dense_1", "bn_1", "dense_2"}
   assert set(aux["model_state"]["batch_stats"]["projector"]) == {"bn_0", "bn_1", "bn_2"}
   assert params["projector"]["dense_2"]["kernel"].shape == (32, 16)
-  # Predictor: 2 layers back to the projection size; no predictor in the momentum encoder.
+  assert set(params["projector"]["dense_2"]) == {"kernel"}
+  # Predictor: 2 layers back to the projection size, ending like the projector in a bias-free
+  # Dense and a BN without affine (builder.py `_build_mlp(2, dim, mlp_dim, dim)`, last_bn=True);
+  # no predictor in the momentum encoder.
   assert set(params["predictor"]) == {"dense_0", "bn_0", "dense_1"}
+  assert set(params["predictor"]["dense_1"]) == {"kernel"}
+  assert set(aux["model_state"]["batch_stats"]["predictor"]) == {"bn_0", "bn_1"}
   assert params["predictor"]["dense_1"]["kernel"].shape == (32, 16)
   assert set(aux["teacher"]) == {"encoder", "projector"}
 
@@ -154,3 +160,22 @@ def test_imagenet_recipe_freezes_exactly_the_patch_projection_and_reads_cls(setu
   )
   rest = {k: v for k, v in updates["encoder"].items() if k != "embedding"}
   assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(rest))
+
+
+def test_imagenet_recipe_is_vit_small_with_12_heads_and_exact_gelu():
+  recipe = _config("imagenet")
+  # vits.py vit_small: embed 384, depth 12, num_heads=12 (head dim 32); timm's nn.GELU (erf).
+  assert recipe.model.num_heads == 12 and recipe.model.gelu_approximate is False
+  assert recipe.moco_v3.predictor.final_bn is True
+  assert recipe.optim.warmup_steps == 40 * (1281167 // 4096) == 12_480  # drop_last=True
+  from jaxssl import models  # pylint: disable=g-import-not-at-top
+
+  encoder = models.build_encoder(recipe.model)
+  images = jnp.zeros((1, 224, 224, 3))
+  params = nn.unbox(jax.eval_shape(encoder.init, jax.random.key(0), images))["params"]
+  shapes = {
+    jax.tree_util.keystr(p): leaf.shape
+    for p, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if jax.tree_util.keystr(p).endswith("['query_kernel']")
+  }
+  assert len(shapes) == 12 and set(shapes.values()) == {(384, 12, 32)}

@@ -65,8 +65,53 @@ def _numpy_batch_norm(h, gamma=1.0, beta=0.0):
   return gamma * (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) + beta
 
 
-def test_train_forward_matches_numpy():
-  head = ProjectionHead(hidden_dim=16, out_dim=8, num_layers=3, use_bn=True, final_bn=True)
+@pytest.mark.parametrize(
+  "kwargs, last_bias, last_bn_params, last_bn_stats",
+  [
+    # Default: a plain linear output with bias (VICReg, Barlow Twins, SimSiam's predictor).
+    (dict(num_layers=2), True, None, False),
+    # BYOL's MLP: hk.Linear(output_size, with_bias=False), no final BN.
+    (dict(num_layers=2, final_bias=False), False, None, False),
+    # MoCo v3 / SimSiam: Linear(bias=False) -> BatchNorm1d(affine=False).
+    (dict(num_layers=3, final_bn=True), False, None, True),
+    # SimCLR TF2: Dense(use_bias=False) -> BatchNorm(center=False, scale=True).
+    (dict(num_layers=3, final_bn=True, final_bn_scale=True), False, {"scale"}, True),
+  ],
+)
+def test_final_layer_options_match_the_official_heads(
+  kwargs, last_bias, last_bn_params, last_bn_stats
+):
+  head = ProjectionHead(hidden_dim=16, out_dim=8, use_bn=True, **kwargs)
+  variables = head.init(jax.random.key(1), _inputs())
+  last = kwargs["num_layers"] - 1
+  params, stats = variables["params"], variables["batch_stats"]
+  assert ("bias" in params[f"dense_{last}"]) == last_bias
+  if last_bn_params is None:
+    assert f"bn_{last}" not in params
+  else:
+    assert set(params[f"bn_{last}"]) == last_bn_params
+    assert params[f"bn_{last}"]["scale"].names == ("norm",)
+  assert (f"bn_{last}" in stats) == last_bn_stats
+  # Every hidden layer keeps its affine BN and a bias-free Dense.
+  for i in range(last):
+    assert set(params[f"bn_{i}"]) == {"scale", "bias"} and "bias" not in params[f"dense_{i}"]
+
+
+def test_final_bn_scale_needs_final_bn():
+  with pytest.raises(ValueError, match="final_bn_scale=True needs final_bn=True"):
+    ProjectionHead(hidden_dim=16, out_dim=8, final_bn_scale=True).init(jax.random.key(0), _inputs())
+
+
+@pytest.mark.parametrize("final_bn_scale", [False, True])
+def test_train_forward_matches_numpy(final_bn_scale):
+  head = ProjectionHead(
+    hidden_dim=16,
+    out_dim=8,
+    num_layers=3,
+    use_bn=True,
+    final_bn=True,
+    final_bn_scale=final_bn_scale,
+  )
   x = _inputs()
   params = nn.unbox(head.init(jax.random.key(1), x))["params"]
   # Non-trivial BN affine parameters, so a swapped gamma/beta would show.
@@ -92,7 +137,9 @@ def test_train_forward_matches_numpy():
   for i in range(2):
     h = h @ p[f"dense_{i}"]["kernel"]
     h = np.maximum(_numpy_batch_norm(h, p[f"bn_{i}"]["scale"], p[f"bn_{i}"]["bias"]), 0)
-  expected = _numpy_batch_norm(h @ p["dense_2"]["kernel"])
+  # SimCLR's final BN multiplies by a learned gamma (randomised above); MoCo v3's has none.
+  gamma = p["bn_2"]["scale"] if final_bn_scale else 1.0
+  expected = _numpy_batch_norm(h @ p["dense_2"]["kernel"], gamma)
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
