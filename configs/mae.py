@@ -6,10 +6,13 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT, e.g.
 `configs/mae.py:fashion_mnist,vit_mu4`; MAE needs a ViT backbone):
   fashion_mnist  Fashion-MNIST 60k (Debian dataset-fashion-mnist), the CPU benchmark: 7x7
                  patches (16 per image, 4 visible), decoder 64 wide x 2 blocks.
-  imagenet       The paper's recipe for pods (sec. 4 and table 8 of appendix A.1): ViT-B/16,
+  imagenet       The paper's recipe for pods (sec. 4 and table 8 of appendix A.1; the official
+                 `PRETRAIN.md` command): ViT-B/16 with a [cls] token (carried through the
+                 decoder; the linear probe reads the final-normed [cls]) and exact GELU,
                  decoder 512 wide x 8 blocks, mask 0.75, norm_pix, AdamW (b2 0.95, wd 0.05),
                  base lr 1.5e-4 x B/256 at batch 4096, 800 epochs with 40 warmup; data is a
-                 prepared TFDS `imagenet2012`.
+                 prepared TFDS `imagenet2012`. The CPU presets keep 'gap' pooling (MAE: average
+                 pooling "works similarly"); `--config.model.pool=cls` switches.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
@@ -64,6 +67,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.batch_size = 4096
     c.total_epochs = 800.0
     c.optim.warmup_steps = 12_512  # 40 epochs of 1,281,167 images at batch 4096
+    c.optim.decay_mask = "rank_no_bias"  # timm optim_factory.add_weight_decay: no decay on biases
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000
     c.checkpoint.keep_every = 25_000
@@ -75,5 +79,8 @@ def get_config(arg: str = "fashion_mnist"):
   else:
     raise ValueError(f"Unknown mae preset {preset!r}; choose fashion_mnist, imagenet or test.")
   c.model = config_lib.backbone(backbone, image_size=c.data.image_size)
+  if preset == "imagenet":
+    c.model.pool = "cls"  # models_mae.py's cls_token; the probe's feature (main_linprobe.py)
+    c.model.gelu_approximate = False  # timm's exact nn.GELU, in the decoder too
   c.lock()
   return c

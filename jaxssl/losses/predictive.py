@@ -92,16 +92,43 @@ def _instance_norm(x, eps):
   return (x - mean) / jnp.sqrt(var + eps)
 
 
-def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0, loss_scale=None, eps=1e-5):
+def _layer_norm(x, eps):
+  """Normalises x [..., D] over D per token, no affine (torch.nn.functional.layer_norm)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) / jnp.sqrt(var + eps)
+
+
+TARGET_NORMS = ("instance", "layer")
+
+
+def data2vec(
+  pred,
+  target_layers,
+  mask,
+  *,
+  top_k=8,
+  loss_beta=0.0,
+  loss_scale=None,
+  target_norm="instance",
+  eps=1e-5,
+):
   """data2vec masked latent regression (Baevski et al. 2022, eq. 1-2).
 
-  Target: the average of the teacher's top K layer outputs, each instance-
-  normalised (over the time axis, per channel, no affine) before averaging,
-    y_t = 1/K sum_{l = L-K+1}^{L} IN(a^l)_t,
-  with stop_gradient. Regression on masked positions only, as fairseq does it:
+  Target: the average of the teacher's top K layer outputs a^l, normalised
+  with stop_gradient, as selected by `target_norm`:
+    'instance' (fairseq's audio form, the paper's eq. 2): instance-normalise each
+      layer over the time axis (per example and channel, no affine), then average,
+        y_t = 1/K sum_{l = L-K+1}^{L} IN(a^l)_t;
+    'layer' (the official vision code, data2vec_vision `beit/engine_for_cyclical.py`
+      with `--post_target_layer_norm`): layer-normalise each layer over the features
+      of every token (no affine), average, and layer-normalise the average again,
+        y_t = LN(1/K sum_l LN(a^l_t)).
+  Regression on masked positions only:
     per position: s * sum_D (pred_t - y_t)^2          if loss_beta == 0,
                   s * sum_D smooth_l1_beta(pred_t - y_t) otherwise,
-    s = loss_scale or 1 / sqrt(D), averaged over the masked positions.
+    s = loss_scale or 1 / sqrt(D) (fairseq), averaged over the masked positions;
+  s = 1 / D is the element mean of the vision code's `F.smooth_l1_loss`.
   The paper tunes K and beta per modality (the defaults are the K = 8, L2
   setting); the method passes its own.
 
@@ -114,7 +141,8 @@ def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0, loss_scale=No
     loss_beta: 0 for squared error, > 0 for smooth L1 with this beta (a
       Python number: it selects the form of the loss at trace time).
     loss_scale: per-position scale; None means 1 / sqrt(D).
-    eps: instance-norm epsilon (1e-5, torch's default).
+    target_norm: 'instance' or 'layer' (see above).
+    eps: normalisation epsilon (1e-5, torch's default).
 
   Returns:
     (loss, metrics): 'pred_std', 'target_std' over masked positions (fairseq
@@ -136,7 +164,12 @@ def data2vec(pred, target_layers, mask, *, top_k=8, loss_beta=0.0, loss_scale=No
   if mask.shape != pred.shape[:2]:
     raise ValueError(f"mask must be [batch, time] = {pred.shape[:2]}; got {mask.shape}.")
   top = target_layers[-top_k:]
-  target = jnp.mean(jax.vmap(lambda a: _instance_norm(a, eps))(top), axis=0)
+  if target_norm == "instance":
+    target = jnp.mean(jax.vmap(lambda a: _instance_norm(a, eps))(top), axis=0)
+  elif target_norm == "layer":
+    target = _layer_norm(jnp.mean(_layer_norm(top, eps), axis=0), eps)
+  else:
+    raise ValueError(f"target_norm must be one of {TARGET_NORMS}; got {target_norm!r}.")
   diff = pred - target
   if loss_beta == 0:
     per_position = jnp.sum(jnp.square(diff), axis=-1)

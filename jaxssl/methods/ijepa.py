@@ -7,11 +7,13 @@ f32, 'context_indices': [B, K] int32, 'target_indices': [B, T, M] int32}. Sec. 3
     dropping after the position embedding, as MAE);
   * target encoder f_theta_bar: the same ViT on the whole image, an EMA of the context encoder
     (`aux['teacher']`), momentum linear from 0.996 to 1 over the run (sec. 4; the official
-    code stretches the ramp by ipe_scale 1.25 so it ends near 0.9992);
+    configs set ipe_scale 1.0, so their ramp also ends at exactly 1);
   * targets: the target encoder's output tokens, layer-normalised over the feature axis without
     affine (the official `F.layer_norm(h, (h.size(-1),))`), at each target block's patches;
   * predictor g_phi (jaxssl.models.jepa_predictor): context tokens + mask tokens at the target
-    positions -> predictions; loss `losses.ijepa` (eq. 1, L2 by default).
+    positions -> predictions (its blocks use the encoder's GELU form); loss `losses.ijepa`:
+    'smooth_l1' is the official code's `F.smooth_l1_loss` (beta 1, element mean), 'l2' the
+    paper's eq. 1.
 Evaluation encodes with the target encoder and averages its output tokens, as the paper's
 linear probes (sec. 5, appendix C: "average pool the output of the target encoder").
 
@@ -136,6 +138,7 @@ class Method:
         num_heads=p.num_heads,
         mlp_dim=p.mlp_dim,
         out_width=arch["width"],
+        gelu_approximate=encoder.gelu_approximate,
         dtype=models.compute_dtype(config.model),
         kernels=kernels,
       ),

@@ -5,9 +5,14 @@ Batch (made by `train_transform`, masks drawn in the data pipeline; jaxssl.data.
 'ids_restore': [B, N] int32}. The ViT encoder drops the removed patches after its position
 embedding (sec. 3, "MAE encoder"); `MAEDecoder` fills them with mask tokens and predicts every
 patch's pixels; the loss is the MSE on removed patches against per-patch normalised pixels
-(`losses.mae`, "with norm pix", the paper's default). Config section `config.mae`:
-mask_ratio, norm_pix and the decoder's width / depth / heads / mlp_dim. Evaluation uses the
-encoder on the full, unmasked image (MAE's linear probing, sec. 4 / A.2).
+(`losses.mae`, "with norm pix", the paper's default). With a [cls] token (ViT pool='cls', the
+official `models_mae.py`), the [cls] is prepended after masking with no position embedding,
+initialised N(0, 0.02^2), and its final-normed encoding is carried through the decoder (dropped
+from the reconstruction); the decoder's blocks use the encoder's GELU form. Config section
+`config.mae`: mask_ratio, norm_pix and the decoder's width / depth / heads / mlp_dim.
+Evaluation uses the encoder on the full, unmasked image, pooled as the ViT pools: the
+final-normed [cls] with pool='cls', as the official linear probe (`main_linprobe.py`,
+`global_pool=False`), or the mean of the final-normed tokens with 'gap'.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -40,7 +46,9 @@ class MaskedAutoencoder(nn.Module):
 
   @nn.compact
   def __call__(self, images, keep_indices, ids_restore, *, train: bool = False):
-    _, enc_aux = self.encoder(images, train=train, keep_indices=keep_indices)
+    out, enc_aux = self.encoder(images, train=train, keep_indices=keep_indices)
+    # pool='cls': `out` is the final-normed [cls] (the official forward_encoder's x[:, :1]).
+    cls_token = out[:, None] if self.encoder.pool == "cls" else None
     decoder = MAEDecoder(
       decoder_width=self.decoder_width,
       decoder_depth=self.decoder_depth,
@@ -48,12 +56,14 @@ class MaskedAutoencoder(nn.Module):
       decoder_mlp_dim=self.decoder_mlp_dim,
       patch_size=self.patch_size,
       channels=images.shape[-1],
+      gelu_approximate=self.encoder.gelu_approximate,
       dtype=self.dtype,
       kernels=self.encoder.kernels,
       name="decoder",
     )
     # The encoder's final-normed tokens are what MAE's decoder_embed reads.
-    return decoder(enc_aux["tokens"], ids_restore, enc_aux["patch_grid"]), enc_aux
+    pred = decoder(enc_aux["tokens"], ids_restore, enc_aux["patch_grid"], cls_token=cls_token)
+    return pred, enc_aux
 
   def encode(self, images):
     """Pooled encoder features of the whole, unmasked image."""
@@ -87,6 +97,16 @@ def build_model(
     patch_size=patch_h,
     dtype=jnp.dtype(config.model.get("dtype", "float32")),
   )
+
+
+def _normal_cls(params, rng):
+  """params with the encoder's [cls] redrawn from N(0, 0.02^2), keeping its partitioning box."""
+  box = params["encoder"]["cls"]
+  value = nn.unbox(box)
+  value = 0.02 * jax.random.normal(rng, value.shape, value.dtype)
+  if isinstance(box, nn.meta.AxisMetadata):
+    value = box.replace_boxed(value)
+  return {**params, "encoder": {**params["encoder"], "cls": value}}
 
 
 class Method:
@@ -125,6 +145,10 @@ class Method:
 
   def init(self, rng, batch):
     params, model_state = common.init_variables(self.model, rng, *self._inputs(batch), train=False)
+    if self.model.encoder.pool == "cls":
+      # The ViT creates its [cls] as zeros; MAE draws it from N(0, 0.02^2) (models_mae.py
+      # `initialize_weights`). A fold keeps every other parameter's draw as with pool='gap'.
+      params = _normal_cls(params, jax.random.fold_in(rng, 1))
     return params, {"model_state": model_state}
 
   def loss_fn(self, params, aux, batch, rng, step):

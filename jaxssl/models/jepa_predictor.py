@@ -39,6 +39,8 @@ class JEPAPredictor(nn.Module):
     width, depth, num_heads, mlp_dim: the predictor transformer (the paper: 384 wide,
       12 blocks for ViT-H/14, i.e. narrower than the encoder).
     out_width: the encoder width the predictions are mapped back to.
+    gelu_approximate: tanh GELU in the blocks; False gives the exact erf GELU of the official
+      predictor (I-JEPA passes its encoder's setting).
     dtype: compute dtype; parameters and the output are float32.
   """
 
@@ -47,6 +49,7 @@ class JEPAPredictor(nn.Module):
   num_heads: int
   mlp_dim: int
   out_width: int
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
@@ -94,6 +97,7 @@ class JEPAPredictor(nn.Module):
         mlp_dim=self.mlp_dim,
         num_heads=self.num_heads,
         dtype=self.dtype,
+        gelu_approximate=self.gelu_approximate,
         kernels=self.kernels,
         name=f"block_{i}",
       )(x)

@@ -7,10 +7,11 @@ token is appended for every removed patch, the full set is put back into patch o
 learn nothing about location otherwise), then a few pre-LN transformer blocks, a LayerNorm and
 a linear layer predict the p * p * C pixel values of each patch.
 
-One deviation: the official decoder also carries the encoder's [cls] token through its blocks
-(its output is dropped before the loss, so it acts only as one more attention key); here only
-patch tokens enter, since the encoder's 'tokens' output excludes [cls] and a 'gap' encoder
-has none.
+An encoder with a [cls] token (ViT pool='cls', as the official MAE) passes its final-normed
+[cls] as `cls_token`: as `forward_decoder`, it goes through `decoder_embed`, stays first with a
+zero position embedding (`decoder_pos_embed[:, 0]` is zeros), runs through the blocks as one
+more attention key and is dropped from the prediction. A 'gap' encoder has none and only patch
+tokens enter.
 """
 
 from typing import Any
@@ -34,6 +35,8 @@ class MAEDecoder(nn.Module):
     patch_size: side p of the square patches whose pixels are predicted.
     channels: image channels C; the output has p * p * C values per patch, laid out as
       `jaxssl.losses.patchify`.
+    gelu_approximate: tanh GELU in the blocks; False gives the exact erf GELU of the official
+      timm blocks (MAE passes its encoder's setting).
     dtype: compute dtype; parameters and the output are float32.
   """
 
@@ -43,6 +46,7 @@ class MAEDecoder(nn.Module):
   decoder_mlp_dim: int
   patch_size: int
   channels: int
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   kernels: Kernels = REFERENCE  # jaxssl.kernels; the parameters are the same for every choice
 
@@ -59,7 +63,7 @@ class MAEDecoder(nn.Module):
     )
 
   @nn.compact
-  def __call__(self, tokens, ids_restore, grid):
+  def __call__(self, tokens, ids_restore, grid, cls_token=None):
     """Predicts pixels of all N patches.
 
     Args:
@@ -67,6 +71,8 @@ class MAEDecoder(nn.Module):
         keep_indices (the first K entries of the shuffle).
       ids_restore: int [B, N], the inverse of the shuffle (see jaxssl.data.masking).
       grid: (h, w) patch grid with h * w = N, for the position embedding.
+      cls_token: optional [B, 1, D_enc] encoded [cls] token, carried through the blocks in
+        front of the patch tokens and dropped from the output.
 
     Returns:
       [B, N, patch_size^2 * channels] float32 predictions, in row-major patch order.
@@ -91,7 +97,12 @@ class MAEDecoder(nn.Module):
         f"decoder_heads={self.decoder_heads}; change one of them."
       )
 
-    x = self._dense(self.decoder_width, ("embed", None), "decoder_embed")(tokens.astype(self.dtype))
+    if cls_token is not None and cls_token.shape != (batch, 1, tokens.shape[-1]):
+      raise ValueError(
+        f"cls_token must be [B, 1, D] = {(batch, 1, tokens.shape[-1])}; got {cls_token.shape}."
+      )
+    embed = self._dense(self.decoder_width, ("embed", None), "decoder_embed")
+    x = embed(tokens.astype(self.dtype))
     # MAE initialises the mask token with N(0, 0.02^2).
     mask_token = self.param(
       "mask_token",
@@ -106,6 +117,9 @@ class MAEDecoder(nn.Module):
     # Unshuffle: position n takes the token of patch n.
     x = jnp.take_along_axis(x, ids_restore[:, :, None].astype(jnp.int32), axis=1)
     x = x + vit.posemb_sincos_2d(grid_h, grid_w, self.decoder_width).astype(x.dtype)[None]
+    if cls_token is not None:
+      # The same decoder_embed; no position embedding (the official one is zero at slot 0).
+      x = jnp.concatenate([embed(cls_token.astype(self.dtype)), x], axis=1)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     for i in range(self.decoder_depth):
@@ -113,9 +127,12 @@ class MAEDecoder(nn.Module):
         mlp_dim=self.decoder_mlp_dim,
         num_heads=self.decoder_heads,
         dtype=self.dtype,
+        gelu_approximate=self.gelu_approximate,
         kernels=self.kernels,
         name=f"decoder_block_{i}",
       )(x)
+    if cls_token is not None:
+      x = x[:, 1:]  # the [cls] output predicts no patch
     # The encoder's LayerNorm (same epsilon and annotations), in float32 like its final norm.
     x = vit.layer_norm(jnp.float32, name="decoder_norm")(x.astype(jnp.float32))
     pred = self._dense(self.patch_size**2 * self.channels, ("embed", None), "decoder_pred")(x)

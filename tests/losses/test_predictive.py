@@ -102,6 +102,63 @@ def test_data2vec_masked_positions_top_layers_and_stop_gradient(rng):
     losses.data2vec(pred, layers[:, :, :5], mask)
 
 
+def _data2vec_layer_reference(pred, layers, mask, top_k, beta, eps=1e-5):
+  """The official vision targets with explicit loops: LN over D of each of the top-K layers,
+  average, LN again; then F.smooth_l1_loss(beta)'s mean over every masked element."""
+  pred, layers = pred.astype(np.float64), layers.astype(np.float64)
+  n_layers, batch, time, dim = layers.shape
+
+  def ln(v):
+    return (v - v.mean()) / np.sqrt(v.var() + eps)
+
+  total, count = 0.0, 0
+  for b in range(batch):
+    for t in range(time):
+      y = ln(sum(ln(layers[l, b, t]) for l in range(n_layers - top_k, n_layers)) / top_k)
+      if mask[b, t]:
+        total += np.sum(_smooth_l1(pred[b, t] - y, beta))
+        count += dim
+  return total / count
+
+
+@pytest.mark.parametrize("top_k,beta", [(2, 2.0), (3, 0.25)])
+def test_data2vec_layer_norm_targets_match_the_vision_code(rng, top_k, beta):
+  pred = rng.normal(size=(2, 6, 4)).astype(np.float32)
+  layers = (rng.normal(size=(3, 2, 6, 4)) * 3 + 1).astype(np.float32)
+  mask = rng.random(size=(2, 6)) < 0.5
+  mask[:, 0] = True
+  loss, metrics = losses.data2vec(
+    pred, layers, mask, top_k=top_k, loss_beta=beta, loss_scale=1 / 4, target_norm="layer"
+  )
+  want = _data2vec_layer_reference(pred, layers, mask, top_k, beta)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(metrics["mask_ratio"], mask.mean(), rtol=1e-6)
+  # The final LN: against zero predictions the L2 element mean is each target token's mean
+  # square over D, i.e. 1 (up to eps) for a token of mean 0 and variance 1.
+  zeros = np.zeros_like(pred)
+  second_moment, _ = losses.data2vec(
+    zeros, layers, mask, top_k=top_k, loss_scale=1 / 4, target_norm="layer"
+  )
+  np.testing.assert_allclose(second_moment, 1.0, rtol=1e-4)
+  # A per-token affine change of any layer (LN's invariance, not instance norm's) is irrelevant.
+  affine = layers * rng.uniform(0.5, 2.0, size=(3, 2, 6, 1)) + rng.normal(size=(3, 2, 6, 1))
+  np.testing.assert_allclose(
+    losses.data2vec(
+      pred,
+      affine.astype(np.float32),
+      mask,
+      top_k=top_k,
+      loss_beta=beta,
+      loss_scale=1 / 4,
+      target_norm="layer",
+    )[0],
+    loss,
+    rtol=1e-4,
+  )
+  with pytest.raises(ValueError, match="target_norm"):
+    losses.data2vec(pred, layers, mask, top_k=top_k, target_norm="batch")
+
+
 def test_masked_lm_counts_only_masked_positions(rng):
   logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
   labels = rng.integers(0, 7, size=(2, 5))

@@ -1,6 +1,7 @@
-"""data2vec method: loss from an independent float64 recomputation (top-K instance-normalised
-teacher blocks, masked positions), zero gradient into the teacher, annealed EMA schedule,
-encode with the teacher, one train run."""
+"""data2vec method: loss from an independent float64 recomputation (top-K teacher blocks, each
+layer-normalised, averaged, layer-normalised again; element-mean smooth L1 at masked
+positions), zero gradient into the teacher, annealed EMA schedule, BEiT block masks, the
+official imagenet recipe, encode with the student, one train run."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,11 @@ import pytest
 import harness
 
 from jaxssl import methods
+from jaxssl.data import datasets
 from jaxssl.data import masking
+from jaxssl.data import multicrop
 from jaxssl.methods import data2vec
+from jaxssl.methods import ijepa
 from jaxssl.state import TrainState
 
 NUM_PATCHES = 16  # 8x8 digits, vit_test patch 2
@@ -43,10 +47,15 @@ def setup():
   return method, batch, params, aux
 
 
+def _layer_norm64(x, eps=1e-5):
+  return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+
+
 def _loss64(method, params, teacher, batch, top_k=2, beta=2.0):
-  """Eq. 1-2: student on the masked image + head; teacher blocks on the full image, each
-  instance-normalised over the tokens per example and channel, top-K averaged; smooth L1
-  summed over D, scaled 1/sqrt(D), averaged over masked positions."""
+  """The official vision code (data2vec_vision beit/engine_for_cyclical.py): student on the
+  masked image + head; teacher blocks on the full image, each layer-normalised over the
+  features, averaged, layer-normalised again; F.smooth_l1_loss(beta) over the masked tokens,
+  the mean of every element."""
   encoder = method.model.encoder
   _, s_aux = encoder.apply({"params": params["encoder"]}, batch["image"], token_mask=batch["mask"])
   head = params["head"]
@@ -55,15 +64,10 @@ def _loss64(method, params, teacher, batch, top_k=2, beta=2.0):
   ) + np.asarray(head["bias"], np.float64)
   _, t_aux = encoder.apply({"params": teacher["encoder"]}, batch["image"])
   blocks = [np.asarray(b, np.float64) for b in t_aux["blocks"]][-top_k:]
-  normed = [
-    (a - a.mean(1, keepdims=True)) / np.sqrt(a.var(1, keepdims=True) + 1e-5) for a in blocks
-  ]
-  target = np.mean(normed, axis=0)
-  d = np.abs(pred - target)
-  smooth = np.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta)
-  per_position = smooth.sum(-1) / np.sqrt(pred.shape[-1])
-  mask = np.asarray(batch["mask"], np.float64)
-  return np.sum(per_position * mask) / mask.sum()
+  target = _layer_norm64(np.mean([_layer_norm64(a) for a in blocks], axis=0))
+  masked = np.asarray(batch["mask"]).astype(bool)
+  d = np.abs(pred[masked] - target[masked])  # [masked tokens, D]
+  return np.mean(np.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta))
 
 
 def test_registry_structure_and_config_checks(setup):
@@ -131,14 +135,58 @@ def test_post_update_follows_the_annealed_schedule(setup, step):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_encode_uses_the_teacher_on_the_unmasked_image(setup):
+def test_encode_uses_the_student_on_the_unmasked_image(setup):
+  """The official fine-tuning / linear probe load the checkpoint's 'model' (the student)."""
   method, batch, params, aux = setup
   feats = method.encode(params, aux, batch["image"])
   assert feats.shape == (4, 32)
-  want, _ = method.model.encoder.apply({"params": aux["teacher"]["encoder"]}, batch["image"])
+  want, _ = method.model.encoder.apply({"params": params["encoder"]}, batch["image"])
   np.testing.assert_allclose(feats, want, rtol=1e-6)
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  np.testing.assert_array_equal(feats, method.encode(zeros, aux, batch["image"]))
+  zeros = jax.tree.map(jnp.zeros_like, aux)
+  np.testing.assert_array_equal(feats, method.encode(params, zeros, batch["image"]))
+  teacher, _ = method.model.encoder.apply({"params": aux["teacher"]["encoder"]}, batch["image"])
+  assert not np.allclose(feats, teacher, atol=1e-4)
+
+
+def test_block_masking_is_beits_masking_generator(data_dir):
+  """masking='block': the view's mask is `multicrop.block_mask` (BEiT's MaskingGenerator)
+  drawn from the example's generator right after the augmentation."""
+  config = _config()
+  config.data2vec.update(masking="block", num_masked=10, min_block=2)
+  method = methods.build(config)
+  info = datasets.get_info("digits", data_dir)
+  example = datasets.get_source("digits", "train", data_dir)[0]
+  transform = method.train_transform(info)
+  assert isinstance(transform, data2vec.BlockMaskedView)
+  for seed in range(5):
+    out = transform.random_map(example, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    image = ijepa.crop_flip_augment(config, info)(example["image"], rng)
+    want = multicrop.block_mask(rng, (4, 4), 10, min_block=2, max_block=16)
+    np.testing.assert_array_equal(out["image"], image)
+    np.testing.assert_array_equal(out["mask"], want.astype(np.float32))
+    assert out["mask"].shape == (NUM_PATCHES,) and out["mask"].dtype == np.float32
+    assert 0 < out["mask"].sum() <= 10
+  config.data2vec.num_masked = None
+  with pytest.raises(ValueError, match="needs data2vec.num_masked"):
+    methods.build(config)
+  config.data2vec.num_masked = 17
+  with pytest.raises(ValueError, match="num_masked=17 <= 16"):
+    methods.build(config).train_transform(info)
+
+
+def test_imagenet_preset_is_the_official_vit_b_command():
+  """data2vec_vision beit/README.md ViT-B 800 epochs (engine_for_cyclical.py, run_cyclical.py)."""
+  c = _config("imagenet")
+  d = c.data2vec
+  assert (d.masking, d.num_masked, d.min_block) == ("block", 120, 16)
+  assert (d.target_norm, d.loss_reduction, d.loss_beta, d.top_k) == ("layer", "mean", 2.0, 6)
+  assert d.base_momentum == d.end_momentum == 0.9998  # --ema_start_at 0: constant
+  assert (c.optim.grad_clip_norm, c.optim.grad_clip_mode) == (3.0, "global")
+  assert c.optim.warmup_steps == 6_256  # 10 epochs at batch 2048
+  assert c.optim.base_lr * c.batch_size / 256 * c.optim.end_lr_factor == pytest.approx(1e-5)
+  assert (c.model.drop_path, c.model.gelu_approximate) == (0.25, False)
+  methods.build(c)  # the section's choices pass the method's checks
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):

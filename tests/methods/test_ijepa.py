@@ -1,6 +1,7 @@
 """I-JEPA method: loss from an independent recomputation, zero gradient into the target
 encoder, linear EMA schedule, encode with the target encoder, one train run."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import harness
 
 from jaxssl import methods
 from jaxssl.methods import ijepa
+from jaxssl.models import vit
 from jaxssl.state import TrainState
 
 
@@ -37,9 +39,11 @@ def setup():
   return method, batch, params, aux
 
 
-def _loss64(method, params, teacher, batch):
-  """Eq. 1 from the pieces: context encoder on the context patches, predictor, target encoder
-  on the whole image, param-free LayerNorm in float64, squared L2 averaged over patches."""
+def _loss64(method, params, teacher, batch, loss="smooth_l1"):
+  """From the pieces: context encoder on the context patches, predictor, target encoder on the
+  whole image, param-free LayerNorm in float64; then the official src/train.py
+  F.smooth_l1_loss (beta 1, the mean of every element) or eq. 1 (squared L2 per patch,
+  averaged over patches)."""
   encoder, predictor = method.model.encoder, method.model.predictor
   _, ctx_aux = encoder.apply(
     {"params": params["encoder"]}, batch["image"], keep_indices=batch["context_indices"]
@@ -56,7 +60,10 @@ def _loss64(method, params, teacher, batch):
   h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
   idx = np.asarray(batch["target_indices"])
   target = np.stack([h[b][idx[b]] for b in range(len(h))])  # [B, T, M, D]
-  return np.mean(np.sum((np.asarray(pred, np.float64) - target) ** 2, -1))
+  d = np.abs(np.asarray(pred, np.float64) - target)
+  if loss == "l2":
+    return np.mean(np.sum(d**2, -1))
+  return np.mean(np.where(d < 1.0, 0.5 * d**2, d - 0.5))
 
 
 def test_registry_structure_and_non_vit_fails(setup):
@@ -70,8 +77,14 @@ def test_registry_structure_and_non_vit_fails(setup):
 
 def test_loss_equals_an_independent_recomputation(setup):
   method, batch, params, aux = setup
+  assert method.section.loss == "smooth_l1"  # the official loss, in every preset
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
   np.testing.assert_allclose(float(loss), _loss64(method, params, aux["teacher"], batch), rtol=1e-5)
+  config = _config()
+  config.ijepa.loss = "l2"
+  l2, _ = methods.build(config).loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+  want = _loss64(method, params, aux["teacher"], batch, loss="l2")
+  np.testing.assert_allclose(float(l2), want, rtol=1e-5)
   assert {"pred_std", "target_std", "teacher_momentum", "rankme", "embedding_std"} <= set(metrics)
   assert float(metrics["teacher_momentum"]) == pytest.approx(0.996)
   assert new_aux["teacher"] is aux["teacher"]  # only post_update moves the target encoder
@@ -126,6 +139,45 @@ def test_encode_averages_the_target_encoders_tokens(setup):
     method.encode(params, {**aux, "teacher": {"encoder": params["encoder"]}}, batch["image"]),
     atol=1e-4,
   )
+
+
+def test_predictor_blocks_follow_the_encoders_gelu(setup):
+  method, batch, params, aux = setup
+  config = _config()
+  with config.unlocked():
+    config.model.gelu_approximate = False  # not in the test backbone's table entry
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, vit.MlpBlock):
+      seen.append(context.module.gelu_approximate)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    methods.build(config).loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+  # Context encoder (2 blocks), target encoder (2) and predictor (1): all exact.
+  assert len(seen) == 5 and not any(seen)
+
+
+@pytest.mark.parametrize("backbone,heads", [("", 16), ("vit_b16", 12)])
+def test_imagenet_preset_is_the_official_recipe(backbone, heads):
+  """ijepa configs/in1k_vith14_ep300.yaml with src/helper.py and src/train.py."""
+  c = _config(f"imagenet,{backbone}" if backbone else "imagenet")
+  assert c.ijepa.loss == "smooth_l1"
+  assert c.ijepa.predictor.num_heads == heads == c.model.get("num_heads", 12)
+  assert (c.optim.b1, c.optim.b2, c.optim.weight_decay, c.optim.weight_decay_end) == (
+    0.9,
+    0.999,
+    0.04,
+    0.4,
+  )
+  assert c.optim.base_lr * c.batch_size / 256 == pytest.approx(1e-3)
+  assert c.optim.base_lr * c.batch_size / 256 * c.optim.end_lr_factor == pytest.approx(1e-6)
+  assert c.optim.warmup_steps == 25_023  # 40 epochs at batch 2048
+  assert c.model.gelu_approximate is False
+  method = methods.build(c)
+  assert method.model.predictor.gelu_approximate is False
+  assert method.model.predictor.num_heads == heads
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):
