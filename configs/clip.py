@@ -65,7 +65,10 @@ def image_text_config(method: str, arg: str) -> ml_collections.ConfigDict:
   c.optim.name = "adamw"
   c.optim.base_lr = 5e-4 if method == "clip" else 1e-3
   c.optim.lr_scaling = "none"
-  c.optim.weight_decay = 0.2 if method == "clip" else 1e-4
+  # CLIP: PyTorch AdamW's wd 0.2, already optax's convention (decay lr_t x wd x p). SigLIP's
+  # wd 1e-4 is big_vision's (big_vision/optax.py::make: add_decayed_weights(wd) after
+  # scale(lr), so the decay is s_t x wd x p, not times lr): wd / lr = 1e-4 / 1e-3 = 0.1 here.
+  c.optim.weight_decay = 0.2 if method == "clip" else 1e-4 / 1e-3
   c.optim.b2 = 0.98 if method == "clip" else 0.95
   c.model = ml_collections.ConfigDict()
 
@@ -91,6 +94,10 @@ def image_text_config(method: str, arg: str) -> ml_collections.ConfigDict:
     c.batch_size = 32_768
     c.total_epochs = 32.0
     c.optim.warmup_steps = 2000
+    # CLIP (open_clip) and big_vision decay weight matrices only, never biases or gains.
+    c.optim.decay_mask = "rank_no_bias"
+    if method == "clip":
+      c.optim.eps = 1e-6  # CLIP paper, table 19 (Adam epsilon 1e-6)
     c.log_every_steps = 100
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep_every = 10_000
@@ -101,6 +108,10 @@ def image_text_config(method: str, arg: str) -> ml_collections.ConfigDict:
       # Zhai et al. 2023, sec. 4: 16 text tokens, embed 768 with B/16, batch 32k, lr 1e-3.
       c.text_model.update(width=768, num_heads=12, mlp_dim=3072, max_len=16)
       c.image_text.embed_dim = 768
+      # Global-norm clip 1.0, the only public SigLIP config's (big_vision siglip_lit_coco.py).
+      c.optim.grad_clip_norm = 1.0
+      # big_vision's wd mask: kernels only, so not the embedding / position tables.
+      c.optim.no_decay = (r"token_embedding$", r"pos_embedding$")
     model = config_lib.backbone(backbone or "vit_b16", image_size=224)
   elif preset == "test":
     backbone = config_lib.tiny_test_preset(c, backbone)

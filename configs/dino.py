@@ -8,14 +8,15 @@ Presets (the part after ':'; append ',<backbone>' to swap the ViT, e.g.
                  + 4 local 14px crops, head 512 -> 128 -> 1024 prototypes; teacher
                  temperature 0.04 with no warmup, DINO's code default (the paper's warmup to
                  0.07 collapsed this preset to uniform targets: docs/results.md "Method zoo").
-  imagenet       The paper's ViT-S/16 recipe for pods (main_dino.py defaults, sec. 3.1 and
-                 appendix): [cls]-pooled ViT-S/16 with learned (bicubic-resized) position
-                 embeddings and exact GELU; 2 global 224px crops of scale (0.4, 1) + 8 local 96px
-                 of (0.05, 0.4); head 2048 -> 256 -> 65536, norm_last_layer; teacher momentum
+  imagenet       The README's ViT-S/16 "full command" (76.0% linear; main_dino.py defaults
+                 otherwise): [cls]-pooled ViT-S/16 with learned (bicubic-resized) position
+                 embeddings, exact GELU and drop path 0.1 on the student only; 2 global 224px
+                 crops of scale (0.4, 1) + 8 local 96px of (0.05, 0.4); head 2048 -> 256 ->
+                 65536 with a trained prototype scale (norm_last_layer false); teacher momentum
                  0.996 -> 1 (cosine), teacher temperature 0.04 -> 0.07 over 30 epochs, center
-                 momentum 0.9, last layer frozen for epoch 1; AdamW lr 5e-4 x B/256 at batch
-                 1024, 10 warmup epochs, wd 0.04, grad clip 3.0, 100 epochs. Not reproduced:
-                 the weight-decay cosine 0.04 -> 0.4 and drop-path 0.1 (jaxssl has neither).
+                 momentum 0.9, last layer frozen for epoch 1 (optim.frozen_until); AdamW lr
+                 5e-4 x B/256 at batch 1024, 10 warmup epochs, cosine to 1e-6, weight decay
+                 cosine 0.04 -> 0.4, each gradient tensor clipped to norm 3.0, 300 epochs.
   test           Tiny and fast: used by the test suite.
 """
 
@@ -25,6 +26,7 @@ from jaxssl import config_lib
 
 # Preset arguments tests/test_config.py builds (every one must resolve and lock).
 PRESETS = ("fashion_mnist", "imagenet", "test")
+LAST_LAYER = r"last_layer_"  # the prototype layer of every DINO head: last_layer_v, last_layer_g
 
 
 def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
@@ -38,7 +40,8 @@ def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
       teacher_temp=0.07,
       teacher_temp_warmup_epochs=30.0,
       center_momentum=0.9,
-      freeze_last_layer_epochs=1.0,
+      # The older freeze (zero gradient, AdamW still decays V): 0, kept so recorded runs resume.
+      freeze_last_layer_epochs=0.0,
     )
   )
   c.head = ml_collections.ConfigDict(
@@ -63,6 +66,9 @@ def dino_sections(c: ml_collections.ConfigDict, section: str) -> None:
   c.optim.lr_scaling = "linear"
   c.optim.weight_decay = 0.04
   c.optim.grad_clip_norm = 3.0
+  # DINO's freeze_last_layer (1 epoch): `p.grad = None` for every "last_layer" parameter, so
+  # AdamW neither updates nor decays them and their state waits (main_dino.py, utils.py).
+  c.optim.frozen_until = ((LAST_LAYER, 1.0),)
 
 
 def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbone_name: str) -> str:
@@ -91,6 +97,14 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbon
     c.batch_size = 1024
     c.total_epochs = 100.0
     c.optim.warmup_steps = 12_512  # 10 epochs of 1,281,167 images at batch 1024
+    # min_lr 1e-6 after the cosine, relative to the peak 5e-4 x 1024 / 256.
+    c.optim.end_lr_factor = 1e-6 / (c.optim.base_lr * c.batch_size / 256)
+    # utils.clip_gradients: each parameter tensor on its own; wd cosine 0.04 -> 0.4.
+    c.optim.update(grad_clip_mode="per_tensor", weight_decay_end=0.4)
+    # utils.get_params_groups: no decay for names ending in .bias and for 1-D params, which in
+    # our names are the biases (q/v biases are 2-D here) and the norms; the last layer's g and
+    # iBOT's mask token are decayed there ([K, 1] and [1, D] tensors), so rank alone is wrong.
+    c.optim.update(decay_mask="all", no_decay=(r"bias$", r"(?i)norm"))
     c.log_every_steps = 100
     c.checkpoint.every_steps = 2500
     c.checkpoint.keep_every = 12_500
@@ -109,7 +123,7 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbon
     # digits: 88 steps per epoch at batch 16, so these put both phases inside the 6 steps:
     # temperature warmup over 5 steps, last layer frozen for 3.
     c[section].teacher_temp_warmup_epochs = 0.05
-    c[section].freeze_last_layer_epochs = 0.03
+    c.optim.frozen_until = ((LAST_LAYER, 0.03),)
   else:
     raise ValueError(
       f"Unknown {c.method} preset {preset!r}; choose fashion_mnist, imagenet or test."
@@ -118,8 +132,11 @@ def dino_preset(c: ml_collections.ConfigDict, section: str, preset: str, backbon
   c.model = config_lib.backbone(backbone_name, image_size=c.data.image_size)
   if preset == "imagenet":
     # DINO's ViT: [cls] pooling, learned position embeddings resized bicubically for the
-    # local crops, exact GELU.
-    c.model.update(pool="cls", posemb="learn", posemb_resize="bicubic", gelu_approximate=False)
+    # local crops, exact GELU; stochastic depth 0 -> 0.1 over the blocks (--drop_path_rate
+    # 0.1), the student only: the method builds its teacher without it.
+    c.model.update(
+      pool="cls", posemb="learn", posemb_resize="bicubic", gelu_approximate=False, drop_path=0.1
+    )
   from jaxssl.models.vit import decode_variant  # pylint: disable=g-import-not-at-top
 
   patch = c.model.get("patch_size") or decode_variant(c.model.get("variant") or "mu").get(
@@ -140,5 +157,9 @@ def get_config(arg: str = "fashion_mnist"):
   c.method = "dino"
   dino_sections(c, "dino")
   dino_preset(c, "dino", preset, backbone)
+  if preset == "imagenet":
+    # README.md "Full command": --norm_last_layer false --epochs 300 (batch 16 x 64).
+    c.head.norm_last_layer = False
+    c.total_epochs = 300.0
   c.lock()
   return c

@@ -10,6 +10,9 @@ Presets:
                AdamW lr 6e-4 (b2 0.95, wd 0.1), 2k warmup, clip 1.0, on the local Python-docs +
                BPE-32k corpus (no web-scale corpus ships in a package).
   test         Tiny and fast: used by the test suite (pydoc_topics, bytes, 32 tokens).
+Every preset uses GPT-2's initialisation (N(0, 0.02) kernels, residual output projections
+N(0, 0.02 / sqrt(2 depth)); nanoGPT `model.py` l.142-145, 162-168) and no LM-head bias
+(GPT-2 `model.py` l.171: logits = h @ wte^T).
 """
 
 from jaxssl import config_lib
@@ -45,6 +48,7 @@ def get_config(arg: str = "shakespeare"):
     c.optim.base_lr = 6e-4
     c.optim.warmup_steps = 2000
     c.optim.end_lr_factor = 0.1
+    c.optim.decay_mask = "rank_no_bias"  # nanoGPT configure_optimizers: decay only 2-D weights
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000
     c.model = config_lib.text_transformer(
@@ -59,5 +63,7 @@ def get_config(arg: str = "shakespeare"):
     )
   else:
     raise ValueError(f"Unknown gpt preset {preset!r}; choose one of {PRESETS}.")
+  c.model.init_scheme = "gpt2"
+  c.model.head_bias = False
   c.lock()
   return c

@@ -9,9 +9,9 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
   imagenet       The paper's recipe (sec. 3 and 4): ResNet-50, projector 3 x 2048 (BN on every
                  layer, the output BN without affine), predictor 2048 -> 512 -> 2048, SGD
                  momentum 0.9, lr 0.05 x B/256 at batch 512 on a cosine, wd 1e-4, 100 epochs,
-                 no warmup; data is a prepared TFDS `imagenet2012`. Not reproduced: the
-                 predictor's fixed (not decayed) learning rate (sec. 4.1, "fix lr for
-                 predictor"), which needs per-parameter-group schedules in jaxssl/optim.py.
+                 no warmup, weight decay on every parameter, the predictor at the fixed
+                 initial LR (sec. 4.1, `--fix-pred-lr`); data is a prepared TFDS
+                 `imagenet2012`.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
@@ -53,6 +53,8 @@ def get_config(arg: str = "fashion_mnist"):
     c.optim.momentum = 0.9
     c.optim.weight_decay = 1e-4
     c.optim.warmup_steps = 0
+    c.optim.decay_mask = "all"  # main_simsiam.py: SGD(weight_decay=1e-4) over every parameter
+    c.optim.constant_lr = (r"^predictor/",)  # --fix-pred-lr: the predictor keeps init_lr
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000
     backbone = backbone or "resnet50"

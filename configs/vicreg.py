@@ -8,8 +8,8 @@ Presets (the part after ':'; append ',<backbone>' to swap the backbone, e.g.
                  3 x 1024 (the loss's covariance term wants a wide expander).
   imagenet       The paper's recipe for pods (sec. 4.1 and the official README): ResNet-50,
                  expander 8192-8192-8192, coefficients 25 / 25 / 1, LARS lr 0.2 x B/256 at batch
-                 2048, wd 1e-6, 10 warmup epochs, 1000 epochs; data is a prepared TFDS
-                 `imagenet2012`.
+                 2048, wd 1e-6, 10 warmup epochs, cosine to 0.001 x peak, 1000 epochs; data is a
+                 prepared TFDS `imagenet2012`.
   test           Tiny and fast: used by the test suite.
 Backbones: see `jaxssl.config_lib.BACKBONES`.
 """
@@ -25,9 +25,10 @@ def get_config(arg: str = "fashion_mnist"):
   preset, _, backbone = arg.partition(",")
   c = config_lib.base_config()
   c.method = "vicreg"
-  # Eq. 6 with lambda = mu = 25, nu = 1. (The official code averages the two variance terms,
-  # i.e. std_coeff 12.5 in jaxssl.losses.vicreg's convention; see its docstring.)
-  c.vicreg = dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0)
+  # Eq. 6 with lambda = mu = 25, nu = 1; jaxssl.losses.vicreg averages the two variance terms
+  # as the official code does.
+  # variance_terms 'mean': the official code halves each view's variance term (main_vicreg.py).
+  c.vicreg = dict(sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, variance_terms="mean")
   c.head = dict(hidden_dim=8192, out_dim=8192, num_layers=3, use_bn=True)  # the expander
   c.augment = config_lib.byol_augment(crop_scale=(0.2, 1.0), flip_prob=0.0)
   c.optim.name = "adamw"
@@ -49,6 +50,7 @@ def get_config(arg: str = "fashion_mnist"):
     c.optim.lr_scaling = "linear"
     c.optim.weight_decay = 1e-6
     c.optim.warmup_steps = 6256  # 10 epochs of 1,281,167 images at batch 2048
+    c.optim.end_lr_factor = 0.001  # main_vicreg.py: cosine to end_lr = 0.001 x base_lr
     c.log_every_steps = 100
     c.checkpoint.every_steps = 5000
     c.checkpoint.keep_every = 25_000

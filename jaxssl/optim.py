@@ -146,7 +146,7 @@ _STAGE = re.compile(r"(?:^|/)stage(\d+)_block\d+(?:/|$)")
 # Parameters that sit below the first block: the layer-0 group of BEiT's get_layer_id_for_vit
 # (patch embedding, [cls], [mask], position embedding) and the ResNet stem.
 _EMBEDDING = re.compile(
-  r"(?:^|/)(embedding|pos_embedding|cls|mask_embedding|stem_conv|stem_bn)(?:/|$)"
+  r"(?:^|/)(embedding|pos_embedding|cls|mask_token|mask_embedding|stem_conv|stem_bn)(?:/|$)"
 )
 
 
@@ -242,8 +242,10 @@ def make_schedule(
   optim_config: ml_collections.ConfigDict, global_batch_size: int, total_steps: int
 ) -> optax.Schedule:
   """Linear warmup from `warmup_start_factor` x peak to the peak, then decay to
-  `end_lr_factor` x peak at `total_steps`: cosine, or linear (BERT's polynomial decay of
-  power 1, `schedule='linear'`)."""
+  `end_lr_factor` x peak at `total_steps`: cosine over the steps after warmup, or linear as
+  BERT's `optimization.create_optimizer` (a power-1 polynomial decay counted from step 0, which
+  the warmup replaces for its first steps: peak x (1 - t / T) afterwards, not 1 at the end of
+  warmup)."""
   peak = peak_learning_rate(optim_config, global_batch_size)
   warmup = min(int(optim_config.warmup_steps), max(total_steps - 1, 0))
   start = peak * optim_config.get("warmup_start_factor", 0.0)
@@ -258,10 +260,11 @@ def make_schedule(
       end_value=end,
     )
   if kind == "linear":
+    steps = max(total_steps, 1)
     return optax.join_schedules(
       [
         optax.linear_schedule(start, peak, warmup),
-        optax.linear_schedule(peak, end, max(total_steps - warmup, 1)),
+        lambda t: end + (peak - end) * (1.0 - jnp.minimum(t + warmup, steps) / steps),
       ],
       [warmup],
     )

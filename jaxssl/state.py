@@ -84,12 +84,16 @@ def abstract_and_shardings(
 
   abstract = jax.eval_shape(init_fn)
   replicated = parallel.replicated(mesh)
+  # optax.multi_transform (optim.frozen, frozen_until, constant_lr) leaves a MaskedNode where a
+  # group's state skips a parameter: it has no arrays, so it stands for its own sharding.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   opt_shardings = optax.tree_map_params(
     tx,
-    lambda _, sharding: sharding,
+    lambda p, sharding: p if masked(p) else sharding,
     abstract.opt_state,
     variable_shardings["params"],
     transform_non_params=lambda _: replicated,
+    is_leaf=masked,
   )
   shardings = TrainState(
     step=replicated,

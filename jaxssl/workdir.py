@@ -82,6 +82,11 @@ METHOD_ADDED_KEYS = {
     "byol.predictor.final_bias": None,
   },
   "moco_v3": {"moco_v3.predictor.final_bn": False},
+  "barlow_twins": {"barlow_twins.loss_scale": 1.0},
+  "ibot": {"ibot.koleo_group_size": 0},
+  "vicreg": {"vicreg.variance_terms": "sum"},
+  "gpt": {"model.init_scheme": "big_vision", "model.head_bias": True},
+  "mlm": {"model.lm_transform": False},
   "data2vec": {
     "data2vec.masking": "random",
     "data2vec.num_masked": None,

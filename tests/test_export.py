@@ -90,7 +90,7 @@ def export_train_step(name, dtype, ops, platforms, data_dir) -> str:
   config = _config(name, dtype)
   method = methods.build(config, ops)
   spec = _batch_spec(name, data_dir)
-  tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, config.batch_size, 100))
+  _, tx = optim.build(config, 100, 1000)  # a 1,000-example split: epoch-counted settings resolve
   mesh = _mesh()
   _, abstract, shardings = state_lib.abstract_and_shardings(
     method, tx, spec, mesh, RULES, config.seed

@@ -320,7 +320,8 @@ def test_linear_schedule_and_warmup_start_factor_follow_their_closed_forms():
         want = 0.2 * peak + (peak - 0.2 * peak) * t / warmup
       else:
         frac = (t - warmup) / (total - warmup)
-        shape = 1 - frac if kind == "linear" else 0.5 * (1 + np.cos(np.pi * frac))
+        # BERT counts its linear decay from step 0 (the warmup overrides the first steps).
+        shape = 1 - t / total if kind == "linear" else 0.5 * (1 + np.cos(np.pi * frac))
         want = 0.1 * peak + (peak - 0.1 * peak) * shape
       assert float(sched(t)) == pytest.approx(want, rel=1e-5), (kind, t)
   with pytest.raises(ValueError, match="optim.schedule='step'"):
@@ -388,3 +389,17 @@ def test_constant_lr_group_keeps_the_peak_while_the_rest_decays():
     np.testing.assert_allclose(updates["predictor"]["w"], -0.05, rtol=1e-6)
   with pytest.raises(ValueError, match="pass peak_lr"):
     optim.make_optimizer(c.optim, sched)
+
+
+def test_mask_token_is_in_layer_zero():
+  # DINOv2 / BEiT get_layer_id: mask_token, cls_token, pos_embed and patch_embed are layer 0.
+  ids, num_layers = optim.layer_ids(
+    [
+      "encoder/mask_token",
+      "encoder/cls",
+      "encoder/block_0/k",
+      "encoder/block_1/k",
+      "encoder/encoder_norm/scale",
+    ]
+  )
+  assert ids == [0, 0, 1, 2, 3] and num_layers == 3  # L + 1 with L = 2 blocks

@@ -1,6 +1,8 @@
-"""I-JEPA multi-block masks (Assran et al. 2023, sec. 3 and fig. 4), made in the data pipeline.
+"""Block masks made in the data pipeline: I-JEPA's multi-block context and targets, and
+iBOT's block-wise masks of the student's global crops.
 
-Per image, on the H x W patch grid:
+I-JEPA (Assran et al. 2023, sec. 3 and fig. 4), `MultiBlockMasker`; per image, on the H x W
+patch grid:
   * targets: `num_targets` (4) rectangular blocks, all of one size drawn from scale
     (0.15, 0.2) of the grid and aspect ratio h / w in (0.75, 1.5); blocks may overlap;
   * context: one block of scale (0.85, 1.0), aspect 1, from which every target patch is
@@ -23,6 +25,12 @@ row-major order). Here the counts are fixed by the config, per example, so nothi
     so context and targets still never overlap.
 Because every index is a real, valid patch, no validity mask is needed downstream: the encoder
 drops tokens with `keep_indices` and the loss averages over all predicted patches.
+
+iBOT (Zhou et al. 2022, sec. 3; the official `loader.py` `ImageFolderMask`, which follows BEiT's
+`MaskingGenerator`, Bao et al. 2022, alg. 1), `BlockMasking` / `block_mask`: with probability
+`prob` an image gets a prediction ratio r ~ U[ratio] and rectangles of random area and aspect
+are masked until int(r N) patches are; otherwise it is left unmasked. The output is a fixed
+[N] boolean mask, so no padding is needed either.
 
 Everything is drawn from the example's NumPy generator, so a mask is a pure function of the
 seed and the example's position (a restored iterator replays the same masks).
@@ -177,3 +185,89 @@ class MultiBlockView(grain.transforms.RandomMap):
       "target_indices": target_indices,
       "label": np.int32(element["label"]),
     }
+
+
+def block_mask(
+  rng: np.random.Generator,
+  grid: tuple[int, int],
+  num_masked: int,
+  *,
+  min_block: int = 4,
+  aspect: tuple[float, float] = (0.3, 1 / 0.3),
+  attempts: int = 10,
+) -> np.ndarray:
+  """iBOT's (BEiT's) block-wise mask of about `num_masked` patches on a `grid` (rows, cols).
+
+  Repeatedly draws a rectangle of target area ~ U[min_block, remaining budget] and log-uniform
+  aspect ratio and masks its not-yet-masked patches, when the rectangle is strictly smaller
+  than the grid on both sides and adds between 1 and the budget patches (10 attempts per
+  block); stops when `num_masked` patches are masked or no attempt succeeds. Never masks more
+  than `num_masked` patches.
+
+  When the budget is below `min_block` the area is still drawn between the two: the official
+  `random.uniform(low, max_mask_patches)` with max < low returns a value in [max, low]
+  (`loader.py`; DINOv2's `masking.py` alike), so late blocks are often too large and the mask
+  can end a few patches short of the budget.
+
+  Returns:
+    bool [rows * cols], row-major, True where the patch is masked.
+  """
+  rows, cols = grid
+  mask = np.zeros(grid, bool)
+  log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+  count = 0
+  while count < num_masked:
+    budget = num_masked - count
+    # Sorted bounds: NumPy's uniform(low, high) is undefined for high < low.
+    low, high = sorted((min_block, budget))
+    added = 0
+    for _ in range(attempts):
+      area = rng.uniform(low, high)
+      ratio = math.exp(rng.uniform(*log_aspect))
+      h = int(round(math.sqrt(area * ratio)))
+      w = int(round(math.sqrt(area / ratio)))
+      if 0 < h < rows and 0 < w < cols:
+        top = int(rng.integers(0, rows - h + 1))
+        left = int(rng.integers(0, cols - w + 1))
+        new = h * w - int(mask[top : top + h, left : left + w].sum())
+        if 0 < new <= budget:
+          mask[top : top + h, left : left + w] = True
+          added = new
+          break
+    if added == 0:
+      break
+    count += added
+  return mask.reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockMasking:
+  """iBOT's per-image mask policy: with probability `prob` a block mask of ratio
+  r ~ U[ratio], else no mask. `__call__(rng)` returns bool [rows * cols]."""
+
+  grid: tuple[int, int]
+  ratio: tuple[float, float] = (0.1, 0.5)
+  prob: float = 0.5
+  min_block: int = 4
+
+  def __post_init__(self):
+    if not 0.0 <= self.ratio[0] <= self.ratio[1] < 1.0:
+      raise ValueError(
+        f"mask ratio range {self.ratio} must satisfy 0 <= low <= high < 1 (iBOT: (0.1, 0.5))."
+      )
+    if not 0.0 <= self.prob <= 1.0:
+      raise ValueError(f"mask probability {self.prob} must be in [0, 1] (iBOT: 0.5).")
+    if min(self.grid) < 2:
+      raise ValueError(
+        f"patch grid {self.grid} is too small for block masks (blocks are "
+        "strictly smaller than the grid); use a smaller patch size."
+      )
+    if self.min_block < 1:
+      raise ValueError(f"min_block={self.min_block} must be >= 1 patch (iBOT: 16 on 14 x 14).")
+
+  def __call__(self, rng: np.random.Generator) -> np.ndarray:
+    num_patches = self.grid[0] * self.grid[1]
+    if rng.random() >= self.prob:
+      return np.zeros(num_patches, bool)
+    num_masked = int(rng.uniform(*self.ratio) * num_patches)
+    return block_mask(rng, self.grid, num_masked, min_block=self.min_block)

@@ -210,7 +210,7 @@ def dino_center_update(center, batch_center, *, momentum=0.9):
   return new.astype(center.dtype)
 
 
-def sinkhorn_knopp(teacher_logits, *, teacher_temp, n_iters=3):
+def sinkhorn_knopp(teacher_logits, *, teacher_temp, n_iters=3, mask=None):
   """Sinkhorn-Knopp teacher targets (SwAV, Caron et al. 2020; DINOv2).
 
   Replaces DINO's centering in DINOv2. With Q = exp(teacher_logits / T) viewed
@@ -221,11 +221,19 @@ def sinkhorn_knopp(teacher_logits, *, teacher_temp, n_iters=3):
   DINOv2's `sinkhorn_knopp_teacher`, but exp(logits / 0.04) cannot overflow or
   underflow to 0 and make a row sum vanish.
 
+  With `mask`, only the samples where it is 1 are balanced (DINOv2 runs its patch
+  Sinkhorn-Knopp on the masked patches only, `ibot_patch_loss.py`
+  `sinkhorn_knopp_teacher(..., n_masked_patches_tensor)`): they alone enter the
+  prototype sums and B is their count. The other rows are still normalised per
+  sample, so they are finite distributions, meant to be ignored by the loss.
+
   Args:
     teacher_logits: [..., K]; all leading axes (e.g. [Vt, B]) are samples that
       are balanced together, as DINOv2 does for both global crops.
     teacher_temp: T (DINOv2 warms it up from 0.04 to 0.07).
     n_iters: Sinkhorn iterations (3).
+    mask: optional [...] (the leading axes), 1 / True for the samples to balance.
+      With none set, every sample is balanced (the targets are then unused anyway).
 
   Returns:
     [..., K] teacher probabilities (rows sum to 1), stop-gradient applied.
@@ -234,17 +242,40 @@ def sinkhorn_knopp(teacher_logits, *, teacher_temp, n_iters=3):
   shape = logits.shape
   k = shape[-1]
   scores = logits.reshape(-1, k) / teacher_temp
-  n_samples = scores.shape[0]
-  log_q = scores - jax.nn.logsumexp(scores)  # the whole matrix sums to 1
+  if mask is None:
+    weights = jnp.ones(scores.shape[:1], scores.dtype)
+  else:
+    if jnp.shape(mask) != shape[:-1]:
+      raise ValueError(f"mask must be [...] = {shape[:-1]} (the samples); got {jnp.shape(mask)}.")
+    weights = jnp.asarray(mask).reshape(-1).astype(scores.dtype)
+    # No sample to balance: balance all, so the (ignored) rows stay finite.
+    weights = jnp.where(jnp.sum(weights) > 0, weights, jnp.ones_like(weights))
+  n_samples = jnp.sum(weights)
+  column = weights[:, None]  # a prototype's mass sums over the balanced samples only
+  log_q = scores - jax.nn.logsumexp(scores, b=column)  # the balanced part sums to 1
   for _ in range(n_iters):
     # Each prototype (a column here, a row of DINOv2's [K, B] Q) gets 1/K.
-    log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - jnp.log(k)
+    log_q = log_q - jax.nn.logsumexp(log_q, axis=0, b=column, keepdims=True) - jnp.log(k)
     # Each sample gets 1/B.
     log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - jnp.log(n_samples)
   return jnp.exp(log_q + jnp.log(n_samples)).reshape(shape)
 
 
-def koleo(x, *, eps=1e-8):
+def _koleo_terms(x, eps):
+  """Per-point -log(d_i + eps) and d_i within one set x: [N, D] (see `koleo`)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  x = x / jnp.maximum(norm, eps)
+  dots = x @ x.T
+  # Cosines are >= -1, so -2 on the diagonal excludes self as a neighbour.
+  dots = jnp.where(jnp.eye(x.shape[0], dtype=bool), -2.0, dots)
+  neighbour = jnp.argmax(jax.lax.stop_gradient(dots), axis=-1)
+  squared = jnp.sum(jnp.square(x - x[neighbour]), axis=-1)
+  # Floor before sqrt: duplicate points would otherwise give a NaN gradient.
+  distance = jnp.sqrt(jnp.maximum(squared, eps * eps))
+  return -jnp.log(distance + eps), distance
+
+
+def koleo(x, *, eps=1e-8, group_size=None):
   """KoLeo regularizer (Sablayrolles et al. 2019; used by DINOv2).
 
   A Kozachenko-Leonenko differential-entropy estimate that spreads features:
@@ -258,9 +289,17 @@ def koleo(x, *, eps=1e-8):
   DINOv2's KoLeoLoss. DINOv2 applies it to each global crop's class tokens
   separately (the method splits the batch).
 
+  `group_size` g: the batch is cut into N / g consecutive groups, each point's
+  neighbour is searched inside its group only, and L is the mean over groups.
+  DINOv2's `koleo_loss.py` has no collective: each GPU takes the neighbours
+  among its own `batch_size_per_gpu` (64) images and the GPU losses are
+  averaged (`ssl_meta_arch.py` forward_backward), which is g = 64 whatever the
+  device count here.
+
   Args:
     x: [N, D] features, N >= 2.
     eps: inside the log and as the normalisation floor (1e-8).
+    group_size: None (the whole batch) or g >= 2 dividing N.
 
   Returns:
     (loss, metrics): 'nn_distance' (mean nearest-neighbour distance).
@@ -270,17 +309,15 @@ def koleo(x, *, eps=1e-8):
     raise ValueError(
       f"x must be [batch, dim] with batch >= 2 (a nearest neighbour is needed); got {x.shape}."
     )
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  x = x / jnp.maximum(norm, eps)
-  dots = x @ x.T
-  # Cosines are >= -1, so -2 on the diagonal excludes self as a neighbour.
-  dots = jnp.where(jnp.eye(x.shape[0], dtype=bool), -2.0, dots)
-  neighbour = jnp.argmax(jax.lax.stop_gradient(dots), axis=-1)
-  squared = jnp.sum(jnp.square(x - x[neighbour]), axis=-1)
-  # Floor before sqrt: duplicate points would otherwise give a NaN gradient.
-  distance = jnp.sqrt(jnp.maximum(squared, eps * eps))
-  loss = -jnp.mean(jnp.log(distance + eps))
-  return loss, {"nn_distance": jnp.mean(distance)}
+  group = x.shape[0] if group_size is None else int(group_size)
+  if group < 2 or x.shape[0] % group:
+    raise ValueError(
+      f"koleo group_size={group_size} must be >= 2 and divide the batch {x.shape[0]}."
+    )
+  groups = x.reshape(x.shape[0] // group, group, x.shape[1])
+  terms, distance = jax.vmap(lambda g: _koleo_terms(g, eps))(groups)
+  # Equal groups: the mean over groups of their means is the mean over all points.
+  return jnp.mean(terms), {"nn_distance": jnp.mean(distance)}
 
 
 def _check_patches(student, teacher, mask):

@@ -41,7 +41,10 @@ def _covariance_term(z):
 def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, gamma=1.0):
   """VICReg: variance-invariance-covariance regularization (Bardes et al. 2022).
 
-  Eq. 6:  L = lambda * s(Z, Z') + mu * [v(Z) + v(Z')] + nu * [c(Z) + c(Z')]
+  Eq. 6 as the official code computes it (facebookresearch/vicreg `main_vicreg.py`
+  `VICReg.forward`, l.194-220):
+
+    L = lambda * s(Z, Z') + mu * [v(Z) + v(Z')] / 2 + nu * [c(Z) + c(Z')]
 
     s(Z, Z') = mean over batch and dims of (z - z')^2  (the paper's alg. 1
                `mse_loss`; eq. 5 writes the per-example sum over dims, which is
@@ -50,9 +53,9 @@ def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, g
     c(Z)     = 1/D sum_{i != j} Cov(Z)_ij^2                         (eq. 4),
 
   with unbiased (N - 1) variance / covariance over the batch, as in the paper.
-  Note: facebookresearch/vicreg `main_vicreg.py` averages the two variance
-  terms instead of summing them (i.e. uses mu / 2); pass std_coeff=12.5 to
-  reproduce that code exactly.
+  The two variance terms are averaged, not summed as eq. 6 writes them: the
+  official code halves each (`std_loss = mean(relu(1 - std_x)) / 2 +
+  mean(relu(1 - std_y)) / 2`, l.205-207), and mu = 25 was tuned with that.
 
   Args:
     z1: [N, D] expander outputs of the first view.
@@ -65,7 +68,7 @@ def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, g
 
   Returns:
     (loss, metrics): the unweighted terms 'invariance', 'variance'
-    (v(Z) + v(Z')), 'covariance' (c(Z) + c(Z')), and 'embedding_std' (mean
+    ((v(Z) + v(Z')) / 2), 'covariance' (c(Z) + c(Z')), and 'embedding_std' (mean
     per-dimension std over both branches; 0 means collapse).
   """
   z1, z2 = _upcast(z1), _upcast(z2)
@@ -73,7 +76,7 @@ def vicreg(z1, z2, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, eps=1e-4, g
   invariance = jnp.mean(jnp.square(z1 - z2))
   variance1, std1 = _variance_term(z1, eps, gamma)
   variance2, std2 = _variance_term(z2, eps, gamma)
-  variance = variance1 + variance2
+  variance = 0.5 * (variance1 + variance2)
   covariance = _covariance_term(z1) + _covariance_term(z2)
   loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
   metrics = {
@@ -106,7 +109,7 @@ def barlow_twins(z1, z2, *, lambda_=5e-3, eps=1e-5):
     z1: [N, D] projector outputs of the first view.
     z2: [N, D] projector outputs of the second view; row n pairs with z1[n].
     lambda_: weight of the redundancy-reduction term (5e-3 in the paper;
-      the official code uses 0.0051).
+      the official code's default and the reported run use 0.0051).
     eps: variance epsilon of the standardisation.
 
   Returns:

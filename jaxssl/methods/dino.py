@@ -11,10 +11,16 @@ momentum 0.996 -> 1 (sec. 3.1, `post_update`); the center c is an EMA (0.9) of t
 teacher logit (eq. 4, updated in `loss_fn`, kept in aux). tau_t warms up linearly from 0.04 to
 0.07 (DINO's `warmup_teacher_temp` schedule, here per step rather than per epoch).
 
-DINO's `freeze_last_layer`: for the first `freeze_last_layer_epochs` the prototype layer gets
-no gradient (`jnp.where(frozen, stop_gradient(v), v)`: the forward is unchanged). AdamW's
-decoupled weight decay still rescales V while frozen, but the layer uses only V's direction,
-so its function stays exactly frozen (DINO skips the whole update of those parameters).
+DINO's `freeze_last_layer`: for the first epoch the prototype layer (`last_layer_v`, and
+`last_layer_g` when trained) is held by the optimizer, `optim.frozen_until=(("last_layer_",
+epochs),)` set by the presets: no update, no weight decay and Adam state untouched, as DINO's
+`cancel_gradients_last_layer` (`p.grad = None`). The older form, `freeze_last_layer_epochs`,
+gave the prototypes a zero gradient (`stop_gradient`) instead, so AdamW still decayed them and
+advanced their moments; it is kept (0 in the presets) so that recorded runs resume unchanged.
+
+The teacher never drops paths or units: it is built with `drop_path = dropout = 0` (DINO builds
+its teacher without `drop_path_rate`, main_dino.py), still in training mode so a ResNet's
+BatchNorm normalises by batch statistics as DINO's teacher does.
 
 Monitors: teacher entropy, KL(teacher || student), the entropy of the batch-mean teacher
 distribution, KL(teacher || softmax(center / tau_t)) (how far the sharpened teacher is from the
@@ -29,6 +35,7 @@ The iBOT / DINOv2 method (jaxssl/methods/ibot.py) subclasses `Method`.
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -43,6 +50,7 @@ from jaxssl.methods import common
 from jaxssl.methods import ema
 
 LAST_LAYER = "last_layer_v"  # the prototype weights DINO freezes at the start
+LAST_LAYER_PATHS = ("head/last_layer_v", "head/last_layer_g")  # what `frozen_until` should match
 
 
 class DINONetwork(nn.Module):
@@ -106,7 +114,7 @@ def unstack_views(x, num_views):
 
 def freeze_last_layer(params, frozen):
   """Params whose prototype weights (every `last_layer_v`) get no gradient while `frozen`;
-  the values are unchanged."""
+  the values are unchanged (the legacy `freeze_last_layer_epochs`)."""
 
   def freeze(path, leaf):
     if getattr(path[-1], "key", None) == LAST_LAYER:
@@ -138,6 +146,12 @@ class Method:
     self.config = config
     self.section = config[self.name]
     self.kernels = kernels
+    if self.section.freeze_last_layer_epochs and self.hold_epochs:
+      raise ValueError(
+        f"config.{self.name}.freeze_last_layer_epochs={self.section.freeze_last_layer_epochs} "
+        "and optim.frozen_until both freeze the last layer; set the former to 0 (the "
+        "optimizer hold is DINO's freeze)."
+      )
     self.model = self.build_model()
 
   def build_model(self) -> DINONetwork:
@@ -146,6 +160,13 @@ class Method:
       encoder=models.build_encoder(self.config.model, self.kernels),
       head=build_head(self.config.head, dtype, self.kernels),
     )
+
+  @functools.cached_property
+  def teacher_model(self) -> DINONetwork:
+    """The student's network without stochastic depth or dropout (same parameters)."""
+    encoder = self.model.encoder
+    off = {f: 0.0 for f in ("drop_path", "dropout") if getattr(encoder, f, 0.0)}
+    return self.model.clone(encoder=encoder.clone(**off)) if off else self.model
 
   @functools.cached_property
   def schedule_steps(self) -> int:
@@ -159,7 +180,22 @@ class Method:
 
   @functools.cached_property
   def freeze_steps(self) -> int:
+    """Steps of the legacy stop-gradient freeze (`freeze_last_layer_epochs`)."""
     return epochs_to_steps(self.config, self.section.freeze_last_layer_epochs)
+
+  @property
+  def hold_epochs(self) -> list[float]:
+    """Epochs of the `optim.frozen_until` entries that hold the last layer."""
+    return [
+      float(epochs)
+      for pattern, epochs in self.config.optim.get("frozen_until", ())
+      if float(epochs) > 0 and any(re.search(pattern, p) for p in LAST_LAYER_PATHS)
+    ]
+
+  @functools.cached_property
+  def hold_steps(self) -> int:
+    """Steps the optimizer holds the last layer (the `optim.frozen_until` rounding)."""
+    return max((epochs_to_steps(self.config, e) for e in self.hold_epochs), default=0)
 
   def momentum(self, step):
     """Teacher momentum after optimizer step `step` (0-based): cosine from base to 1."""
@@ -241,7 +277,7 @@ class Method:
   def teacher_forward(self, aux, batch, rng, patches=False):
     """Teacher outputs on the global crops (stop-gradient) and its new BN state."""
     out, state = common.apply_model(
-      self.model,
+      self.teacher_model,
       aux["teacher"],
       aux["teacher_state"],
       views_first(batch["global_crops"]),
@@ -258,8 +294,9 @@ class Method:
   def distillation(self, params, aux, batch, rng, step):
     """The [cls] distillation shared with iBOT: (loss, metrics, pieces for subclasses)."""
     rng_student, rng_teacher = jax.random.split(rng)
-    frozen = jnp.asarray(step) < self.freeze_steps
-    params = freeze_last_layer(params, frozen)
+    if self.freeze_steps:
+      params = freeze_last_layer(params, jnp.asarray(step) < self.freeze_steps)
+    frozen = jnp.asarray(step) < max(self.freeze_steps, self.hold_steps)
     masks = batch.get("masks")
     token_mask = None if masks is None else views_first(masks)
     student_logits, student_out, model_state = self.student_forward(

@@ -5,7 +5,9 @@ follows (blur p = 1.0 / 0.1, solarisation p = 0.0 / 0.2; `byol.two_view_transfor
 Network: encoder f -> expander h, an MLP of 3 layers (8192-8192-8192 in the paper) with BN +
 ReLU after the hidden layers and a plain linear output (`config.head`). Both views go through
 the same weights (no teacher, no stop-gradient). Loss: `losses.vicreg(z1, z2)` of eq. 6 with
-lambda = mu = 25, nu = 1 (`config.vicreg`). Evaluation uses the encoder's representation y, not
+lambda = mu = 25, nu = 1 (`config.vicreg`), the two variance terms averaged as in the official
+code (`vicreg.variance_terms='mean'`; 'sum' is eq. 6 as printed, mu on each term, what runs
+recorded before the key computed). Evaluation uses the encoder's representation y, not
 the expander output (sec. 4.1).
 """
 
@@ -24,9 +26,13 @@ class Method(common.EncoderHeadMethod):
 
   def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     super().__init__(config, kernels)
+    terms = config.vicreg.get("variance_terms", "mean")
+    if terms not in ("mean", "sum"):
+      raise ValueError(f"config.vicreg.variance_terms={terms!r}; choose 'mean' or 'sum'.")
+    # losses.vicreg averages the two views' variance terms; their sum is mu x 2 on that mean.
     self.coeffs = dict(
       sim_coeff=config.vicreg.sim_coeff,
-      std_coeff=config.vicreg.std_coeff,
+      std_coeff=config.vicreg.std_coeff * (2.0 if terms == "sum" else 1.0),
       cov_coeff=config.vicreg.cov_coeff,
     )
 

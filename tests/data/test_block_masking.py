@@ -123,3 +123,62 @@ def test_bad_settings_fail_clearly():
     _masker(context_patches=45)
   with pytest.raises(ValueError, match="target_scale"):
     _masker(target_scale=(0.3, 0.2))
+
+
+class _RecordingRng:
+  """A NumPy generator that records every `uniform(low, high)` call (iBOT's area draws)."""
+
+  def __init__(self, seed):
+    self._rng = np.random.default_rng(seed)
+    self.uniform_calls = []
+
+  def uniform(self, low, high):
+    self.uniform_calls.append((low, high))
+    return self._rng.uniform(low, high)
+
+  def integers(self, *args):
+    return self._rng.integers(*args)
+
+
+def test_ibot_block_mask_never_exceeds_the_budget_and_is_blockwise():
+  rng = np.random.default_rng(0)
+  for target in (0, 1, 5, 30, 58, 98):
+    for _ in range(20):
+      mask = bm.block_mask(rng, (14, 14), target, min_block=16)
+      assert mask.shape == (196,) and mask.dtype == bool
+      assert mask.sum() <= target
+  # The first block of a large budget is one rectangle, strictly smaller than the grid.
+  mask = bm.block_mask(np.random.default_rng(1), (14, 14), 20, min_block=16).reshape(14, 14)
+  rows, cols = np.nonzero(mask)
+  assert 0 < np.ptp(rows) + 1 < 14 and 0 < np.ptp(cols) + 1 < 14
+
+
+def test_ibot_area_draw_is_between_min_block_and_budget_either_way():
+  """loader.py: `random.uniform(low, max_mask_patches)` with low = (min(H, W) // 3) ** 2 = 16,
+  also when the remaining budget is below 16 (Python's uniform then returns a value in
+  [budget, 16]); every area draw is U[min(16, budget), max(16, budget)]."""
+  below = 0
+  for seed in range(30):
+    rng = _RecordingRng(seed)
+    num_masked = int(0.3 * 196)
+    mask = bm.block_mask(rng, (14, 14), num_masked, min_block=16)
+    areas = rng.uniform_calls[::2]  # each attempt draws the area, then the log-aspect
+    assert areas[0] == (16, num_masked)  # the first block: U[16, 58]
+    for low, high in areas:
+      assert low <= high and 16 in (low, high)
+      below += high == 16  # a budget < 16: still drawn up to 16, not set to the budget
+    assert mask.sum() <= num_masked
+  assert below > 0
+
+
+def test_ibot_policy_probability_and_ratio():
+  policy = bm.BlockMasking(grid=(14, 14), ratio=(0.1, 0.5), prob=0.5, min_block=16)
+  rng = np.random.default_rng(0)
+  masks = np.stack([policy(rng) for _ in range(400)])
+  ratios = masks.mean(-1)
+  assert 160 <= np.sum(ratios > 0) <= 240  # probability 0.5 of 400, 4 std
+  assert ratios.max() <= 0.5
+  with pytest.raises(ValueError, match="min_block=0"):
+    bm.BlockMasking(grid=(14, 14), min_block=0)
+  with pytest.raises(ValueError, match="mask ratio range"):
+    bm.BlockMasking(grid=(14, 14), ratio=(0.5, 0.1))

@@ -226,6 +226,58 @@ def test_koleo_duplicate_points_have_finite_gradients():
     losses.koleo(jnp.ones((1, 3)))
 
 
+def _koleo64(x):
+  """DINOv2's KoLeoLoss on one set, in float64: -mean log(nearest-neighbour distance)."""
+  xn = np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)
+  d = [min(np.linalg.norm(xn[i] - xn[j]) for j in range(len(x)) if j != i) for i in range(len(x))]
+  return -np.mean(np.log(np.array(d) + 1e-8))
+
+
+def test_koleo_per_group_is_the_mean_of_per_gpu_losses(rng):
+  x = rng.normal(size=(12, 3)).astype(np.float32)
+  # DINOv2: each GPU's koleo over its own images, then averaged over GPUs (groups of 4 here).
+  want = np.mean([_koleo64(x[i : i + 4]) for i in range(0, 12, 4)])
+  loss, _ = losses.koleo(x, group_size=4)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert abs(want - _koleo64(x)) > 1e-3  # the neighbours differ from the global batch's
+  np.testing.assert_allclose(losses.koleo(x, group_size=12)[0], losses.koleo(x)[0], rtol=1e-6)
+  for bad in (5, 1):
+    with pytest.raises(ValueError, match="group_size"):
+      losses.koleo(x, group_size=bad)
+
+
+def _sinkhorn64(logits, temp, iters=3):
+  """DINOv2's sinkhorn_knopp_teacher on [B, K] samples, in float64."""
+  q = np.exp(np.asarray(logits, np.float64) / temp).T  # [K, B]
+  k, b = q.shape
+  q /= q.sum()
+  for _ in range(iters):
+    q /= q.sum(1, keepdims=True)
+    q /= k
+    q /= q.sum(0, keepdims=True)
+    q /= b
+  return (q * b).T
+
+
+def test_sinkhorn_knopp_on_the_masked_samples_only(rng):
+  logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)  # [V, B, N, K]
+  mask = rng.random(size=(2, 3, 4)) < 0.4
+  probs = np.asarray(losses.sinkhorn_knopp(logits, teacher_temp=0.1, mask=mask))
+  # DINOv2's ibot_patch_loss: Sinkhorn-Knopp over the masked patches gathered together.
+  want = _sinkhorn64(logits[mask], 0.1)
+  np.testing.assert_allclose(probs[mask], want, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)  # other rows: finite distributions
+  np.testing.assert_allclose(
+    losses.sinkhorn_knopp(logits, teacher_temp=0.1, mask=np.ones(mask.shape, bool)),
+    losses.sinkhorn_knopp(logits, teacher_temp=0.1),
+    rtol=1e-5,
+  )
+  none = losses.sinkhorn_knopp(logits, teacher_temp=0.1, mask=np.zeros(mask.shape, bool))
+  assert np.all(np.isfinite(none))
+  with pytest.raises(ValueError, match="mask must be"):
+    losses.sinkhorn_knopp(logits, teacher_temp=0.1, mask=mask[..., :3])
+
+
 def test_ibot_patch_loss_matches_reference(rng):
   student = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)  # [V, B, N, K]
   teacher = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Barlow Twins method: loss from per-view projector outputs (float64 eq. 1), invariance of
-the loss to the projector's output bias, gradients, encode, one train run with the eval
-handoff."""
+the loss to the projector's output bias, gradients, the reference run's gradient scale, encode,
+one train run with the eval handoff."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import pytest
 import harness
 
 from jaxssl import methods
+from jaxssl import optim
 from jaxssl.state import TrainState
 
 
@@ -47,7 +48,7 @@ def _project(method, params, state, images):
 
 def test_loss_is_barlow_twins_of_per_view_projector_outputs(setup):
   method, batch, params, aux = setup
-  assert method.lambda_ == 5e-3
+  assert method.lambda_ == 5e-3 and method.loss_scale == 1.0
   loss, (metrics, new_aux) = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
   z1, state = _project(method, params, aux["model_state"], batch["view1"])
   z2, state = _project(method, params, state, batch["view2"])
@@ -77,6 +78,65 @@ def test_output_bias_cancels_and_gradients_reach_everything(setup):
     assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
   for part in ("encoder", "head"):
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[part])) > 0, part
+
+
+def test_loss_scale_scales_the_gradient_and_logs_the_unscaled_loss(setup):
+  method, batch, params, aux = setup
+  config = _config()
+  config.barlow_twins.loss_scale = 1.0 / 16
+  scaled = methods.build(config)
+
+  def value_and_grad(m):
+    fn = jax.value_and_grad(
+      lambda p: m.loss_fn(p, aux, batch, jax.random.PRNGKey(1), 0), has_aux=True
+    )
+    return jax.jit(fn)(params)
+
+  (loss, (metrics, _)), grads = value_and_grad(method)
+  (loss16, (metrics16, _)), grads16 = value_and_grad(scaled)
+  np.testing.assert_allclose(float(loss16), float(loss) / 16, rtol=1e-6)
+  # 'loss' replaces the step's 'train/loss': the unscaled Barlow Twins loss in both runs.
+  np.testing.assert_allclose(float(metrics16["loss"]), float(loss), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-6)
+  for g16, g in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g16, np.asarray(g) / 16, rtol=1e-5, atol=1e-12)
+
+
+def test_imagenet_preset_is_the_reference_run():
+  c = _config("imagenet")
+  # main.py defaults of the README run: --lambd 0.0051 --weight-decay 1e-6, cosine to 0.001 x
+  # base, 16 GPUs whose DDP average gave 1/16 of the true gradient (audit section 3.1).
+  assert c.barlow_twins.lambda_ == 0.0051 and c.barlow_twins.loss_scale == 1.0 / 16
+  assert (c.optim.name, c.optim.weight_decay, c.optim.end_lr_factor) == ("lars", 1e-6, 0.001)
+  assert c.optim.norm_bias_lr_factor == pytest.approx(0.0048 / 0.2)
+
+
+def test_loss_scale_under_lars_is_16x_weight_decay_and_a_16x_smaller_bias_lr():
+  # What the reference run's 1/16 gradient means for its hyperparameters: under LARS a scale s
+  # on the gradient equals wd / s on the weights (the trust ratio removes the scale) and lr x s
+  # on the rank-1 parameters (no decay, no adaptation).
+  c = _config("imagenet")
+  c.optim.warmup_steps = 0  # the first update at the peak LR, not at warmup's 0
+  s = c.barlow_twins.loss_scale
+  wd = 0.02  # large enough against these gradients that a wrong equivalence shows
+  rng = np.random.default_rng(0)
+  params = {"kernel": jnp.asarray(rng.normal(size=(6, 4))), "bias": jnp.asarray(rng.normal(size=4))}
+  grads = {k: jnp.asarray(rng.normal(size=v.shape)) for k, v in params.items()}
+
+  def first_update(weight_decay, g):
+    c.optim.weight_decay = weight_decay
+    _, tx = optim.build(c, total_steps=100_000)
+    return tx.update(g, tx.init(params), params)[0]
+
+  scaled = first_update(wd, jax.tree.map(lambda x: s * x, grads))
+  assert all(float(jnp.abs(u).min()) > 0 for u in scaled.values())
+  np.testing.assert_allclose(scaled["kernel"], first_update(wd / s, grads)["kernel"], rtol=1e-5)
+  unscaled = first_update(wd, grads)
+  assert (
+    np.abs(np.asarray(scaled["kernel"] - unscaled["kernel"])).max()
+    > 1e-2 * np.abs(np.asarray(unscaled["kernel"])).max()
+  )
+  np.testing.assert_allclose(scaled["bias"], s * np.asarray(unscaled["bias"]), rtol=1e-6)
 
 
 def test_post_update_is_identity_and_encode_skips_the_projector(setup):

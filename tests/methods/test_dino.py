@@ -1,8 +1,10 @@
 """DINO method: loss against a float64 recomputation from the model outputs, stop-gradient on
-the teacher, last-layer freeze, teacher temperature / momentum / center schedules, encode on
-the teacher, one train run with the eval handoff."""
+the teacher, a deterministic teacher, the last-layer freeze (optimizer hold and the legacy
+stop-gradient), teacher temperature / momentum / center schedules, encode on the teacher, the
+imagenet preset, one train run with the eval handoff."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 import harness
 
 from jaxssl import methods
+from jaxssl import optim
 from jaxssl.data import datasets
 from jaxssl.methods import dino
 from jaxssl.state import TrainState
@@ -95,7 +98,8 @@ def test_registry_init_and_preset_schedules(setup):
   np.testing.assert_array_equal(aux["center"], np.zeros(64))
   # Epoch-valued schedules in steps, from the split size (88 steps per epoch).
   assert method.temp_warmup_steps == math.ceil(0.05 * 1397 / 16) == 5
-  assert method.freeze_steps == math.ceil(0.03 * 1397 / 16) == 3
+  assert method.freeze_steps == 0  # no stop-gradient freeze: the optimizer holds the last layer
+  assert method.hold_steps == math.ceil(0.03 * 1397 / 16) == 3
   assert dino.epochs_to_steps(method.config, 1.0) == STEPS_PER_EPOCH
 
 
@@ -156,10 +160,85 @@ def test_teacher_gets_no_gradient_and_last_layer_freezes(setup):
     for t, f in zip(jax.tree.leaves(tied), jax.tree.leaves(fixed)):
       np.testing.assert_allclose(t, f, rtol=1e-6, atol=1e-9)
     last = float(jnp.abs(fixed["head"]["last_layer_v"]).max())
-    # freeze_last_layer: steps 0..2 of the test preset give the prototypes no gradient.
+    # freeze_last_layer_epochs (recorded runs, the test preset): steps 0..2 give the
+    # prototypes no gradient.
     assert (last == 0.0) == (step < method.freeze_steps), (step, last)
     assert float(jnp.abs(fixed["head"]["dense_0"]["kernel"]).max()) > 0
     assert float(jnp.abs(fixed["encoder"]["embedding"]["kernel"]).max()) > 0
+
+
+def _held_config(data_dir=None):
+  """The test preset with DINO's freeze as the presets now set it: the optimizer hold."""
+  config = _config()
+  config.dino.freeze_last_layer_epochs = 0.0
+  config.optim.frozen_until = ((r"last_layer_", 0.03),)
+  if data_dir:
+    config.data.data_dir = data_dir
+  return config
+
+
+def test_optimizer_holds_the_last_layer_as_pytorch(setup):
+  """optim.frozen_until of the test preset (3 steps): V is not updated, not decayed and its
+  AdamW state waits; at release its first step is a fresh AdamW step 1 (m_hat = g, v_hat =
+  g^2) at the global step's learning rate, as torch.optim.AdamW after `p.grad = None`."""
+  _, _, params, _ = setup
+  config = _held_config()
+  schedule, tx = optim.build(config, 6, 1397)
+  state = tx.init(params)
+  rng = np.random.default_rng(0)
+  p = params
+  for step in range(4):
+    # Small gradients: the preset's global clip at 3.0 leaves them as they are.
+    g = jax.tree.map(lambda x: jnp.asarray(1e-3 * rng.normal(size=x.shape), x.dtype), p)
+    updates, state = tx.update(g, state, p)
+    new = jax.tree.map(lambda a, u: a + u, p, updates)
+    v, gv = np.asarray(p["head"]["last_layer_v"], np.float64), np.asarray(g["head"]["last_layer_v"])
+    if step < 3:  # held: not even weight decay moves it
+      np.testing.assert_array_equal(new["head"]["last_layer_v"], p["head"]["last_layer_v"])
+    else:  # Adam's moments and count untouched by the 3 held steps
+      lr, wd = float(schedule(step)), config.optim.weight_decay
+      want = v - lr * (gv / (np.abs(gv) + 1e-8) + wd * v)
+      np.testing.assert_allclose(new["head"]["last_layer_v"], want, rtol=1e-5, atol=1e-9)
+    if step:  # the rest trains from the first step with a non-zero (warmup) learning rate
+      assert not np.array_equal(new["head"]["dense_0"]["kernel"], p["head"]["dense_0"]["kernel"])
+    p = new
+
+
+def test_the_held_last_layer_gets_its_gradient_and_both_freezes_do_not_mix(setup):
+  """With optim.frozen_until the loss leaves the prototypes' gradient alone (the optimizer
+  holds them); the stop-gradient form stays for recorded runs, never with the hold."""
+  _, batch, params, aux = setup
+  method = methods.build(_held_config())
+  assert (method.freeze_steps, method.hold_steps) == (0, 3)
+  grad = jax.jit(jax.grad(lambda p, s: method.loss_fn(p, aux, batch, jax.random.PRNGKey(1), s)[0]))
+  assert float(jnp.abs(grad(params, 0)["head"]["last_layer_v"]).max()) > 0
+  _, (metrics, _) = jax.jit(method.loss_fn)(params, aux, batch, jax.random.PRNGKey(1), 2)
+  assert float(metrics["last_layer_frozen"]) == 1.0
+  config = _held_config()
+  config.dino.freeze_last_layer_epochs = 0.03
+  with pytest.raises(ValueError, match="freeze_last_layer_epochs=0.03 and optim.frozen_until"):
+    methods.build(config)
+
+
+def test_teacher_never_drops_paths():
+  """With drop path 0.5 the student's outputs depend on the rng, the teacher's do not: they
+  equal the deterministic forward (DINO builds its teacher without drop_path_rate)."""
+  config = _config()
+  config.unlock()
+  config.model.drop_path = 0.5
+  method = methods.build(config)
+  batch = multicrop_batch()
+  params, aux = harness.init_method(method, batch)
+  keys = jax.random.PRNGKey(3), jax.random.PRNGKey(4)
+  teacher = [method.teacher_forward(aux, batch, k)[0]["logits"] for k in keys]
+  np.testing.assert_array_equal(teacher[0], teacher[1])
+  deterministic = method.model.apply(
+    {"params": aux["teacher"]}, dino.views_first(batch["global_crops"]), train=False
+  )
+  np.testing.assert_allclose(teacher[0], deterministic["logits"], rtol=1e-6, atol=1e-6)
+  student = [method.student_forward(params, {}, batch, k)[0] for k in keys]
+  assert not np.allclose(student[0], student[1])
+  assert method.model.encoder.drop_path == 0.5  # the student keeps it
 
 
 @pytest.mark.parametrize("step, temp", [(0, 0.04), (1, 0.046), (4, 0.064), (5, 0.07), (50, 0.07)])
@@ -219,15 +298,48 @@ def test_fashion_mnist_preset_keeps_the_start_that_does_not_collapse(name):
   # within 100 steps of a short run (docs/results.md "Method zoo"); a constant 0.04 did not.
   section = harness.load_config(name, "fashion_mnist")[name]
   assert section.warmup_teacher_temp == section.teacher_temp == 0.04
-  assert section.freeze_last_layer_epochs == 1.0
+  # DINO's 1-epoch last-layer freeze, by the optimizer; the legacy stop-gradient off.
+  assert tuple(harness.load_config(name, "fashion_mnist").optim.frozen_until) == (
+    (r"last_layer_", 1.0),
+  )
+  assert section.freeze_last_layer_epochs == 0.0
   method = methods.build(harness.load_config(name, "fashion_mnist"))
   assert float(method.teacher_temp(0)) == float(method.teacher_temp(10_000)) == pytest.approx(0.04)
+
+
+def test_imagenet_preset_is_the_readme_full_command():
+  """README "Full command" ViT-S/16 run on main_dino.py's defaults."""
+  c = _config("imagenet")
+  assert c.total_epochs == 300.0 and c.batch_size == 1024 and not c.head.norm_last_layer
+  assert c.optim.grad_clip_mode == "per_tensor" and c.optim.grad_clip_norm == 3.0
+  assert c.optim.weight_decay == 0.04 and c.optim.weight_decay_end == 0.4
+  assert c.model.drop_path == 0.1
+  assert c.optim.end_lr_factor * optim.peak_learning_rate(c.optim, 1024) == pytest.approx(1e-6)
+  assert tuple(c.optim.frozen_until) == ((r"last_layer_", 1.0),)
+
+
+def test_frozen_until_matches_every_last_layer_and_nothing_else():
+  """DINO cancels every parameter with "last_layer" in its name: V and a trained g, of every
+  head (iBOT / DINOv2's patch head too)."""
+  config = harness.load_config("ibot", "test_dinov2")
+  config.head.norm_last_layer = False
+  method = methods.build(config)
+  params, _ = harness.init_method(method, multicrop_batch(masks=True))
+  names = jax.tree.leaves(optim._path_names(params))  # pylint: disable=protected-access
+  ((pattern, _),) = harness.load_config("ibot", "dinov2").optim.frozen_until
+  held = sorted(n for n in names if re.search(pattern, n))
+  assert held == [f"{h}/last_layer_{p}" for h in ("head", "patch_head") for p in ("g", "v")]
 
 
 def test_local_size_must_fit_the_patch_size():
   # Fashion-MNIST's 14px local crops do not tile into mu/4's 4x4 patches.
   with pytest.raises(ValueError, match=r"crops.local_size=14 is not a multiple .* patch size 4"):
     _config("fashion_mnist,vit_mu4")
+
+
+def test_training_with_the_optimizer_hold(tmp_path, data_dir):
+  logged, rows = harness.train_test_preset(_held_config(), str(tmp_path / "held"), data_dir)
+  assert rows[0]["train/last_layer_frozen"] == 1.0 and logged["train/last_layer_frozen"] == 0.0
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):

@@ -35,6 +35,27 @@ def test_loss_matches_numpy_and_metrics():
   assert method.encode(params, aux, batch["tokens"]).shape == (4, 16)
 
 
+def test_presets_use_gpt2_init_and_no_head_bias():
+  for preset in ("test", "shakespeare", "gpt2"):
+    model = harness.load_config("gpt", preset).model
+    assert (model.init_scheme, model.head_bias) == ("gpt2", False), preset
+  method = gpt.Method(harness.load_config("gpt"))
+  params, _ = harness.init_method(method, _batch())
+  assert "head_bias" not in params  # GPT-2: logits = h @ wte^T
+  depth = 2
+  kernels = {"plain": [], "residual": []}
+  for i in range(depth):
+    attention, mlp = params[f"block_{i}"]["SelfAttention_0"], params[f"block_{i}"]["MlpBlock_0"]
+    kernels["plain"] += [attention[f"{n}_kernel"] for n in ("query", "key", "value")]
+    kernels["plain"].append(mlp["Dense_0"]["kernel"])
+    kernels["residual"] += [attention["out_kernel"], mlp["Dense_1"]["kernel"]]
+    assert not any(np.any(np.asarray(b)) for b in jax.tree.leaves(mlp) if b.ndim == 1)
+  # Pooled over the tiny preset's kernels (2,560 and 1,536 draws): within 10 % of the target.
+  for group, std in (("plain", 0.02), ("residual", 0.02 / np.sqrt(2 * depth))):
+    drawn = np.concatenate([np.asarray(k, np.float64).ravel() for k in kernels[group]])
+    assert abs(drawn.std() / std - 1) < 0.1, (group, drawn.std(), std)
+
+
 def test_gradient_of_early_losses_ignores_future_tokens():
   method = gpt.Method(harness.load_config("gpt"))
   batch = _batch()

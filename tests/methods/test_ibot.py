@@ -1,6 +1,7 @@
-"""iBOT / DINOv2 method: [cls] + masked-patch loss (centering or Sinkhorn-Knopp, KoLeo)
-against float64 recomputations from the model outputs, zero teacher gradient, the [mask]
-token, patch-center EMA, masks from the pipeline (deterministic, ratio in range), one run."""
+"""iBOT / DINOv2 method: [cls] + masked-patch loss (centering or Sinkhorn-Knopp on the masked
+patches, per-group KoLeo) against float64 recomputations from the model outputs, zero teacher
+gradient, the [mask] token, patch-center EMA, masks from the pipeline (deterministic, ratio in
+range), the imagenet and dinov2 presets, one run."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ import harness
 from test_dino import dino_loss64, forward_logits, multicrop_batch, softmax64
 
 from jaxssl import methods
+from jaxssl import optim
+from jaxssl.data import block_masking
 from jaxssl.data import datasets
 from jaxssl.methods import ibot
 
@@ -72,7 +75,7 @@ def _outputs(method, params, teacher, batch):
 @pytest.mark.parametrize("arg", ["test", "test_dinov2"])
 def test_loss_equals_recomputation(arg):
   method = methods.build(_config(arg))
-  batch = multicrop_batch(masks=True)
+  batch = multicrop_batch(n=16, masks=True)
   params, aux = harness.init_method(method, batch)
   teacher = jax.tree.map(lambda x: x * 0.9 + 0.01, aux["teacher"])
   center = jnp.linspace(-0.3, 0.3, 64)
@@ -95,8 +98,13 @@ def test_loss_equals_recomputation(arg):
   else:
     assert set(params) == {"encoder", "head", "patch_head"}  # separate patch head
     cls_targets = sinkhorn64(teacher_logits, temp)
-    patch_targets = sinkhorn64(teacher_patches, temp)
-    koleo = sum(koleo64(f) for f in features)
+    # DINOv2: the patch Sinkhorn-Knopp balances the masked patches only (the others' targets
+    # are never read: the loss weighs them 0).
+    patch_targets = np.zeros_like(teacher_patches)
+    patch_targets[masks > 0] = sinkhorn64(teacher_patches[masks > 0], temp)
+    # KoLeo per group of 8 images (DINOv2: per GPU), averaged over the groups.
+    assert method.section.koleo_group_size == 8
+    koleo = sum(np.mean([koleo64(f[i : i + 8]) for i in range(0, 16, 8)]) for f in features)
     np.testing.assert_allclose(metrics["koleo"], koleo, rtol=1e-4)
   cls_loss = dino_loss64(student, cls_targets)
   patch_loss = patch_loss64(student_patches, patch_targets, masks)
@@ -151,7 +159,9 @@ def test_pipeline_masks_are_deterministic_and_in_range(data_dir):
   method = methods.build(_config())
   info = datasets.get_info("digits", data_dir)
   transform = method.train_transform(info)
+  assert isinstance(transform.masking, block_masking.BlockMasking)
   assert transform.masking.grid == (4, 4) and transform.masking.ratio == (0.1, 0.5)
+  assert transform.masking.min_block == 4
   source = datasets.get_source("digits", "train", data_dir)
   outs = [transform.random_map(source[i], np.random.default_rng(i)) for i in range(100)]
   again = transform.random_map(source[3], np.random.default_rng(3))
@@ -173,6 +183,50 @@ def test_bad_settings_fail():
     methods.build(config)
   with pytest.raises(ValueError, match="needs a ViT encoder"):
     methods.build(_config("test,resnet18_small"))
+  config = _config("test_dinov2")
+  config.ibot.koleo_group_size = 6
+  with pytest.raises(ValueError, match="koleo_group_size=6 must be >= 2 and divide batch_size=16"):
+    methods.build(config)
+
+
+def test_imagenet_preset_is_the_readme_command():
+  """iBOT README ViT-S/16: crops (0.25, 1) / (0.05, 0.25), blocks of >= (14 // 3)^2 = 16
+  patches, and main_ibot.py's optimizer (per-tensor clip, wd cosine, drop path 0.1)."""
+  c = _config("imagenet")
+  assert tuple(c.crops.global_scale) == (0.25, 1.0) and tuple(c.crops.local_scale) == (0.05, 0.25)
+  assert c.crops.num_local == 10 and c.ibot.mask_min_block == 16 == (14 // 3) ** 2
+  assert c.optim.grad_clip_mode == "per_tensor" and c.optim.grad_clip_norm == 3.0
+  assert c.optim.weight_decay_end == 0.4 and c.model.drop_path == 0.1
+  assert c.optim.end_lr_factor * optim.peak_learning_rate(c.optim, 1024) == pytest.approx(1e-6)
+  assert tuple(c.optim.frozen_until) == ((r"last_layer_", 1.0),)
+  assert c.total_epochs == 800.0 and not c.head.norm_last_layer
+  policy = methods.build(c).mask_policy((14, 14))
+  assert isinstance(policy, block_masking.BlockMasking) and policy.min_block == 16
+
+
+def test_dinov2_preset_optimizer_groups_on_its_parameter_tree():
+  """ssl_default_config.yaml: clip 3.0 per student module (backbone, dino_head, ibot_head),
+  layer-wise decay 0.9, patch embedding LR x 0.2, trained weight_g, KoLeo per 64 images."""
+  c = _config("dinov2")
+  assert c.optim.grad_clip_mode == "per_module" and c.optim.grad_clip_norm == 3.0
+  assert c.optim.layer_decay == 0.9 and c.optim.weight_decay_end == 0.4
+  assert not c.head.norm_last_layer and c.ibot.koleo_group_size == 64
+  assert c.optim.end_lr_factor * optim.peak_learning_rate(c.optim, 1024) == pytest.approx(1e-6)
+  assert optim.peak_learning_rate(c.optim, 1024) == pytest.approx(0.004)
+  # The same optimizer settings on the tiny dinov2 tree (same parameter names as ViT-S/14).
+  tiny = _config("test_dinov2")
+  tiny.head.norm_last_layer = False
+  params, _ = harness.init_method(methods.build(tiny), multicrop_batch(masks=True))
+  names = jax.tree.leaves(optim._path_names(params))  # pylint: disable=protected-access
+  modules = {optim.module_of(n, c.optim.grad_clip_depth) for n in names}
+  assert modules == {"encoder", "head", "patch_head"}
+  factors = dict(zip(names, jax.tree.leaves(optim.lr_multipliers(c.optim, params))))
+  depth = 2  # vit_test blocks: embeddings 0.9^3, block i 0.9^(2 - i), heads 1
+  assert factors["encoder/embedding/kernel"] == pytest.approx(0.2 * 0.9 ** (depth + 1))
+  assert factors["encoder/embedding/bias"] == pytest.approx(0.2 * 0.9 ** (depth + 1))
+  assert factors["encoder/block_0/MlpBlock_0/Dense_0/kernel"] == pytest.approx(0.9**depth)
+  assert factors["encoder/block_1/MlpBlock_0/Dense_0/kernel"] == pytest.approx(0.9)
+  assert factors["head/last_layer_g"] == factors["patch_head/dense_0/kernel"] == 1.0
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):

@@ -75,6 +75,20 @@ def test_loss_matches_numpy():
   assert method.encode(params, aux, batch["tokens"]).shape == (4, 16)
 
 
+def test_presets_have_berts_head_transform_and_bert_base_clips():
+  for preset in ("test", "shakespeare", "bert_base"):
+    assert harness.load_config("mlm", preset).model.lm_transform, preset
+  # bert optimization.py l.74: tf.clip_by_global_norm(grads, clip_norm=1.0).
+  optim = harness.load_config("mlm", "bert_base").optim
+  assert (optim.grad_clip_norm, optim.grad_clip_mode) == (1.0, "global")
+  method = mlm.Method(harness.load_config("mlm"))
+  params, _ = harness.init_method(method, _batch())
+  # Dense(width) -> GELU -> LayerNorm, then the tied decoder with its output bias.
+  assert params["lm_transform"]["kernel"].shape == (16, 16)
+  assert set(params["lm_transform_norm"]) == {"scale", "bias"}
+  assert params["head_bias"].shape == (259,) and "head_kernel" not in params
+
+
 def test_model_is_bidirectional():
   method = mlm.Method(harness.load_config("mlm"))
   batch = _batch()

@@ -3,11 +3,15 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import harness
 import image_text_harness as ith
 from jaxssl import methods
+from jaxssl import optim
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,44 @@ def test_temperature_and_bias_learn(setup):
   np.testing.assert_allclose(float(grads["t_prime"]), d_t, rtol=1e-3)
   np.testing.assert_allclose(float(grads["bias"]), d_b, rtol=1e-3)
   assert float(grads["bias"]) < 0  # at b = -10 the positives pull the bias up
+
+
+def test_paper_weight_decay_is_big_visions_1e4_and_clips_at_1():
+  c = harness.load_config("siglip", "paper")
+  assert c.optim.grad_clip_norm == 1.0 and c.optim.grad_clip_mode == "global"
+  # big_vision/optax.py::make: chain(clip, scale_by_adam, scale(lr), add_decayed_weights(wd),
+  # scale_by_schedule(s_t), scale(-1)) with the paper's lr 1e-3 and wd 1e-4 (kernels decayed,
+  # biases not): the update our optimizer makes from the paper preset, step by step.
+  c.optim.warmup_steps = 2
+  schedule, tx = optim.build(c, total_steps=10)
+  peak = 1e-3
+  reference = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-8),
+    optax.scale(peak),
+    optax.add_decayed_weights(1e-4, mask={"kernel": True, "bias": False}),
+    optax.scale_by_schedule(lambda t: schedule(t) / peak),
+    optax.scale(-1.0),
+  )
+  rng = np.random.default_rng(0)
+  params = {"kernel": jnp.asarray(rng.normal(size=(5, 3))), "bias": jnp.asarray(rng.normal(size=3))}
+  ours, theirs = params, params
+  state, ref_state = tx.init(params), reference.init(params)
+  for step in range(4):
+    grads = {k: jnp.asarray(0.1 * rng.normal(size=v.shape)) for k, v in params.items()}
+    updates, state = tx.update(grads, state, ours)
+    ref_updates, ref_state = reference.update(grads, ref_state, theirs)
+    np.testing.assert_allclose(updates["kernel"], ref_updates["kernel"], rtol=1e-5, err_msg=step)
+    np.testing.assert_allclose(updates["bias"], ref_updates["bias"], rtol=1e-5, err_msg=step)
+    ours, theirs = optax.apply_updates(ours, updates), optax.apply_updates(theirs, ref_updates)
+  # From a zero gradient (Adam's update 0) at the first step at the peak, the decay alone moves
+  # a kernel by -1e-4 x p: the paper's wd per step, not lr x wd = 1e-7.
+  c.optim.warmup_steps = 0
+  _, tx = optim.build(c, total_steps=10)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -1e-4 * np.asarray(params["kernel"]), rtol=1e-5)
+  np.testing.assert_array_equal(updates["bias"], 0.0)
 
 
 def test_encode_is_the_image_tower(setup):

@@ -27,8 +27,10 @@ def setup():
   return method, batch, params, aux
 
 
-def _vicreg64(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
-  """Independent float64 eq. 6 (invariance as alg. 1's mse_loss, unbiased statistics)."""
+def _vicreg64(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4, halve=True):
+  """Independent float64 eq. 6 (invariance as alg. 1's mse_loss, unbiased statistics), the
+  variance terms halved as in the official `main_vicreg.py` l.205-207 (or summed, as eq. 6
+  is printed and old records computed)."""
   z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
   d = z1.shape[1]
 
@@ -39,7 +41,8 @@ def _vicreg64(z1, z2, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
     cov = np.cov(z, rowvar=False)  # unbiased
     return (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / d
 
-  return lam * np.mean((z1 - z2) ** 2) + mu * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
+  half = 0.5 if halve else 1.0
+  return lam * np.mean((z1 - z2) ** 2) + mu * half * (v(z1) + v(z2)) + nu * (c(z1) + c(z2))
 
 
 def _expand(method, params, state, images):
@@ -70,6 +73,20 @@ def test_loss_is_vicreg_of_per_view_expander_outputs(setup):
     np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+def test_summed_variance_terms_reproduce_old_records(setup):
+  _, batch, params, aux = setup
+  config = _config()
+  config.vicreg.variance_terms = "sum"
+  method = methods.build(config)
+  loss, _ = method.loss_fn(params, aux, batch, jax.random.PRNGKey(1), 0)
+  z1, state = _expand(method, params, aux["model_state"], batch["view1"])
+  z2, _ = _expand(method, params, state, batch["view2"])
+  np.testing.assert_allclose(float(loss), _vicreg64(z1, z2, halve=False), rtol=1e-5)
+  config.vicreg.variance_terms = "half"
+  with pytest.raises(ValueError, match="variance_terms='half'"):
+    methods.build(config)
+
+
 def test_swapping_the_views_leaves_the_loss_unchanged_and_gradients_reach_everything(setup):
   method, batch, params, aux = setup
   swapped = {"view1": batch["view2"], "view2": batch["view1"]}
@@ -94,6 +111,16 @@ def test_post_update_is_identity_and_encode_skips_the_expander(setup):
   assert feats.shape == (8, 32)  # vit_test width, not the expander's 16
   direct, _ = method.model.encoder.apply({"params": params["encoder"]}, batch["view1"])
   np.testing.assert_allclose(feats, direct, rtol=1e-6)
+
+
+def test_imagenet_preset_is_the_official_recipe():
+  c = _config("imagenet")
+  assert dict(c.vicreg) == dict(
+    sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, variance_terms="mean"
+  )
+  # main_vicreg.py adjust_learning_rate: cosine to end_lr = 0.001 x base_lr.
+  assert c.optim.end_lr_factor == 0.001
+  assert (c.optim.name, c.optim.base_lr, c.optim.weight_decay) == ("lars", 0.2, 1e-6)
 
 
 def test_one_training_run_and_eval_handoff(tmp_path, data_dir):

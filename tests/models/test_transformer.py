@@ -186,3 +186,116 @@ def test_gradients_reach_every_parameter():
 
   for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(params)):
     assert np.abs(np.asarray(g)).max() > 0, path
+
+
+def test_gpt2_init_draws_the_block_kernels_from_the_scaled_normals():
+  # nanoGPT model.py: every Linear ~ N(0, 0.02), zero biases; the residual output projections
+  # (attention c_proj, MLP c_proj) ~ N(0, 0.02 / sqrt(2 n_layer)).
+  arch = dict(vocab_size=50, max_len=16, width=64, depth=2, mlp_dim=256, num_heads=4)
+  tokens = _tokens()
+  model = Transformer(**arch, init_scheme="gpt2")
+  gpt2 = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens))["params"]
+  # Same parameters, shapes and logical names as the default scheme; only values change.
+  partitioned = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+  boxed = jax.eval_shape(model.init, jax.random.key(1), tokens)
+  want = jax.eval_shape(Transformer(**arch).init, jax.random.key(1), tokens)
+  for fn in (lambda b: b.names, lambda b: b.value.shape):
+    assert jax.tree.map(fn, boxed, is_leaf=partitioned) == jax.tree.map(
+      fn, want, is_leaf=partitioned
+    )
+  residual_std = 0.02 / np.sqrt(2 * 2)
+  drawn = []
+  for i in range(2):
+    block = gpt2[f"block_{i}"]
+    attention, mlp = block["SelfAttention_0"], block["MlpBlock_0"]
+    kernels = {
+      "query": (attention["query_kernel"], 0.02),
+      "key": (attention["key_kernel"], 0.02),
+      "value": (attention["value_kernel"], 0.02),
+      "out": (attention["out_kernel"], residual_std),
+      "fc1": (mlp["Dense_0"]["kernel"], 0.02),
+      "fc2": (mlp["Dense_1"]["kernel"], residual_std),
+    }
+    for name, (kernel, std) in kernels.items():
+      k = np.asarray(kernel, np.float64).ravel()
+      # 4,096 or 16,384 draws: the sample std is within ~1.1 % of the true one (one sigma).
+      assert abs(k.std() / std - 1) < 0.05, (i, name, k.std(), std)
+      assert abs(k.mean()) < 4 * std / np.sqrt(k.size), (i, name)
+      drawn.append(tuple(k[:8]))
+    for bias in (attention["query_bias"], attention["value_bias"], attention["out_bias"]):
+      assert not np.any(np.asarray(bias))
+    assert not np.any(np.asarray(mlp["Dense_0"]["bias"]))
+    assert not np.any(np.asarray(mlp["Dense_1"]["bias"]))
+    for ln in ("LayerNorm_0", "LayerNorm_1"):
+      np.testing.assert_array_equal(block[ln]["scale"], 1.0)
+      np.testing.assert_array_equal(block[ln]["bias"], 0.0)
+  assert len(set(drawn)) == len(drawn)  # independent draws per kernel and per block
+  # The embeddings are GPT-2's in both schemes: token N(0, 0.02), positions N(0, 0.01).
+  assert abs(float(np.std(gpt2["token_embedding"])) / 0.02 - 1) < 0.1
+  assert abs(float(np.std(gpt2["pos_embedding"])) / 0.01 - 1) < 0.1
+  with pytest.raises(ValueError, match="init_scheme"):
+    Transformer(**arch, init_scheme="xavier").init(jax.random.key(0), tokens)
+
+
+def test_gpt2_init_holds_under_remat():
+  model = Transformer(**TINY, causal=True, init_scheme="gpt2", remat=True)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(1), _tokens()))["params"]
+  attention = params["block_1"]["SelfAttention_0"]
+  # Xavier would give std sqrt(2 / 32) = 0.25 here; GPT-2's are 0.02 and 0.01. (Applying the
+  # model is the default path: the blocks are plain vit.EncoderBlock outside init.)
+  assert float(np.std(attention["query_kernel"])) < 0.03
+  assert float(np.std(attention["out_kernel"])) < 0.015
+
+
+def _layer_norm64(x, scale, bias, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def test_lm_transform_is_berts_dense_gelu_layernorm_before_the_tied_decoder():
+  tokens = _tokens()
+  model = Transformer(**TINY, lm_transform=True)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens))
+  p = params["params"]
+  assert set(p["lm_transform"]) == {"kernel", "bias"} and p["lm_transform"]["kernel"].shape == (
+    16,
+    16,
+  )
+  # Non-trivial values everywhere the formula reads.
+  rng = np.random.default_rng(0)
+  for key in ("lm_transform", "lm_transform_norm"):
+    p[key] = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in p[key].items()}
+  p["head_bias"] = jnp.asarray(rng.normal(size=50), jnp.float32)
+  pooled, aux = jax.jit(model.apply)(params, tokens)
+  h = np.asarray(aux["tokens"], np.float64)
+  dense = h @ np.asarray(p["lm_transform"]["kernel"], np.float64) + np.asarray(
+    p["lm_transform"]["bias"], np.float64
+  )
+  gelu = 0.5 * dense * (1 + np.tanh(np.sqrt(2 / np.pi) * (dense + 0.044715 * dense**3)))
+  norm = p["lm_transform_norm"]
+  transformed = _layer_norm64(gelu, np.asarray(norm["scale"]), np.asarray(norm["bias"]))
+  expected = transformed @ np.asarray(p["token_embedding"], np.float64).T + np.asarray(
+    p["head_bias"]
+  )
+  np.testing.assert_allclose(aux["logits"], expected, atol=1e-4, rtol=1e-4)
+  # The features (pooled, aux['tokens']) are the encoder's, before the head transform.
+  base = Transformer(**TINY)
+  base_params = {"params": {k: v for k, v in p.items() if not k.startswith("lm_transform")}}
+  base_pooled, base_aux = jax.jit(base.apply)(base_params, tokens)
+  np.testing.assert_allclose(pooled, base_pooled, atol=1e-6)
+  np.testing.assert_allclose(aux["tokens"], base_aux["tokens"], atol=1e-6)
+  assert "lm_transform" not in jax.eval_shape(base.init, jax.random.key(1), tokens)["params"]
+
+
+def test_head_bias_off_gives_plain_tied_logits():
+  tokens = _tokens()
+  model = Transformer(**TINY, causal=True, head_bias=False)
+  params = _params(model, tokens)
+  assert "head_bias" not in params["params"]
+  _, aux = model.apply(params, tokens)
+  expected = (
+    np.asarray(aux["tokens"], np.float64)
+    @ np.asarray(params["params"]["token_embedding"], np.float64).T
+  )
+  np.testing.assert_allclose(aux["logits"], expected, atol=1e-5)
