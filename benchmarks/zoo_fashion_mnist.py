@@ -3,6 +3,7 @@ r"""The method zoo on Fashion-MNIST: every method for the same budget, eval tabl
   python benchmarks/zoo_fashion_mnist.py --steps=500 --workdir=/tmp/zoo
   python benchmarks/zoo_fashion_mnist.py --methods=simclr --steps=1500   # one method, longer
   python benchmarks/zoo_fashion_mnist.py --methods=simclr,byol --steps=1500 --placement=device
+  python benchmarks/zoo_fashion_mnist.py --methods=simclr,byol --placement=host --seed=1
 
 For each method, pretrains `configs/<method>.py:fashion_mnist` for the same number of steps at
 the same global batch (so the same number of epochs; the cosine schedules fit in that budget,
@@ -76,6 +77,19 @@ _PLACEMENT = flags.DEFINE_enum(
   "each other.",
 )
 
+_SEED = flags.DEFINE_integer(
+  "seed",
+  None,
+  "config.seed of every run (default: the presets'); runs with a seed go to "
+  "<workdir>/<method>[_<placement>]_seed<k>: the spread between seeds is the run-to-run noise.",
+)
+
+
+def _suffix() -> str:
+  """The run-directory and table-name suffix of this invocation's placement and seed."""
+  suffix = "" if _PLACEMENT.value == "auto" else f"_{_PLACEMENT.value}"
+  return suffix if _SEED.value is None else f"{suffix}_seed{_SEED.value}"
+
 
 FASHION_MNIST_TRAIN = 60_000
 
@@ -85,7 +99,11 @@ def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> 
 
   Counted in epochs (DINO's teacher-temperature warmup, ...): scaled by budget/preset epochs,
   or a short budget spends most of its steps warming up. DINO's last-layer freeze is the
-  exception (kept, see below).
+  exception: it guards the first steps, while the features are still near-identical across
+  images and the prototypes would follow the student to flat logits (uniform collapse; DINO:
+  "try increasing this value if the loss does not decrease"), so it stays a number of epochs,
+  not a fraction of the run. It is `optim.frozen_until`, which this leaves alone like all of
+  `optim` (the legacy `freeze_last_layer_epochs` is kept too).
   EMA teachers (`*_momentum` < 1 of a method section, data2vec's `anneal_steps`): the horizon
   1 / (1 - m) is scaled by budget/preset steps. Else a 300-step budget leaves an m = 0.996
   teacher at prod(m_t) ~ exp(-0.6) = 55% of its random init, a blend of random and trained
@@ -100,11 +118,7 @@ def shrink_schedules(config, preset_steps: int, steps: int, batch_size: int) -> 
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         continue
       if key == "freeze_last_layer_epochs":
-        # DINO's freeze guards the first steps, while the features are still near-identical
-        # across images and the prototypes would follow the student to flat logits (uniform
-        # collapse; DINO: "try increasing this value if the loss does not decrease"). A
-        # number of steps, not a fraction of the run: kept.
-        continue
+        continue  # DINO's freeze: kept (see above)
       if key.endswith("_epochs") and config.total_epochs:
         section[key] = value * budget_epochs / config.total_epochs
       elif key.endswith("momentum") and key != "center_momentum" and 0 < value < 1:
@@ -126,6 +140,8 @@ def _config(method: str):
   config.data.worker_count = _WORKERS.value
   if "placement" in config.get("augment", {}):
     config.augment.placement = _PLACEMENT.value
+  if _SEED.value is not None:
+    config.seed = _SEED.value
   config.checkpoint.every_steps = _STEPS.value  # only the final checkpoint is evaluated
   # The presets warm up over 200 steps of a 10-epoch run; keep warm-up a fifth of a short one.
   config.optim.warmup_steps = min(config.optim.warmup_steps, _STEPS.value // 5)
@@ -144,8 +160,7 @@ def _headline(workdir: str) -> dict[int, dict[str, float]]:
 
 
 def _run(method: str, eval_config) -> dict:
-  suffix = "" if _PLACEMENT.value == "auto" else f"_{_PLACEMENT.value}"
-  workdir = os.path.join(_WORKDIR.value, method + suffix)
+  workdir = os.path.join(_WORKDIR.value, method + _suffix())
   timing_path = os.path.join(workdir, "zoo_timing.json")
   config = _config(method)
   if os.path.exists(timing_path):
@@ -234,11 +249,12 @@ def main(_):
     f"Fashion-MNIST, {_STEPS.value} steps x batch {_BATCH.value} "
     f"({_STEPS.value * _BATCH.value / 60000:.1f} epochs) per method; test accuracy % of "
     f"frozen features, random init → pretrained; augment.placement={_PLACEMENT.value}; "
+    f"seed {'of the presets' if _SEED.value is None else _SEED.value}; "
     f"{platform.machine()}, "
     f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n\n"
   )
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  name = "zoo.md" if _PLACEMENT.value == "auto" else f"zoo_{_PLACEMENT.value}.md"
+  name = f"zoo{_suffix()}.md"
   with open(os.path.join(_WORKDIR.value, name), "w") as f:
     f.write(summary + table)
   print("\n" + summary + table)

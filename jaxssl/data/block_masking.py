@@ -193,12 +193,14 @@ def block_mask(
   num_masked: int,
   *,
   min_block: int = 4,
+  max_block: int | None = None,
   aspect: tuple[float, float] = (0.3, 1 / 0.3),
   attempts: int = 10,
 ) -> np.ndarray:
   """iBOT's (BEiT's) block-wise mask of about `num_masked` patches on a `grid` (rows, cols).
 
-  Repeatedly draws a rectangle of target area ~ U[min_block, remaining budget] and log-uniform
+  Repeatedly draws a rectangle of target area ~ U[min_block, budget] (budget: the patches still
+  to mask, at most `max_block`, BEiT's `max_num_patches`) and log-uniform
   aspect ratio and masks its not-yet-masked patches, when the rectangle is strictly smaller
   than the grid on both sides and adds between 1 and the budget patches (10 attempts per
   block); stops when `num_masked` patches are masked or no attempt succeeds. Never masks more
@@ -217,7 +219,7 @@ def block_mask(
   log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
   count = 0
   while count < num_masked:
-    budget = num_masked - count
+    budget = num_masked - count if max_block is None else min(num_masked - count, max_block)
     # Sorted bounds: NumPy's uniform(low, high) is undefined for high < low.
     low, high = sorted((min_block, budget))
     added = 0

@@ -15,91 +15,12 @@ example's position (a restored iterator replays them) and fixed-shape for XLA.
 """
 
 import dataclasses
-import math
 
 import grain
 import numpy as np
 
 from jaxssl.data import augment as augment_lib
-
-
-def block_mask(
-  rng: np.random.Generator,
-  grid: tuple[int, int],
-  num_masked: int,
-  *,
-  min_block: int = 4,
-  max_block: int | None = None,
-  aspect: tuple[float, float] = (0.3, 1 / 0.3),
-  attempts: int = 10,
-) -> np.ndarray:
-  """BEiT's block-wise mask of about `num_masked` patches on a `grid` (rows, cols).
-
-  Repeatedly draws a rectangle of area ~ U[min_block, remaining] and log-uniform aspect ratio
-  inside the grid and masks its not-yet-masked patches, as long as that adds between 1 and the
-  remaining budget patches (10 attempts per block); stops when `num_masked` patches are masked
-  or no rectangle fits. Never masks more than `num_masked` patches.
-
-  Returns:
-    bool [rows * cols], row-major, True where the patch is masked.
-  """
-  rows, cols = grid
-  mask = np.zeros(grid, bool)
-  max_block = num_masked if max_block is None else max_block
-  log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
-  count = 0
-  while count < num_masked:
-    budget = min(num_masked - count, max_block)
-    added = 0
-    for _ in range(attempts):
-      area = rng.uniform(min_block, budget) if budget > min_block else float(budget)
-      ratio = math.exp(rng.uniform(*log_aspect))
-      h = int(round(math.sqrt(area * ratio)))
-      w = int(round(math.sqrt(area / ratio)))
-      # BEiT requires the block to be strictly smaller than the grid on both sides.
-      if 0 < h < rows and 0 < w < cols:
-        top = int(rng.integers(0, rows - h + 1))
-        left = int(rng.integers(0, cols - w + 1))
-        new = h * w - int(mask[top : top + h, left : left + w].sum())
-        if 0 < new <= budget:
-          mask[top : top + h, left : left + w] = True
-          added = new
-          break
-    if added == 0:
-      break
-    count += added
-  return mask.reshape(-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockMasking:
-  """iBOT's per-image mask policy: with probability `prob` a block mask of ratio
-  r ~ U[ratio], else no mask. `__call__(rng)` returns bool [rows * cols]."""
-
-  grid: tuple[int, int]
-  ratio: tuple[float, float] = (0.1, 0.5)
-  prob: float = 0.5
-  min_block: int = 4
-
-  def __post_init__(self):
-    if not 0.0 <= self.ratio[0] <= self.ratio[1] < 1.0:
-      raise ValueError(
-        f"mask ratio range {self.ratio} must satisfy 0 <= low <= high < 1 (iBOT: (0.1, 0.5))."
-      )
-    if not 0.0 <= self.prob <= 1.0:
-      raise ValueError(f"mask probability {self.prob} must be in [0, 1] (iBOT: 0.5).")
-    if min(self.grid) < 2:
-      raise ValueError(
-        f"patch grid {self.grid} is too small for block masks (blocks are "
-        "strictly smaller than the grid); use a smaller patch size."
-      )
-
-  def __call__(self, rng: np.random.Generator) -> np.ndarray:
-    num_patches = self.grid[0] * self.grid[1]
-    if rng.random() >= self.prob:
-      return np.zeros(num_patches, bool)
-    num_masked = int(rng.uniform(*self.ratio) * num_patches)
-    return block_mask(rng, self.grid, num_masked, min_block=self.min_block)
+from jaxssl.data.block_masking import BlockMasking, block_mask  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ of an EMA teacher that sees the whole image, normalised and averaged.
 
 Batch (mask drawn in the data pipeline): {'image': [B, H, W, C] f32, 'mask': [B, N] f32,
 1 = masked}. `masking` picks the mask: 'block' is BEiT's block-wise mask of about `num_masked`
-patches in blocks of at least `min_block` (`multicrop.block_mask`, the official
+patches in blocks of at least `min_block` (`block_masking.block_mask`, the official
 `MaskingGenerator`: 120 of 196, blocks >= 16); 'random' masks a uniformly random `mask_ratio`
 of the patches (MAE's sampler, `data.masking.MaskedView`), for the small patch grids of the
 CPU presets (4x4), where blocks degenerate.
@@ -49,7 +49,7 @@ from jaxssl import losses
 from jaxssl import models
 from jaxssl.data import augment as augment_lib
 from jaxssl.data import masking
-from jaxssl.data import multicrop
+from jaxssl.data import block_masking
 from jaxssl.losses import predictive
 from jaxssl.methods import common
 from jaxssl.methods import ema
@@ -92,7 +92,7 @@ class BlockMaskedView(grain.transforms.RandomMap):
     image = self.augment(element["image"], rng)
     side = self.image_size // self.patch_size
     # max_block = every patch: BEiT's `max_num_patches` None / 196, so only the budget limits.
-    mask = multicrop.block_mask(
+    mask = block_masking.block_mask(
       rng, (side, side), self.num_masked, min_block=self.min_block, max_block=side * side
     )
     return {"image": image, "mask": mask.astype(np.float32), "label": np.int32(element["label"])}

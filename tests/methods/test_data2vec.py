@@ -13,7 +13,7 @@ import harness
 from jaxssl import methods
 from jaxssl.data import datasets
 from jaxssl.data import masking
-from jaxssl.data import multicrop
+from jaxssl.data import block_masking
 from jaxssl.methods import data2vec
 from jaxssl.methods import ijepa
 from jaxssl.state import TrainState
@@ -149,7 +149,7 @@ def test_encode_uses_the_student_on_the_unmasked_image(setup):
 
 
 def test_block_masking_is_beits_masking_generator(data_dir):
-  """masking='block': the view's mask is `multicrop.block_mask` (BEiT's MaskingGenerator)
+  """masking='block': the view's mask is `block_masking.block_mask` (BEiT's MaskingGenerator)
   drawn from the example's generator right after the augmentation."""
   config = _config()
   config.data2vec.update(masking="block", num_masked=10, min_block=2)
@@ -162,7 +162,7 @@ def test_block_masking_is_beits_masking_generator(data_dir):
     out = transform.random_map(example, np.random.default_rng(seed))
     rng = np.random.default_rng(seed)
     image = ijepa.crop_flip_augment(config, info)(example["image"], rng)
-    want = multicrop.block_mask(rng, (4, 4), 10, min_block=2, max_block=16)
+    want = block_masking.block_mask(rng, (4, 4), 10, min_block=2, max_block=16)
     np.testing.assert_array_equal(out["image"], image)
     np.testing.assert_array_equal(out["mask"], want.astype(np.float32))
     assert out["mask"].shape == (NUM_PATCHES,) and out["mask"].dtype == np.float32
