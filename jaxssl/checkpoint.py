@@ -26,6 +26,7 @@ No pickle anywhere.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 import types
@@ -132,6 +133,22 @@ def silence_failed_read_leftovers() -> None:
   """
   if not isinstance(sys.unraisablehook, _LeftoverFilter):
     sys.unraisablehook = _LeftoverFilter(sys.unraisablehook)
+  # The same leftovers, when their task is collected instead of their coroutine, reach
+  # asyncio's exception handler, which logs "Task (or Future) exception was never retrieved"
+  # and a traceback.
+  asyncio_logger = std_logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedTaskFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedTaskFilter())
+
+
+class _AbandonedTaskFilter(std_logging.Filter):
+  """Drops asyncio's report of a task or future whose exception nobody retrieved (a failed
+  read's)."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith(
+      ("Task exception was never retrieved", "Future exception was never retrieved")
+    )
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
