@@ -41,8 +41,6 @@ from jaxssl.methods import ema
 
 # The parts of the online network that the target network copies (not the predictor).
 TARGET_PARTS = ("encoder", "projector")
-# How the two directions combine: `losses.byol` averages them, the official code sums them.
-DIRECTION_FACTORS = {"mean": 1.0, "sum": 2.0}
 
 
 def two_view_transform(config: ml_collections.ConfigDict, info) -> augment.TwoViews:
@@ -140,12 +138,7 @@ class Method:
     self.section = config[self.name]
     self.model = build_online_network(config, self.section.predictor, kernels)
     self.base_momentum = self.section.base_momentum
-    directions = self.section.get("directions", "mean")
-    if directions not in DIRECTION_FACTORS:
-      raise ValueError(
-        f"config.{self.name}.directions={directions!r}; choose one of {sorted(DIRECTION_FACTORS)}."
-      )
-    self.loss_factor = DIRECTION_FACTORS[directions]
+    self.loss_factor = common.direction_factor(config, self.name)
 
   @functools.cached_property
   def schedule_steps(self) -> int:

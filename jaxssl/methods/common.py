@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxssl import models
 from jaxssl.kernels import REFERENCE, Kernels
@@ -67,6 +68,22 @@ def apply_model(
   if method is None:
     kw["train"] = train
   return module.apply(variables, *args, method=method, **kw), model_state
+
+
+# How a symmetric two-view loss combines its directions (view 1 -> 2 and 2 -> 1): the losses
+# average them ('mean'); SimCLR's and BYOL's official code sum them ('sum').
+DIRECTION_FACTORS = {"mean": 1.0, "sum": 2.0}
+
+
+def direction_factor(config: ml_collections.ConfigDict, section: str) -> float:
+  """The factor on a direction-averaged loss that `config.<section>.directions` asks for
+  ('mean' when the key is absent: runs recorded before it existed)."""
+  directions = config[section].get("directions", "mean")
+  if directions not in DIRECTION_FACTORS:
+    raise ValueError(
+      f"config.{section}.directions={directions!r}; choose one of {sorted(DIRECTION_FACTORS)}."
+    )
+  return DIRECTION_FACTORS[directions]
 
 
 def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:

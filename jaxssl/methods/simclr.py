@@ -20,10 +20,6 @@ from jaxssl import losses
 from jaxssl.data import augment
 from jaxssl.methods import common
 
-# How the two directions (view 1 -> 2 and 2 -> 1) combine: nt_xent averages them over the 2N
-# anchors; the official code sums the two per-view means.
-DIRECTION_FACTORS = {"mean": 1.0, "sum": 2.0}
-
 
 class Method(common.EncoderHeadMethod):
   """SimCLR: encoder + projection MLP, both views in one BatchNorm batch."""
@@ -31,12 +27,7 @@ class Method(common.EncoderHeadMethod):
   def __init__(self, config: ml_collections.ConfigDict, kernels: Kernels = REFERENCE):
     super().__init__(config, kernels)
     self.temperature = config.simclr.temperature
-    directions = config.simclr.get("directions", "mean")
-    if directions not in DIRECTION_FACTORS:
-      raise ValueError(
-        f"config.simclr.directions={directions!r}; choose one of {sorted(DIRECTION_FACTORS)}."
-      )
-    self.loss_factor = DIRECTION_FACTORS[directions]
+    self.loss_factor = common.direction_factor(config, "simclr")
 
   def train_transform(self, info):
     """Per-example transform making the two views (seeded by Grain per element)."""
